@@ -1,0 +1,370 @@
+//! Operator traits and the glue that exports them through the WIT worlds.
+//!
+//! The host calls a guest once per batch. The glue decodes the packed batch
+//! without copying, calls the user's trait method once per record, and packs
+//! what it emits into one output buffer. For keyed operators it also tells the
+//! host which run of records (which key) is in scope, and flushes the
+//! write-back cache of value states at the end of each run, so a run costs one
+//! state read and one write however many records it holds.
+
+use std::any::Any;
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::marker::PhantomData;
+
+use crate::Error;
+use crate::batch::{Batch, BatchWriter, RecordRef};
+
+/// One input record.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    /// The key, if any. Every record of a keyed operator has one.
+    pub key: Option<&'a [u8]>,
+    /// The value.
+    pub value: &'a [u8],
+    /// Event time in milliseconds since the Unix epoch, if assigned.
+    pub timestamp: Option<i64>,
+    index: u32,
+}
+
+impl<'a> Record<'a> {
+    fn new(r: RecordRef<'a>, index: usize) -> Self {
+        Record {
+            key: r.key,
+            value: r.value,
+            timestamp: r.timestamp,
+            index: index as u32,
+        }
+    }
+
+    /// The value as UTF-8 text.
+    pub fn value_str(&self) -> Result<&'a str, Error> {
+        Ok(std::str::from_utf8(self.value)?)
+    }
+
+    /// An output equal to this record (key, value and timestamp).
+    pub fn to_output(&self) -> Output<'a> {
+        Output {
+            key: self.key.map(Cow::Borrowed),
+            value: Cow::Borrowed(self.value),
+            timestamp: self.timestamp,
+        }
+    }
+
+    /// An output with this record's key and timestamp and a new value.
+    pub fn with_value(&self, value: impl Into<Cow<'a, [u8]>>) -> Output<'a> {
+        Output {
+            key: self.key.map(Cow::Borrowed),
+            value: value.into(),
+            timestamp: self.timestamp,
+        }
+    }
+}
+
+/// A record a [`Map`] produces; borrows from the input where it can.
+#[derive(Debug, Clone)]
+pub struct Output<'a> {
+    /// The key, if any.
+    pub key: Option<Cow<'a, [u8]>>,
+    /// The value.
+    pub value: Cow<'a, [u8]>,
+    /// Event time, if any.
+    pub timestamp: Option<i64>,
+}
+
+impl<'a> Output<'a> {
+    /// An output with only a value.
+    pub fn value(value: impl Into<Cow<'a, [u8]>>) -> Self {
+        Output {
+            key: None,
+            value: value.into(),
+            timestamp: None,
+        }
+    }
+
+    /// Set the key.
+    pub fn key(mut self, key: impl Into<Cow<'a, [u8]>>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Set the timestamp.
+    pub fn timestamp(mut self, timestamp: Option<i64>) -> Self {
+        self.timestamp = timestamp;
+        self
+    }
+}
+
+/// Collects the records an operator emits for one batch.
+#[derive(Debug, Default)]
+pub struct Collector {
+    records: BatchWriter,
+    errors: Vec<(u32, String)>,
+}
+
+impl Collector {
+    fn with_capacity(bytes: usize) -> Self {
+        Collector {
+            records: BatchWriter::with_capacity(bytes),
+            errors: Vec::new(),
+        }
+    }
+
+    /// Emit a record.
+    #[inline]
+    pub fn emit(&mut self, key: Option<&[u8]>, value: &[u8], timestamp: Option<i64>) {
+        self.records.push(key, value, timestamp);
+    }
+
+    /// Emit a record whose value `write` appends to the buffer it is given
+    /// (no intermediate allocation).
+    #[inline]
+    pub fn emit_with(&mut self, key: Option<&[u8]>, timestamp: Option<i64>, write: impl FnOnce(&mut Vec<u8>)) {
+        self.records.push_with(key, timestamp, write);
+    }
+
+    /// Emit a record whose value is `value` serialized as JSON.
+    pub fn emit_json<T: serde::Serialize + ?Sized>(&mut self, key: Option<&[u8]>, value: &T, timestamp: Option<i64>) -> Result<(), Error> {
+        let mut failed = None;
+        self.records.push_with(key, timestamp, |buf| {
+            if let Err(e) = serde_json::to_writer(&mut *buf, value) {
+                failed = Some(e);
+            }
+        });
+        failed.map_or(Ok(()), |e| Err(e.into()))
+    }
+
+    /// Report `record` as failed: the host routes it by the job's error policy.
+    pub fn fail(&mut self, record: &Record<'_>, error: impl Into<Error>) {
+        self.errors.push((record.index, error.into().to_string()));
+    }
+
+    fn emit_output(&mut self, o: &Output<'_>) {
+        self.records.push(o.key.as_deref(), &o.value, o.timestamp);
+    }
+}
+
+/// A one-to-one transformation.
+///
+/// ```ignore
+/// struct Upper;
+/// impl sluice_guest::Map for Upper {
+///     fn open(_: &str) -> Result<Self, sluice_guest::Error> { Ok(Upper) }
+///     fn map<'a>(&mut self, r: sluice_guest::Record<'a>) -> Result<sluice_guest::Output<'a>, sluice_guest::Error> {
+///         Ok(r.with_value(r.value.to_ascii_uppercase()))
+///     }
+/// }
+/// sluice_guest::export_map!(Upper);
+/// ```
+pub trait Map: Sized + 'static {
+    /// Called once per instance with the operator's JSON configuration.
+    fn open(config: &str) -> Result<Self, Error>;
+    /// Called once per record.
+    fn map<'a>(&mut self, record: Record<'a>) -> Result<Output<'a>, Error>;
+}
+
+/// Keeps the records for which [`Filter::filter`] returns true.
+pub trait Filter: Sized + 'static {
+    /// Called once per instance with the operator's JSON configuration.
+    fn open(config: &str) -> Result<Self, Error>;
+    /// Called once per record.
+    fn filter(&mut self, record: &Record<'_>) -> Result<bool, Error>;
+}
+
+/// Emits any number of records per input record.
+pub trait FlatMap: Sized + 'static {
+    /// Called once per instance with the operator's JSON configuration.
+    fn open(config: &str) -> Result<Self, Error>;
+    /// Called once per record.
+    fn flat_map(&mut self, record: Record<'_>, out: &mut Collector) -> Result<(), Error>;
+}
+
+/// A keyed operator: each call sees one record, with the state of its key in
+/// scope (read and written through [`crate::state`]).
+///
+/// ```ignore
+/// use sluice_guest::{KeyedProcess, Record, Collector, Error, ValueState};
+/// struct Count { n: ValueState<u64> }
+/// impl KeyedProcess for Count {
+///     fn open(_: &str) -> Result<Self, Error> { Ok(Count { n: ValueState::new("n")? }) }
+///     fn process(&mut self, r: Record<'_>, out: &mut Collector) -> Result<(), Error> {
+///         let n = self.n.get()?.unwrap_or(0) + 1;
+///         self.n.set(n)?;
+///         out.emit(r.key, n.to_string().as_bytes(), r.timestamp);
+///         Ok(())
+///     }
+/// }
+/// sluice_guest::export_keyed_process!(Count);
+/// ```
+pub trait KeyedProcess: Sized + 'static {
+    /// Called once per instance with the operator's JSON configuration.
+    /// States are declared here.
+    fn open(config: &str) -> Result<Self, Error>;
+    /// Called once per record, in arrival order within each key.
+    fn process(&mut self, record: Record<'_>, out: &mut Collector) -> Result<(), Error>;
+}
+
+thread_local! {
+    /// The operator instance created by `open` (a component is single-threaded).
+    static OPERATOR: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+}
+
+fn open_operator<T: 'static>(make: impl FnOnce() -> Result<T, Error>) -> Result<(), String> {
+    crate::log::install_panic_hook();
+    let op = make().map_err(|e| e.to_string())?;
+    OPERATOR.with(|o| *o.borrow_mut() = Some(Box::new(op)));
+    Ok(())
+}
+
+fn with_operator<T: 'static, R>(f: impl FnOnce(&mut T) -> R) -> R {
+    OPERATOR.with(|o| {
+        let mut slot = o.borrow_mut();
+        let op = slot
+            .as_mut()
+            .and_then(|b| b.downcast_mut::<T>())
+            .expect("the host called process before a successful open");
+        f(op)
+    })
+}
+
+fn for_each_record<'a>(batch: &'a [u8], mut f: impl FnMut(Record<'a>)) {
+    for (i, r) in Batch::new(batch).iter().enumerate() {
+        match r {
+            Ok(r) => f(Record::new(r, i)),
+            Err(e) => panic!("the host sent a malformed batch: {e}"),
+        }
+    }
+}
+
+/// Runs a stateless operator over one batch.
+fn stateless(batch: Vec<u8>, mut each: impl FnMut(Record<'_>, &mut Collector) -> Result<(), Error>) -> Collector {
+    let mut out = Collector::with_capacity(batch.len() + batch.len() / 4);
+    for_each_record(&batch, |r| {
+        if let Err(e) = each(r, &mut out) {
+            out.fail(&r, e);
+        }
+    });
+    out
+}
+
+/// Runs a keyed operator over one batch of runs.
+fn keyed<T: KeyedProcess>(batch: Vec<u8>) -> Collector {
+    use crate::__private::imports::sluice::udf::keyed_context;
+    let mut out = Collector::with_capacity(batch.len() * 2);
+    // The last record of the run in scope: a failed write-back of the run's
+    // state is reported against it.
+    let mut last: Option<Record<'_>> = None;
+    let mut run: u32 = 0;
+    with_operator::<T, _>(|op| {
+        for_each_record(&batch, |r| {
+            let key = r.key.expect("the host sent a keyed operator a record without a key");
+            if last.map(|l| l.key) != Some(Some(key)) {
+                if let Some(prev) = last {
+                    end_run(&prev, &mut out);
+                    run += 1;
+                }
+                if let Err(e) = keyed_context::enter_run(run) {
+                    panic!("the host refused run {run}: {e}");
+                }
+                crate::state::begin_run();
+            }
+            last = Some(r);
+            if let Err(e) = op.process(r, &mut out) {
+                out.fail(&r, e);
+            }
+        });
+    });
+    if let Some(prev) = last {
+        end_run(&prev, &mut out);
+    }
+    out
+}
+
+fn end_run(last: &Record<'_>, out: &mut Collector) {
+    if let Err(e) = crate::state::end_run() {
+        out.fail(last, e);
+    }
+}
+
+macro_rules! to_output {
+    ($types:path, $c:expr) => {{
+        use $types as types;
+        let c = $c;
+        types::Output {
+            records: c.records.finish(),
+            errors: c
+                .errors
+                .into_iter()
+                .map(|(index, message)| types::RecordError { index, message })
+                .collect(),
+        }
+    }};
+}
+
+/// Export glue for [`Map`].
+pub struct MapExport<T>(PhantomData<T>);
+/// Export glue for [`Filter`].
+pub struct FilterExport<T>(PhantomData<T>);
+/// Export glue for [`FlatMap`].
+pub struct FlatMapExport<T>(PhantomData<T>);
+/// Export glue for [`KeyedProcess`].
+pub struct KeyedExport<T>(PhantomData<T>);
+
+use crate::__private::keyed::exports::sluice::udf::keyed_operator as keyed_op;
+use crate::__private::stateless::exports::sluice::udf::stateless_operator as stateless_op;
+
+impl<T: Map> stateless_op::Guest for MapExport<T> {
+    fn open(config: String) -> Result<(), String> {
+        open_operator(|| T::open(&config))
+    }
+
+    fn process(records: Vec<u8>) -> stateless_op::Output {
+        let c = with_operator::<T, _>(|op| {
+            stateless(records, |r, out| {
+                out.emit_output(&op.map(r)?);
+                Ok(())
+            })
+        });
+        to_output!(crate::__private::stateless::sluice::udf::types, c)
+    }
+}
+
+impl<T: Filter> stateless_op::Guest for FilterExport<T> {
+    fn open(config: String) -> Result<(), String> {
+        open_operator(|| T::open(&config))
+    }
+
+    fn process(records: Vec<u8>) -> stateless_op::Output {
+        let c = with_operator::<T, _>(|op| {
+            stateless(records, |r, out| {
+                if op.filter(&r)? {
+                    out.emit(r.key, r.value, r.timestamp);
+                }
+                Ok(())
+            })
+        });
+        to_output!(crate::__private::stateless::sluice::udf::types, c)
+    }
+}
+
+impl<T: FlatMap> stateless_op::Guest for FlatMapExport<T> {
+    fn open(config: String) -> Result<(), String> {
+        open_operator(|| T::open(&config))
+    }
+
+    fn process(records: Vec<u8>) -> stateless_op::Output {
+        let c = with_operator::<T, _>(|op| stateless(records, |r, out| op.flat_map(r, out)));
+        to_output!(crate::__private::stateless::sluice::udf::types, c)
+    }
+}
+
+impl<T: KeyedProcess> keyed_op::Guest for KeyedExport<T> {
+    fn open(config: String) -> Result<(), String> {
+        open_operator(|| T::open(&config))
+    }
+
+    fn process_runs(records: Vec<u8>) -> keyed_op::Output {
+        let c = keyed::<T>(records);
+        to_output!(crate::__private::keyed::sluice::udf::types, c)
+    }
+}

@@ -1,0 +1,173 @@
+//! A deterministic generator: record `i` is a pure function of the seed and
+//! `i`, so any parallelism produces the same records, and a benchmark or
+//! test can recompute the expected output independently.
+//!
+//! Subtask `s` of `p` produces the records `s, s + p, s + 2p, …`. With `keys`
+//! set, record `i` has key `key-<k>` with `k` drawn uniformly or by Zipf
+//! (exponent 1); its value is `value_size` lowercase letters.
+
+use sluice_guest::batch::BatchWriter;
+
+use super::{ConnectorError, SourceReader};
+use crate::job::spec::Distribution;
+use crate::runtime::RecordBatch;
+
+/// Settings of a generator source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeneratorConfig {
+    /// Records in all.
+    pub count: u64,
+    /// Distinct keys; none: no keys.
+    pub keys: Option<u64>,
+    /// How keys are drawn.
+    pub distribution: Distribution,
+    /// Bytes per value.
+    pub value_size: usize,
+    /// Seed.
+    pub seed: u64,
+}
+
+/// SplitMix64: a tiny, well-mixed, stable PRNG step.
+#[inline]
+pub fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// Draws key indices for a generator; shared with benchmarks' native baselines.
+#[derive(Debug, Clone)]
+pub struct KeyChooser {
+    keys: u64,
+    /// Zipf: cumulative probabilities of keys 0..n.
+    cdf: Option<Vec<f64>>,
+}
+
+impl KeyChooser {
+    /// A chooser over `keys` keys.
+    pub fn new(keys: u64, distribution: Distribution) -> Self {
+        let cdf = (distribution == Distribution::Zipf).then(|| {
+            let mut acc = 0.0;
+            let mut cdf: Vec<f64> = (1..=keys)
+                .map(|k| {
+                    acc += 1.0 / k as f64;
+                    acc
+                })
+                .collect();
+            for c in &mut cdf {
+                *c /= acc;
+            }
+            cdf
+        });
+        KeyChooser { keys: keys.max(1), cdf }
+    }
+
+    /// The key index for random draw `r`.
+    #[inline]
+    pub fn choose(&self, r: u64) -> u64 {
+        match &self.cdf {
+            None => r % self.keys,
+            Some(cdf) => {
+                let u = (r >> 11) as f64 / (1u64 << 53) as f64;
+                cdf.partition_point(|&c| c < u).min(cdf.len() - 1) as u64
+            }
+        }
+    }
+}
+
+/// One generator subtask.
+pub struct Generator {
+    config: GeneratorConfig,
+    chooser: Option<KeyChooser>,
+    next: u64,
+    step: u64,
+    key: Vec<u8>,
+}
+
+impl Generator {
+    /// Subtask `subtask` of `parallelism`.
+    pub fn new(config: GeneratorConfig, subtask: u32, parallelism: u32) -> Self {
+        let chooser = config.keys.map(|k| KeyChooser::new(k, config.distribution));
+        Generator {
+            config,
+            chooser,
+            next: u64::from(subtask),
+            step: u64::from(parallelism.max(1)),
+            key: Vec::new(),
+        }
+    }
+
+    /// Write record `i` into `w` (also used by benchmarks' baselines).
+    pub fn record(config: &GeneratorConfig, chooser: Option<&KeyChooser>, i: u64, key: &mut Vec<u8>, w: &mut BatchWriter) {
+        let r = splitmix64(config.seed ^ i.wrapping_mul(0x2545_F491_4F6C_DD1D));
+        let key = chooser.map(|c| {
+            key.clear();
+            key.extend_from_slice(b"key-");
+            key.extend_from_slice(c.choose(r).to_string().as_bytes());
+            &key[..]
+        });
+        let size = config.value_size;
+        w.push_with(key, None, |buf| {
+            let mut x = r;
+            for _ in 0..size {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                buf.push(b'a' + ((x >> 59) as u8 % 26));
+            }
+        });
+    }
+}
+
+impl SourceReader for Generator {
+    fn next_batch(&mut self, max_records: usize) -> Result<Option<RecordBatch>, ConnectorError> {
+        let mut w = BatchWriter::with_capacity(max_records * (self.config.value_size + 24));
+        while w.len() < max_records && self.next < self.config.count {
+            Self::record(&self.config, self.chooser.as_ref(), self.next, &mut self.key, &mut w);
+            self.next += self.step;
+        }
+        if w.is_empty() {
+            return Ok(None);
+        }
+        let len = w.len();
+        Ok(Some(RecordBatch { bytes: w.finish(), len }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all(parallelism: u32) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
+        let config = GeneratorConfig {
+            count: 1000,
+            keys: Some(50),
+            distribution: Distribution::Zipf,
+            value_size: 10,
+            seed: 7,
+        };
+        let mut out = Vec::new();
+        for s in 0..parallelism {
+            let mut g = Generator::new(config.clone(), s, parallelism);
+            while let Some(b) = g.next_batch(64).unwrap() {
+                out.extend(b.records().map(|r| (r.key.map(<[u8]>::to_vec), r.value.to_vec())));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn same_records_at_any_parallelism() {
+        let one = all(1);
+        assert_eq!(one.len(), 1000);
+        assert_eq!(one, all(3));
+    }
+
+    #[test]
+    fn zipf_is_skewed() {
+        let c = KeyChooser::new(1000, Distribution::Zipf);
+        let hot = (0..100_000u64).filter(|&i| c.choose(splitmix64(i)) == 0).count();
+        // P(key 0) = 1 / H(1000) ≈ 0.134.
+        assert!((12_000..15_000).contains(&hot), "{hot}");
+    }
+}

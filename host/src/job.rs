@@ -1,0 +1,121 @@
+//! Jobs: the spec a user writes, its validation into a logical graph, and the
+//! physical plan (parallel subtasks, chains) the runtime executes.
+//!
+//! Validation happens before anything runs, and every error names what is
+//! wrong: an unknown input, a cycle, a missing component, a component that
+//! does not export the world its operator kind needs, parallelism 0.
+
+pub mod graph;
+pub mod spec;
+
+use std::path::PathBuf;
+
+pub use graph::{Chain, Edge, JobGraph, Node, NodeId, NodeKind};
+pub use spec::{EdgeSpec, ErrorPolicy, JobSpec, OperatorKind, OperatorSpec, Partition, SinkSpec, SourceSpec};
+
+/// Why a job cannot be built or run.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The spec file could not be read.
+    #[error("reading job spec {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The spec does not parse (the message names the line and field).
+    #[error("malformed job spec: {0}")]
+    Parse(String),
+    /// Two nodes share a name.
+    #[error("duplicate name `{0}`: sources, operators and sinks need unique names")]
+    DuplicateName(String),
+    /// An edge starts at a node that does not exist.
+    #[error("edge into `{to}` comes from unknown input `{from}`: no source or operator has that name")]
+    UnknownInput {
+        /// The missing node.
+        from: String,
+        /// The edge's target.
+        to: String,
+    },
+    /// An edge ends at a node that does not exist.
+    #[error("edge from `{from}` goes to unknown node `{to}`: no operator or sink has that name")]
+    UnknownOutput {
+        /// The edge's source.
+        from: String,
+        /// The missing node.
+        to: String,
+    },
+    /// An edge out of a sink or into a source.
+    #[error("edge from `{from}` to `{to}`: {reason}")]
+    BadEdge {
+        /// Upstream.
+        from: String,
+        /// Downstream.
+        to: String,
+        /// Why it is not allowed.
+        reason: String,
+    },
+    /// An operator or sink has no input.
+    #[error("`{0}` has no input: add an edge into it")]
+    NoInput(String),
+    /// The edges form a cycle.
+    #[error("the dataflow has a cycle: {}", .0.join(" -> "))]
+    Cycle(Vec<String>),
+    /// Parallelism 0.
+    #[error("`{0}` has parallelism 0: it must be at least 1")]
+    ZeroParallelism(String),
+    /// Parallelism above the number of key groups.
+    #[error("`{name}` has parallelism {parallelism}, above max_parallelism {max}")]
+    ParallelismAboveMax {
+        /// The node.
+        name: String,
+        /// Its parallelism.
+        parallelism: u32,
+        /// The job's maximum.
+        max: u32,
+    },
+    /// A field a node kind needs is missing or wrong.
+    #[error("`{node}`: {message}")]
+    Invalid {
+        /// The node (or `job`).
+        node: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A component file does not exist or cannot be read.
+    #[error("operator `{operator}`: component {path} is missing: {reason}")]
+    MissingComponent {
+        /// The operator.
+        operator: String,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        reason: String,
+    },
+    /// A component is not loadable (not a component, does not link, …).
+    #[error("operator `{operator}`: {source}")]
+    Component {
+        /// The operator.
+        operator: String,
+        /// Why.
+        source: crate::wasm::WasmError,
+    },
+    /// A component of the wrong world.
+    #[error("operator `{operator}` is a {kind} and needs a component exporting the world `{expected}`, but {path} exports {found}")]
+    WrongWorld {
+        /// The operator.
+        operator: String,
+        /// Its kind, as written in the spec.
+        kind: String,
+        /// The world it needs.
+        expected: crate::wasm::World,
+        /// The component.
+        path: PathBuf,
+        /// What the component exports.
+        found: String,
+    },
+    /// The job failed while running.
+    #[error(transparent)]
+    Failed(#[from] crate::runtime::TaskError),
+}

@@ -1,0 +1,472 @@
+//! The logical graph of a validated job, and its chains.
+//!
+//! Chaining follows Flink: node `b` is fused into the task of its upstream
+//! `a` when the edge `a -> b` is forward, `a` has no other output, `b` no
+//! other input, and both have the same parallelism. A chain runs on one
+//! thread per subtask and passes batches by plain function call.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::JobError;
+use super::spec::{FileFormat, JobSpec, OperatorKind, OperatorSpec, Partition, SinkKind, SinkSpec, SourceKind, SourceSpec};
+use crate::wasm::{LoadedComponent, WasmEngine};
+
+/// Index of a node in [`JobGraph::nodes`].
+pub type NodeId = usize;
+
+/// What a node is.
+#[derive(Debug, Clone)]
+pub enum NodeKind {
+    /// A source.
+    Source(SourceSpec),
+    /// A user operator, with its component resolved to a path.
+    Operator(OperatorSpec, PathBuf),
+    /// A sink.
+    Sink(SinkSpec),
+}
+
+/// A node of the dataflow.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Its unique name.
+    pub name: String,
+    /// What it is.
+    pub kind: NodeKind,
+    /// Parallel subtasks.
+    pub parallelism: u32,
+}
+
+/// An edge with its partitioner resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Edge {
+    /// Upstream node.
+    pub from: NodeId,
+    /// Downstream node.
+    pub to: NodeId,
+    /// How records move.
+    pub partition: Partition,
+}
+
+/// Nodes fused into one task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    /// The nodes, head first.
+    pub nodes: Vec<NodeId>,
+}
+
+/// A validated job.
+#[derive(Debug, Clone)]
+pub struct JobGraph {
+    /// The spec it came from.
+    pub spec: JobSpec,
+    /// Directory relative paths are resolved against.
+    pub base_dir: PathBuf,
+    /// Nodes: sources, then operators, then sinks, in spec order.
+    pub nodes: Vec<Node>,
+    /// Edges, in spec order.
+    pub edges: Vec<Edge>,
+    /// Nodes in topological order.
+    pub topo: Vec<NodeId>,
+}
+
+impl JobGraph {
+    /// Validate `spec`; relative paths are resolved against `base_dir`.
+    pub fn build(spec: JobSpec, base_dir: &Path) -> Result<Self, JobError> {
+        let invalid = |node: &str, message: String| JobError::Invalid {
+            node: node.to_owned(),
+            message,
+        };
+        if spec.max_parallelism == 0 || spec.max_parallelism > 32768 {
+            return Err(invalid(
+                "job",
+                format!("max_parallelism {} must be between 1 and 32768", spec.max_parallelism),
+            ));
+        }
+        if spec.batch_size == 0 || spec.batch_size > 1 << 20 {
+            return Err(invalid(
+                "job",
+                format!("batch_size {} must be between 1 and 1048576", spec.batch_size),
+            ));
+        }
+        let mut nodes = Vec::new();
+        for s in &spec.sources {
+            check_source(s)?;
+            nodes.push(Node {
+                name: s.name.clone(),
+                kind: NodeKind::Source(s.clone()),
+                parallelism: s.parallelism,
+            });
+        }
+        for o in &spec.operators {
+            let path = base_dir.join(&o.component);
+            nodes.push(Node {
+                name: o.name.clone(),
+                kind: NodeKind::Operator(o.clone(), path),
+                parallelism: o.parallelism,
+            });
+        }
+        for s in &spec.sinks {
+            if s.kind == SinkKind::File && s.path.as_deref().is_none_or(str::is_empty) {
+                return Err(invalid(&s.name, "a file sink needs `path`".into()));
+            }
+            nodes.push(Node {
+                name: s.name.clone(),
+                kind: NodeKind::Sink(s.clone()),
+                parallelism: s.parallelism,
+            });
+        }
+        let mut by_name = HashMap::new();
+        for (i, n) in nodes.iter().enumerate() {
+            if n.name.is_empty() {
+                return Err(invalid("job", "a node has an empty name".into()));
+            }
+            if by_name.insert(n.name.as_str(), i).is_some() {
+                return Err(JobError::DuplicateName(n.name.clone()));
+            }
+            if n.parallelism == 0 {
+                return Err(JobError::ZeroParallelism(n.name.clone()));
+            }
+            if n.parallelism > spec.max_parallelism {
+                return Err(JobError::ParallelismAboveMax {
+                    name: n.name.clone(),
+                    parallelism: n.parallelism,
+                    max: spec.max_parallelism,
+                });
+            }
+        }
+        let mut edges = Vec::new();
+        for e in &spec.edges {
+            let from = *by_name.get(e.from.as_str()).ok_or_else(|| JobError::UnknownInput {
+                from: e.from.clone(),
+                to: e.to.clone(),
+            })?;
+            let to = *by_name.get(e.to.as_str()).ok_or_else(|| JobError::UnknownOutput {
+                from: e.from.clone(),
+                to: e.to.clone(),
+            })?;
+            let bad = |reason: &str| JobError::BadEdge {
+                from: e.from.clone(),
+                to: e.to.clone(),
+                reason: reason.to_owned(),
+            };
+            if matches!(nodes[from].kind, NodeKind::Sink(_)) {
+                return Err(bad("a sink has no output"));
+            }
+            if matches!(nodes[to].kind, NodeKind::Source(_)) {
+                return Err(bad("a source takes no input"));
+            }
+            let keyed = matches!(&nodes[to].kind, NodeKind::Operator(o, _) if o.kind == OperatorKind::KeyedProcess);
+            let same = nodes[from].parallelism == nodes[to].parallelism;
+            let partition = match e.partition {
+                Some(p) => p,
+                None if keyed => Partition::Hash,
+                None if same => Partition::Forward,
+                None => Partition::Rebalance,
+            };
+            if keyed && partition != Partition::Hash {
+                return Err(bad(
+                    "a keyed-process operator must be fed by partition = \"hash\" so each key reaches the subtask owning its state",
+                ));
+            }
+            if partition == Partition::Forward && !same {
+                return Err(bad(&format!(
+                    "a forward edge needs equal parallelism, but `{}` has {} and `{}` has {}",
+                    e.from, nodes[from].parallelism, e.to, nodes[to].parallelism
+                )));
+            }
+            if edges.iter().any(|x: &Edge| x.from == from && x.to == to) {
+                return Err(bad("the same edge appears twice"));
+            }
+            edges.push(Edge { from, to, partition });
+        }
+        for (i, n) in nodes.iter().enumerate() {
+            if !matches!(n.kind, NodeKind::Source(_)) && !edges.iter().any(|e| e.to == i) {
+                return Err(JobError::NoInput(n.name.clone()));
+            }
+        }
+        let topo = topological_order(&nodes, &edges)?;
+        Ok(JobGraph {
+            spec,
+            base_dir: base_dir.to_owned(),
+            nodes,
+            edges,
+            topo,
+        })
+    }
+
+    /// Read, parse and validate a spec file.
+    pub fn from_file(path: &Path) -> Result<Self, JobError> {
+        let spec = JobSpec::from_file(path)?;
+        let base = path.parent().map(Path::to_owned).unwrap_or_default();
+        Self::build(spec, &base)
+    }
+
+    /// Edges into `node`.
+    pub fn inputs(&self, node: NodeId) -> impl Iterator<Item = &Edge> {
+        self.edges.iter().filter(move |e| e.to == node)
+    }
+
+    /// Edges out of `node`.
+    pub fn outputs(&self, node: NodeId) -> impl Iterator<Item = &Edge> {
+        self.edges.iter().filter(move |e| e.from == node)
+    }
+
+    /// The chains, in topological order of their heads.
+    pub fn chains(&self) -> Vec<Chain> {
+        let chained_to_upstream = |n: NodeId| -> Option<NodeId> {
+            let mut ins = self.inputs(n);
+            let e = ins.next()?;
+            if ins.next().is_some() || e.partition != Partition::Forward {
+                return None;
+            }
+            (self.outputs(e.from).count() == 1 && self.nodes[e.from].parallelism == self.nodes[n].parallelism).then_some(e.from)
+        };
+        let mut chains = Vec::new();
+        for &n in &self.topo {
+            if chained_to_upstream(n).is_some() {
+                continue;
+            }
+            let mut chain = vec![n];
+            let mut tail = n;
+            while let Some(next) = self
+                .outputs(tail)
+                .next()
+                .map(|e| e.to)
+                .filter(|&d| chained_to_upstream(d) == Some(tail))
+            {
+                chain.push(next);
+                tail = next;
+            }
+            chains.push(Chain { nodes: chain });
+        }
+        chains
+    }
+
+    /// Load every operator's component and check it exports the world its
+    /// kind needs, before anything runs. Returns one entry per node (none for
+    /// sources and sinks).
+    pub fn load_components(&self, engine: &WasmEngine) -> Result<Vec<Option<Arc<LoadedComponent>>>, JobError> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let NodeKind::Operator(op, path) = &n.kind else { return Ok(None) };
+                let bytes = std::fs::read(path).map_err(|e| JobError::MissingComponent {
+                    operator: op.name.clone(),
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+                let loaded = engine.load(&bytes).map_err(|source| JobError::Component {
+                    operator: op.name.clone(),
+                    source,
+                })?;
+                let expected = op.kind.world();
+                if loaded.info.world != Some(expected) {
+                    let found = match loaded.info.exports.as_slice() {
+                        [] => "nothing".to_owned(),
+                        e => e.iter().map(|x| format!("`{x}`")).collect::<Vec<_>>().join(", "),
+                    };
+                    let kind = serde_json::to_value(op.kind)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default();
+                    return Err(JobError::WrongWorld {
+                        operator: op.name.clone(),
+                        kind,
+                        expected,
+                        path: path.clone(),
+                        found,
+                    });
+                }
+                Ok(Some(loaded))
+            })
+            .collect()
+    }
+}
+
+fn check_source(s: &SourceSpec) -> Result<(), JobError> {
+    let invalid = |message: &str| JobError::Invalid {
+        node: s.name.clone(),
+        message: message.to_owned(),
+    };
+    match s.kind {
+        SourceKind::File => {
+            if s.path.as_deref().is_none_or(str::is_empty) {
+                return Err(invalid("a file source needs `path`"));
+            }
+            if s.parallelism != 1 {
+                return Err(invalid("a file source reads with parallelism 1"));
+            }
+            let json = s.format == Some(FileFormat::Json);
+            if !json && (s.key_field.is_some() || s.timestamp_field.is_some()) {
+                return Err(invalid("`key_field` and `timestamp_field` need format = \"json\""));
+            }
+            if s.count.is_some() || s.keys.is_some() || s.distribution.is_some() || s.value_size.is_some() || s.seed.is_some() {
+                return Err(invalid(
+                    "`count`, `keys`, `distribution`, `value_size` and `seed` are generator fields",
+                ));
+            }
+        }
+        SourceKind::Generator => {
+            if s.count.is_none() {
+                return Err(invalid("a generator source needs `count`"));
+            }
+            if s.keys == Some(0) {
+                return Err(invalid("`keys` must be at least 1 (or absent for records without keys)"));
+            }
+            if s.value_size.is_some_and(|v| v > 16 << 20) {
+                return Err(invalid("`value_size` is at most 16 MiB"));
+            }
+            if s.path.is_some() || s.format.is_some() || s.key_field.is_some() || s.timestamp_field.is_some() {
+                return Err(invalid(
+                    "`path`, `format`, `key_field` and `timestamp_field` are file-source fields",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Kahn's algorithm; on a cycle, name the nodes on it.
+fn topological_order(nodes: &[Node], edges: &[Edge]) -> Result<Vec<NodeId>, JobError> {
+    let mut indegree = vec![0usize; nodes.len()];
+    for e in edges {
+        indegree[e.to] += 1;
+    }
+    let mut ready: Vec<NodeId> = (0..nodes.len()).filter(|&n| indegree[n] == 0).rev().collect();
+    let mut order = Vec::with_capacity(nodes.len());
+    while let Some(n) = ready.pop() {
+        order.push(n);
+        for e in edges.iter().filter(|e| e.from == n) {
+            indegree[e.to] -= 1;
+            if indegree[e.to] == 0 {
+                ready.push(e.to);
+            }
+        }
+    }
+    if order.len() == nodes.len() {
+        return Ok(order);
+    }
+    // Walk backwards along unprocessed edges from a node left over until a
+    // node repeats: that loop is a cycle.
+    let left: Vec<bool> = (0..nodes.len()).map(|n| indegree[n] > 0).collect();
+    let start = left.iter().position(|&l| l).unwrap_or(0);
+    let mut path = vec![start];
+    loop {
+        let cur = *path.last().unwrap_or(&start);
+        let Some(prev) = edges.iter().find(|e| e.to == cur && left[e.from]).map(|e| e.from) else {
+            break;
+        };
+        if let Some(pos) = path.iter().position(|&p| p == prev) {
+            let mut cycle: Vec<String> = path[pos..].iter().rev().map(|&i| nodes[i].name.clone()).collect();
+            cycle.push(nodes[prev].name.clone());
+            return Err(JobError::Cycle(cycle));
+        }
+        path.push(prev);
+    }
+    Err(JobError::Cycle(path.iter().map(|&i| nodes[i].name.clone()).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn graph(toml: &str) -> Result<JobGraph, JobError> {
+        JobGraph::build(JobSpec::from_toml(toml)?, Path::new("."))
+    }
+
+    const NODES: &str = r#"
+        name = "t"
+        [[sources]]
+        name = "src"
+        kind = "generator"
+        count = 10
+        [[operators]]
+        name = "a"
+        kind = "map"
+        component = "a.wasm"
+        [[operators]]
+        name = "b"
+        kind = "keyed-process"
+        component = "b.wasm"
+        parallelism = 2
+        [[sinks]]
+        name = "out"
+        kind = "stdout"
+    "#;
+
+    fn with_edges(edges: &str) -> String {
+        format!("{NODES}\n{edges}")
+    }
+
+    const GOOD_EDGES: &str = r#"
+        [[edges]]
+        from = "src"
+        to = "a"
+        [[edges]]
+        from = "a"
+        to = "b"
+        [[edges]]
+        from = "b"
+        to = "out"
+    "#;
+
+    #[test]
+    fn defaults_and_chains() {
+        let g = graph(&with_edges(GOOD_EDGES)).unwrap();
+        let parts: Vec<_> = g.edges.iter().map(|e| e.partition).collect();
+        assert_eq!(parts, [Partition::Forward, Partition::Hash, Partition::Rebalance]);
+        let names = |c: &Chain| c.nodes.iter().map(|&n| g.nodes[n].name.as_str()).collect::<Vec<_>>();
+        let chains: Vec<_> = g.chains().iter().map(names).map(|v| v.join("+")).collect();
+        assert_eq!(chains, ["src+a", "b", "out"]);
+    }
+
+    #[test]
+    fn unknown_input_is_named() {
+        let e = graph(&with_edges("[[edges]]\nfrom = \"nope\"\nto = \"a\"")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "edge into `a` comes from unknown input `nope`: no source or operator has that name"
+        );
+    }
+
+    #[test]
+    fn cycle_is_named() {
+        let e = graph(&with_edges(
+            "[[edges]]\nfrom = \"src\"\nto = \"a\"\n[[edges]]\nfrom = \"a\"\nto = \"b\"\n[[edges]]\nfrom = \"b\"\nto = \"a\"\npartition = \"rebalance\"\n[[edges]]\nfrom = \"b\"\nto = \"out\"",
+        ))
+        .unwrap_err();
+        assert!(
+            matches!(&e, JobError::Cycle(c) if c.contains(&"a".to_string()) && c.contains(&"b".to_string())),
+            "{e}"
+        );
+        assert!(e.to_string().starts_with("the dataflow has a cycle: "), "{e}");
+    }
+
+    #[test]
+    fn parallelism_zero_is_named() {
+        let e = graph(&with_edges(GOOD_EDGES).replace("parallelism = 2", "parallelism = 0")).unwrap_err();
+        assert_eq!(e.to_string(), "`b` has parallelism 0: it must be at least 1");
+    }
+
+    #[test]
+    fn keyed_input_must_be_hashed() {
+        let e = graph(&with_edges(GOOD_EDGES).replace("to = \"b\"", "to = \"b\"\npartition = \"rebalance\"")).unwrap_err();
+        assert!(e.to_string().contains("must be fed by partition = \"hash\""), "{e}");
+    }
+
+    #[test]
+    fn missing_input_and_bad_fields() {
+        let e = graph(NODES).unwrap_err();
+        assert_eq!(e.to_string(), "`a` has no input: add an edge into it");
+        let e = graph(&with_edges(GOOD_EDGES).replace("count = 10", "")).unwrap_err();
+        assert_eq!(e.to_string(), "`src`: a generator source needs `count`");
+        let e = graph(&with_edges(GOOD_EDGES).replace("kind = \"map\"", "kind = \"mapp\"")).unwrap_err();
+        assert!(e.to_string().contains("unknown variant `mapp`"), "{e}");
+        let e = graph(&with_edges(GOOD_EDGES).replace("component = \"a.wasm\"", "component = \"a.wasm\"\nparalelism = 3")).unwrap_err();
+        assert!(e.to_string().contains("unknown field `paralelism`"), "{e}");
+        let e = graph(&with_edges(GOOD_EDGES).replace("name = \"b\"", "name = \"a\"")).unwrap_err();
+        assert_eq!(e.to_string(), "duplicate name `a`: sources, operators and sinks need unique names");
+    }
+}

@@ -1,0 +1,26 @@
+//! Sluice: a stream processing engine whose user operators are WebAssembly
+//! components.
+//!
+//! The host owns everything that must survive a failure or be shared:
+//! partitioning, time, keyed state and (soon) checkpoints; guests only
+//! compute, and reach state through the WIT `state` interface. Modules, with
+//! dependencies pointing down:
+//!
+//! ```text
+//! job          spec (TOML/JSON), validation, logical graph, physical plan
+//! runtime      tasks, channels, partitioners, operators, the executor
+//! connectors   sources and sinks
+//! wasm         engine, component cache, host interfaces, guest instances
+//! state        key groups, the heap backend
+//! tenancy      per-instance limits
+//! time         clocks
+//! ```
+
+pub mod bench;
+pub mod connectors;
+pub mod job;
+pub mod runtime;
+pub mod state;
+pub mod tenancy;
+pub mod time;
+pub mod wasm;

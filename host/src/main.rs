@@ -1,0 +1,147 @@
+//! The `sluice` command line.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use sluice::job::JobGraph;
+use sluice::runtime::{RunOptions, run_job};
+use sluice::wasm::WasmEngine;
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "A stream processing engine whose operators are WebAssembly components"
+)]
+struct Cli {
+    /// Where compiled components are cached (default: $SLUICE_CACHE_DIR, or ~/.cache/sluice/components).
+    #[arg(long, global = true)]
+    cache_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a job in-process until its bounded sources end.
+    Run {
+        /// The job spec (TOML, or JSON with a .json extension).
+        job: PathBuf,
+        /// Do not print progress to stderr.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Validate a job spec and its components without running it.
+    Check {
+        /// The job spec.
+        job: PathBuf,
+    },
+    /// Print the world a component targets and what it imports and exports.
+    Inspect {
+        /// The component file.
+        component: PathBuf,
+    },
+    /// Run a benchmark and print one line of figures, beside a native baseline.
+    Bench {
+        /// map | keyed-count
+        name: String,
+        /// Records to process (default: 5,000,000 for map, 3,000,000 for keyed-count).
+        #[arg(long)]
+        events: Option<u64>,
+        /// Directory of the built UDF components.
+        #[arg(long, default_value = "udfs/target/wasm32-wasip2/release")]
+        udfs: PathBuf,
+    },
+}
+
+fn cache_dir(flag: Option<PathBuf>) -> Option<PathBuf> {
+    flag.or_else(|| std::env::var_os("SLUICE_CACHE_DIR").map(PathBuf::from))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/sluice/components")))
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let engine = WasmEngine::new(cache_dir(cli.cache_dir))?;
+    match cli.command {
+        Command::Run { job, quiet } => run_command(&engine, &job, quiet),
+        Command::Check { job } => {
+            let graph = JobGraph::from_file(&job)?;
+            graph.load_components(&engine)?;
+            println!(
+                "{}: ok ({} nodes, {} tasks per run)",
+                job.display(),
+                graph.nodes.len(),
+                graph.chains().len()
+            );
+            Ok(())
+        }
+        Command::Inspect { component } => {
+            let c = engine.load_file(&component)?;
+            match c.info.world {
+                Some(w) => println!("world: {w}"),
+                None => println!("world: none (exports no sluice:udf operator interface)"),
+            }
+            println!("digest: {}", c.digest);
+            println!("exports:");
+            for e in &c.info.exports {
+                println!("  {e}");
+            }
+            println!("imports:");
+            for i in &c.info.imports {
+                println!("  {i}");
+            }
+            Ok(())
+        }
+        Command::Bench { name, events, udfs } => {
+            let line = sluice::bench::run(&engine, &name, events, &udfs)?;
+            println!("{line}");
+            Ok(())
+        }
+    }
+}
+
+fn run_command(engine: &Arc<WasmEngine>, job: &std::path::Path, quiet: bool) -> anyhow::Result<()> {
+    let graph = JobGraph::from_file(job)?;
+    let handle = run_job(&graph, engine, RunOptions::default()).with_context(|| format!("starting job `{}`", graph.spec.name))?;
+    let progress = |final_line: bool| {
+        let parts: Vec<String> = handle
+            .metrics
+            .iter()
+            .map(|m| format!("{} in={} out={}", m.name, m.records_in(), m.records_out()))
+            .collect();
+        eprintln!("{}[{}] {}", if final_line { "" } else { "  " }, graph.spec.name, parts.join(" | "));
+    };
+    let mut last = std::time::Instant::now();
+    while !handle.is_finished() {
+        std::thread::sleep(Duration::from_millis(50));
+        if !quiet && last.elapsed() >= Duration::from_secs(1) {
+            progress(false);
+            last = std::time::Instant::now();
+        }
+    }
+    if !quiet {
+        progress(true);
+    }
+    let summary = handle.wait().with_context(|| format!("job `{}` failed", graph.spec.name))?;
+    if !quiet {
+        eprintln!("[{}] finished in {:.2}s", graph.spec.name, summary.duration.as_secs_f64());
+    }
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! Stream elements and the channels that carry them.
+
+use crossbeam_channel::{Receiver, Select, Sender, bounded};
+
+use sluice_guest::batch::Batch;
+
+/// Records packed in the `sluice:udf/types.batch` format, with their count.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordBatch {
+    /// Packed records.
+    pub bytes: Vec<u8>,
+    /// Number of records in `bytes`.
+    pub len: usize,
+}
+
+impl RecordBatch {
+    /// Iterate the records (the batch was validated when it was built).
+    pub fn records(&self) -> impl Iterator<Item = sluice_guest::batch::RecordRef<'_>> {
+        Batch::new(&self.bytes).iter().map_while(Result::ok)
+    }
+}
+
+/// What flows on a channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamElement {
+    /// A batch of records.
+    Records(RecordBatch),
+    /// The upstream subtask has no more data.
+    EndOfData,
+}
+
+/// The receiving side is gone (its task ended or failed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the downstream channel is closed")]
+pub struct ChannelClosed;
+
+/// Sends elements to one downstream subtask; blocks while the channel is full.
+pub trait ElementSender: Send {
+    /// Send, waiting for room. Fails when the receiver is gone.
+    fn send(&self, element: StreamElement) -> Result<(), ChannelClosed>;
+}
+
+/// The inputs of one subtask: many channels, read as they have data.
+pub trait InputGate: Send {
+    /// The next element and the index of the channel it came from; `Ok(None)`
+    /// once every channel has delivered `EndOfData`; an error when a channel
+    /// closed without it (its upstream failed).
+    fn next(&mut self) -> Result<Option<(usize, StreamElement)>, ChannelClosed>;
+}
+
+struct LocalSender(Sender<StreamElement>);
+
+impl ElementSender for LocalSender {
+    fn send(&self, element: StreamElement) -> Result<(), ChannelClosed> {
+        self.0.send(element).map_err(|_| ChannelClosed)
+    }
+}
+
+/// An in-process channel holding at most `capacity` elements.
+pub fn local_channel(capacity: usize) -> (Box<dyn ElementSender>, Receiver<StreamElement>) {
+    let (tx, rx) = bounded(capacity);
+    (Box::new(LocalSender(tx)), rx)
+}
+
+/// An [`InputGate`] over in-process channels.
+pub struct LocalInputGate {
+    receivers: Vec<Receiver<StreamElement>>,
+    ended: Vec<bool>,
+    open: usize,
+}
+
+impl LocalInputGate {
+    /// A gate over `receivers`.
+    pub fn new(receivers: Vec<Receiver<StreamElement>>) -> Self {
+        let n = receivers.len();
+        LocalInputGate {
+            receivers,
+            ended: vec![false; n],
+            open: n,
+        }
+    }
+}
+
+impl InputGate for LocalInputGate {
+    fn next(&mut self) -> Result<Option<(usize, StreamElement)>, ChannelClosed> {
+        if self.open == 0 {
+            return Ok(None);
+        }
+        let mut sel = Select::new();
+        let mut index = Vec::with_capacity(self.open);
+        for (i, r) in self.receivers.iter().enumerate() {
+            if !self.ended[i] {
+                sel.recv(r);
+                index.push(i);
+            }
+        }
+        let op = sel.select();
+        let i = index[op.index()];
+        match op.recv(&self.receivers[i]) {
+            Ok(StreamElement::EndOfData) => {
+                self.ended[i] = true;
+                self.open -= 1;
+                Ok(Some((i, StreamElement::EndOfData)))
+            }
+            Ok(e) => Ok(Some((i, e))),
+            Err(_) => Err(ChannelClosed),
+        }
+    }
+}

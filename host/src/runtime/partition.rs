@@ -1,0 +1,91 @@
+//! Partitioners: which downstream subtask gets which records.
+
+use sluice_guest::batch::BatchWriter;
+
+use super::channel::{ElementSender, RecordBatch, StreamElement};
+use super::executor::TaskError;
+use crate::job::Partition;
+use crate::state::KeyGroup;
+
+/// The senders of one output edge of a task, with its partitioner.
+pub(crate) struct EdgeWriter {
+    pub partition: Partition,
+    pub senders: Vec<Box<dyn ElementSender>>,
+    /// For forward edges: the one target.
+    pub own_index: usize,
+    pub max_parallelism: u32,
+    pub next: usize,
+    pub buffers: Vec<BatchWriter>,
+    /// Name of the downstream node, for errors.
+    pub target: String,
+}
+
+impl EdgeWriter {
+    fn send(&self, i: usize, element: StreamElement) -> Result<(), TaskError> {
+        self.senders[i]
+            .send(element)
+            .map_err(|_| TaskError::DownstreamClosed(self.target.clone()))
+    }
+
+    pub fn write(&mut self, batch: RecordBatch) -> Result<(), TaskError> {
+        if batch.len == 0 {
+            return Ok(());
+        }
+        match self.partition {
+            Partition::Forward => self.send(self.own_index, StreamElement::Records(batch)),
+            Partition::Rebalance => {
+                let i = self.next % self.senders.len();
+                self.next = self.next.wrapping_add(1);
+                self.send(i, StreamElement::Records(batch))
+            }
+            Partition::Hash => {
+                let p = self.senders.len() as u32;
+                if p == 1 {
+                    if let Some(r) = batch.records().find(|r| r.key.is_none()) {
+                        return Err(TaskError::MissingKey {
+                            target: self.target.clone(),
+                            value: preview(r.value),
+                        });
+                    }
+                    return self.send(0, StreamElement::Records(batch));
+                }
+                for r in batch.records() {
+                    let Some(key) = r.key else {
+                        return Err(TaskError::MissingKey {
+                            target: self.target.clone(),
+                            value: preview(r.value),
+                        });
+                    };
+                    let target = KeyGroup::of(key, self.max_parallelism).subtask(self.max_parallelism, p);
+                    self.buffers[target as usize].push_ref(&r);
+                }
+                for i in 0..self.buffers.len() {
+                    if !self.buffers[i].is_empty() {
+                        let len = self.buffers[i].len();
+                        let bytes = self.buffers[i].take();
+                        self.buffers[i] = BatchWriter::with_capacity(bytes.len());
+                        self.send(i, StreamElement::Records(RecordBatch { bytes, len }))?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub fn end(&mut self) -> Result<(), TaskError> {
+        let targets: Vec<usize> = match self.partition {
+            Partition::Forward => vec![self.own_index],
+            _ => (0..self.senders.len()).collect(),
+        };
+        for i in targets {
+            self.send(i, StreamElement::EndOfData)?;
+        }
+        Ok(())
+    }
+}
+
+/// A short, printable view of a record value for error messages.
+pub(crate) fn preview(value: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&value[..value.len().min(80)]).into_owned();
+    if value.len() > 80 { format!("{text}…") } else { text }
+}

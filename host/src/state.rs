@@ -1,0 +1,11 @@
+//! Keyed state owned by the host: key groups and the heap backend.
+//!
+//! Guests reach state only through the WIT `state` interface; the host scopes
+//! every call to the current key, so state can be partitioned by key group,
+//! snapshotted and redistributed without the guest's involvement.
+
+pub mod heap;
+pub mod key_group;
+
+pub use heap::{HeapKeyedState, Page, StateEntry, StateError, StateId};
+pub use key_group::{DEFAULT_MAX_PARALLELISM, KeyGroup, KeyGroupRange};

@@ -1,0 +1,129 @@
+//! Per-instance resource policy: the memory cap and the guest-log rate limit.
+//!
+//! Policy lives here; the mechanism (wasmtime's `ResourceLimiter`, the epoch
+//! deadline) is wired in `wasm/`.
+
+use std::time::{Duration, Instant};
+
+/// Limits applied to every guest instance of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstanceLimits {
+    /// Largest linear memory (all memories together) in bytes. Default 256 MiB.
+    pub memory_bytes: usize,
+    /// Longest a single call into the guest may run. Default 10 s.
+    pub call_timeout: Duration,
+    /// Guest log lines allowed per second per instance (a burst of the same
+    /// size is allowed). Default 100.
+    pub log_lines_per_sec: u32,
+}
+
+impl Default for InstanceLimits {
+    fn default() -> Self {
+        InstanceLimits {
+            memory_bytes: 256 << 20,
+            call_timeout: Duration::from_secs(10),
+            log_lines_per_sec: 100,
+        }
+    }
+}
+
+/// Caps linear-memory growth of one store and remembers whether the cap was
+/// hit, so a trap can be reported as "memory limit" rather than a bare trap.
+#[derive(Debug)]
+pub struct MemoryLimiter {
+    max_bytes: usize,
+    used: usize,
+    /// The size a guest asked for beyond the cap, if it ever did.
+    pub exceeded: Option<usize>,
+}
+
+impl MemoryLimiter {
+    /// A limiter allowing `max_bytes` of linear memory.
+    pub fn new(max_bytes: usize) -> Self {
+        MemoryLimiter {
+            max_bytes,
+            used: 0,
+            exceeded: None,
+        }
+    }
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let after = self.used - current.min(self.used) + desired;
+        if after > self.max_bytes {
+            self.exceeded = Some(desired);
+            return Err(wasmtime::format_err!(
+                "memory limit exceeded: the guest asked for {desired} bytes of linear memory; the limit is {} bytes",
+                self.max_bytes
+            ));
+        }
+        self.used = after;
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// A token bucket for guest log lines.
+#[derive(Debug)]
+pub struct LogRateLimiter {
+    per_sec: f64,
+    tokens: f64,
+    last: Instant,
+    /// Lines dropped since the last report.
+    pub dropped: u64,
+}
+
+impl LogRateLimiter {
+    /// Allow `per_sec` lines per second, with a burst of as many.
+    pub fn new(per_sec: u32) -> Self {
+        LogRateLimiter {
+            per_sec: f64::from(per_sec),
+            tokens: f64::from(per_sec),
+            last: Instant::now(),
+            dropped: 0,
+        }
+    }
+
+    /// True when a line may be written now; otherwise it is counted as dropped.
+    pub fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.per_sec;
+        self.tokens = (self.tokens + refill).min(self.per_sec.max(1.0));
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            self.dropped += 1;
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::ResourceLimiter;
+
+    #[test]
+    fn memory_cap_refuses_and_remembers() {
+        let mut l = MemoryLimiter::new(1 << 20);
+        assert!(l.memory_growing(0, 1 << 19, None).unwrap());
+        assert!(l.memory_growing(1 << 19, 1 << 20, None).unwrap());
+        let err = l.memory_growing(1 << 20, 2 << 20, None).unwrap_err();
+        assert!(err.to_string().contains("memory limit"), "{err}");
+        assert_eq!(l.exceeded, Some(2 << 20));
+    }
+
+    #[test]
+    fn log_flood_is_cut_to_the_rate() {
+        let mut l = LogRateLimiter::new(10);
+        let allowed = (0..1000).filter(|_| l.allow()).count();
+        assert!((10..=11).contains(&allowed), "{allowed}");
+        assert!(l.dropped >= 989);
+    }
+}

@@ -1,0 +1,13 @@
+//! The one `bindgen!` of the host, over the `host` world of
+//! `sluice:udf@0.1.0`: every interface the host provides, and both operator
+//! interfaces it can call. A guest exports only one of them; `instance.rs`
+//! loads the one its world has.
+
+wasmtime::component::bindgen!({
+    world: "host",
+    path: "../wit/sluice-udf@0.1.0",
+});
+
+pub use exports::sluice::udf::keyed_operator;
+pub use exports::sluice::udf::stateless_operator;
+pub use sluice::udf::{context, keyed_context, log, state, types};

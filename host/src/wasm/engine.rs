@@ -1,0 +1,232 @@
+//! The wasmtime engine and the component cache.
+//!
+//! A component is compiled once per engine configuration: the compiled form is
+//! kept in memory by sha256 digest and serialized to the cache directory as
+//! `<digest>-<engine hash>.cwasm`, so a later run (or another job using the
+//! same component) loads it in well under a millisecond instead of compiling.
+//! The cache directory belongs to the host; nothing a user supplies is ever
+//! deserialized without having been compiled here first.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, InstancePre, Linker};
+use wasmtime::{Config, Engine};
+
+use super::host::HostState;
+use super::world::ComponentInfo;
+
+/// How often the epoch advances: the granularity of call deadlines.
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// A component's sha256, hex-encoded.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ComponentDigest(pub String);
+
+impl ComponentDigest {
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        ComponentDigest(hex::encode(Sha256::digest(bytes)))
+    }
+}
+
+impl fmt::Display for ComponentDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", self.0)
+    }
+}
+
+/// Why a component could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum WasmError {
+    /// Reading the file failed.
+    #[error("reading component {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The bytes are not WebAssembly at all.
+    #[error("not a WebAssembly component: the bytes do not start with the wasm magic number")]
+    NotWasm,
+    /// A core module where a component is needed.
+    #[error("a core WebAssembly module, not a component: build for wasm32-wasip2 (or wrap it with `wasm-tools component new`)")]
+    CoreModule,
+    /// Compilation failed.
+    #[error("compiling component: {0}")]
+    Compile(String),
+    /// It imports something the host does not provide.
+    #[error("component cannot be linked: {0}")]
+    Link(String),
+    /// Setting up the engine failed.
+    #[error("configuring the wasm engine: {0}")]
+    Engine(String),
+}
+
+/// A compiled component, ready to instantiate many times.
+pub struct LoadedComponent {
+    /// Its digest.
+    pub digest: ComponentDigest,
+    /// What it imports, exports and targets.
+    pub info: ComponentInfo,
+    pub(crate) pre: InstancePre<HostState>,
+}
+
+impl fmt::Debug for LoadedComponent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadedComponent")
+            .field("digest", &self.digest)
+            .field("info", &self.info)
+            .finish()
+    }
+}
+
+/// The engine shared by every job of a process.
+pub struct WasmEngine {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache_dir: Option<PathBuf>,
+    engine_hash: String,
+    loaded: Mutex<HashMap<ComponentDigest, Arc<LoadedComponent>>>,
+}
+
+impl fmt::Debug for WasmEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WasmEngine").field("cache_dir", &self.cache_dir).finish()
+    }
+}
+
+impl WasmEngine {
+    /// An engine whose compiled components are cached in `cache_dir` (none:
+    /// memory only). Fails only if wasmtime rejects the configuration.
+    pub fn new(cache_dir: Option<PathBuf>) -> Result<Arc<Self>, WasmError> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.wasm_component_model(true);
+        config.max_wasm_stack(1 << 20);
+        let engine = Engine::new(&config).map_err(|e| WasmError::Engine(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        super::host::add_to_linker(&mut linker).map_err(|e| WasmError::Engine(format!("{e:#}")))?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut h);
+        let engine_hash = format!("{:016x}", h.finish());
+        spawn_epoch_ticker(&engine);
+        if let Some(dir) = &cache_dir
+            && let Err(e) = std::fs::create_dir_all(dir)
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "component cache directory unusable; compiling in memory only");
+        }
+        Ok(Arc::new(WasmEngine {
+            engine,
+            linker,
+            cache_dir,
+            engine_hash,
+            loaded: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Load a component from a file.
+    pub fn load_file(&self, path: &Path) -> Result<Arc<LoadedComponent>, WasmError> {
+        let bytes = std::fs::read(path).map_err(|source| WasmError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        self.load(&bytes)
+    }
+
+    /// Load a component from its bytes: validated, compiled (or taken from the
+    /// cache), and linked against the host's interfaces.
+    pub fn load(&self, bytes: &[u8]) -> Result<Arc<LoadedComponent>, WasmError> {
+        check_header(bytes)?;
+        let digest = ComponentDigest::of(bytes);
+        if let Some(c) = self.loaded.lock().unwrap_or_else(|p| p.into_inner()).get(&digest) {
+            return Ok(c.clone());
+        }
+        let component = self.compile(&digest, bytes)?;
+        let info = ComponentInfo::of(&self.engine, &component);
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| WasmError::Link(format!("{e:#}")))?;
+        let loaded = Arc::new(LoadedComponent {
+            digest: digest.clone(),
+            info,
+            pre,
+        });
+        self.loaded.lock().unwrap_or_else(|p| p.into_inner()).insert(digest, loaded.clone());
+        Ok(loaded)
+    }
+
+    fn cache_path(&self, digest: &ComponentDigest) -> Option<PathBuf> {
+        self.cache_dir
+            .as_ref()
+            .map(|d| d.join(format!("{}-{}.cwasm", digest.0, self.engine_hash)))
+    }
+
+    fn compile(&self, digest: &ComponentDigest, bytes: &[u8]) -> Result<Component, WasmError> {
+        let cached = self.cache_path(digest);
+        if let Some(path) = &cached
+            && path.exists()
+        {
+            // SAFETY: the file was written by `Component::serialize` of this
+            // engine configuration (the name carries its hash) into the host's
+            // own cache directory; user input is never deserialized.
+            match unsafe { Component::deserialize_file(&self.engine, path) } {
+                Ok(c) => return Ok(c),
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "ignoring unusable cached component"),
+            }
+        }
+        let started = std::time::Instant::now();
+        let component = Component::new(&self.engine, bytes).map_err(|e| WasmError::Compile(format!("{e:#}")))?;
+        tracing::debug!(digest = %digest, ms = started.elapsed().as_millis() as u64, "compiled component");
+        if let Some(path) = cached {
+            match component.serialize() {
+                Ok(bytes) => {
+                    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+                    if std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &path)).is_err() {
+                        let _ = std::fs::remove_file(&tmp);
+                        tracing::warn!(path = %path.display(), "could not write the component cache");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not serialize compiled component"),
+            }
+        }
+        Ok(component)
+    }
+}
+
+fn check_header(bytes: &[u8]) -> Result<(), WasmError> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(WasmError::NotWasm);
+    }
+    match bytes[4..8] {
+        [0x01, 0x00, 0x00, 0x00] => Err(WasmError::CoreModule),
+        _ => Ok(()),
+    }
+}
+
+/// Advance the engine's epoch every tick for as long as the engine lives.
+fn spawn_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    let spawned = std::thread::Builder::new().name("sluice-epoch".into()).spawn(move || {
+        while let Some(engine) = weak.upgrade() {
+            engine.increment_epoch();
+            drop(engine);
+            std::thread::sleep(EPOCH_TICK);
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "could not start the epoch thread: guest calls will have no deadline");
+    }
+}

@@ -1,0 +1,260 @@
+//! The host side of the WIT interfaces: what a guest's imports do.
+//!
+//! Every store carries a [`HostState`]. WASI is linked (a `wasm32-wasip2`
+//! guest imports it even when it does no I/O) but grants nothing: no
+//! preopened directories, no environment, no network, stdin empty, stdout
+//! discarded and stderr kept in a small bounded buffer for error reports.
+//! State calls are scoped to the key of the run the guest entered; a guest
+//! cannot name a key itself.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::{self, context, keyed_context, log, state};
+use crate::state::{HeapKeyedState, KeyGroup, StateError as BackendError};
+use crate::tenancy::{LogRateLimiter, MemoryLimiter};
+use crate::time::Clock;
+
+/// Largest page of a state scan, in entries and bytes.
+const MAX_PAGE_ENTRIES: u32 = 1024;
+const MAX_PAGE_BYTES: usize = 1 << 20;
+/// Bytes of guest stderr kept for error reports.
+const STDERR_CAPACITY: usize = 16 << 10;
+/// Longest guest log line kept (longer lines are cut).
+const MAX_LOG_LINE: usize = 4096;
+/// Error-level guest log lines kept to explain a trap.
+const RECENT_ERRORS: usize = 4;
+
+/// The keys of the runs of the batch being processed, in run order.
+#[derive(Debug, Default)]
+pub struct RunKeys {
+    bytes: Vec<u8>,
+    runs: Vec<(KeyGroup, usize, usize)>,
+}
+
+impl RunKeys {
+    /// Forget all runs, keeping capacity.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.runs.clear();
+    }
+
+    /// Add the next run's key.
+    pub fn push(&mut self, key: &[u8], group: KeyGroup) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(key);
+        self.runs.push((group, start, self.bytes.len()));
+    }
+
+    /// Number of runs.
+    pub fn len(&self) -> usize {
+        self.runs.len()
+    }
+
+    /// True when there are no runs.
+    pub fn is_empty(&self) -> bool {
+        self.runs.is_empty()
+    }
+
+    /// Key and group of run `i`.
+    pub fn get(&self, i: usize) -> Option<(&[u8], KeyGroup)> {
+        self.runs.get(i).map(|&(g, s, e)| (&self.bytes[s..e], g))
+    }
+}
+
+/// Keyed state and the key in scope, for keyed operators.
+#[derive(Debug)]
+pub(crate) struct KeyedScope {
+    pub backend: HeapKeyedState,
+    pub runs: RunKeys,
+    pub current: Option<usize>,
+}
+
+/// Where guest log lines go: tagged tracing events, rate-limited.
+#[derive(Debug)]
+pub(crate) struct GuestLogger {
+    pub operator: Arc<str>,
+    pub subtask: u32,
+    pub rate: LogRateLimiter,
+    pub recent_errors: VecDeque<String>,
+}
+
+/// The data of every guest store.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) stderr: MemoryOutputPipe,
+    pub(crate) limiter: MemoryLimiter,
+    pub(crate) keyed: Option<KeyedScope>,
+    pub(crate) log: GuestLogger,
+    clock: Arc<dyn Clock>,
+    pub(crate) watermark: Option<i64>,
+}
+
+impl HostState {
+    pub(crate) fn new(log: GuestLogger, limiter: MemoryLimiter, clock: Arc<dyn Clock>, keyed: Option<KeyedScope>) -> Self {
+        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        let wasi = wasmtime_wasi::WasiCtxBuilder::new()
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        HostState {
+            wasi,
+            table: ResourceTable::new(),
+            stderr,
+            limiter,
+            keyed,
+            log,
+            clock,
+            watermark: None,
+        }
+    }
+
+    fn scope(&mut self) -> Result<(&mut HeapKeyedState, &[u8], KeyGroup), state::StateError> {
+        let scope = self.keyed.as_mut().ok_or(state::StateError::NoCurrentKey)?;
+        let run = scope.current.ok_or(state::StateError::NoCurrentKey)?;
+        let (key, group) = scope.runs.get(run).ok_or(state::StateError::NoCurrentKey)?;
+        Ok((&mut scope.backend, key, group))
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Link WASI (granting nothing) and the `sluice:udf` interfaces.
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_sync(linker)?;
+    bindings::Host_::add_to_linker::<HostState, HasSelf<HostState>>(linker, |s| s)
+}
+
+fn backend_error(e: BackendError) -> state::StateError {
+    match e {
+        BackendError::UnknownState(id) => state::StateError::UnknownState(id),
+        other => state::StateError::Invalid(other.to_string()),
+    }
+}
+
+impl bindings::types::Host for HostState {}
+
+impl log::Host for HostState {
+    fn log(&mut self, level: log::Level, mut message: String) {
+        if message.len() > MAX_LOG_LINE {
+            let mut cut = MAX_LOG_LINE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
+        }
+        let l = &mut self.log;
+        if matches!(level, log::Level::Error) {
+            if l.recent_errors.len() == RECENT_ERRORS {
+                l.recent_errors.pop_front();
+            }
+            l.recent_errors.push_back(message.clone());
+        }
+        if !l.rate.allow() {
+            return;
+        }
+        let dropped = std::mem::take(&mut l.rate.dropped);
+        let (op, st) = (&*l.operator, l.subtask);
+        match level {
+            log::Level::Trace => tracing::trace!(target: "guest", operator = op, subtask = st, dropped, "{message}"),
+            log::Level::Debug => tracing::debug!(target: "guest", operator = op, subtask = st, dropped, "{message}"),
+            log::Level::Info => tracing::info!(target: "guest", operator = op, subtask = st, dropped, "{message}"),
+            log::Level::Warn => tracing::warn!(target: "guest", operator = op, subtask = st, dropped, "{message}"),
+            log::Level::Error => tracing::error!(target: "guest", operator = op, subtask = st, dropped, "{message}"),
+        }
+    }
+}
+
+impl context::Host for HostState {
+    fn processing_time(&mut self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    fn watermark(&mut self) -> Option<i64> {
+        self.watermark
+    }
+}
+
+impl keyed_context::Host for HostState {
+    fn enter_run(&mut self, run: u32) -> Result<Vec<u8>, String> {
+        let Some(scope) = self.keyed.as_mut() else {
+            return Err("not a keyed operator".into());
+        };
+        match scope.runs.get(run as usize) {
+            Some((key, _)) => {
+                scope.current = Some(run as usize);
+                Ok(key.to_vec())
+            }
+            None => Err(format!("run {run} does not exist: this batch has {} runs", scope.runs.len())),
+        }
+    }
+
+    fn current_key(&mut self) -> Option<Vec<u8>> {
+        let scope = self.keyed.as_ref()?;
+        scope.current.and_then(|r| scope.runs.get(r)).map(|(k, _)| k.to_vec())
+    }
+}
+
+impl state::Host for HostState {
+    fn declare(&mut self, name: String) -> Result<state::StateId, state::StateError> {
+        let scope = self.keyed.as_mut().ok_or(state::StateError::NoCurrentKey)?;
+        scope.backend.declare(&name).map_err(backend_error)
+    }
+
+    fn get(&mut self, id: state::StateId, user_key: Vec<u8>) -> Result<Option<Vec<u8>>, state::StateError> {
+        let (b, key, g) = self.scope()?;
+        Ok(b.get(g, key, id, &user_key).map_err(backend_error)?.map(<[u8]>::to_vec))
+    }
+
+    fn put(&mut self, id: state::StateId, user_key: Vec<u8>, value: Vec<u8>) -> Result<(), state::StateError> {
+        let (b, key, g) = self.scope()?;
+        b.put(g, key, id, &user_key, &value).map_err(backend_error)
+    }
+
+    fn delete(&mut self, id: state::StateId, user_key: Vec<u8>) -> Result<(), state::StateError> {
+        let (b, key, g) = self.scope()?;
+        b.delete(g, key, id, &user_key).map_err(backend_error)
+    }
+
+    fn clear(&mut self, id: state::StateId) -> Result<(), state::StateError> {
+        let (b, key, g) = self.scope()?;
+        b.clear(g, key, id).map_err(backend_error)
+    }
+
+    fn list(
+        &mut self,
+        id: state::StateId,
+        prefix: Vec<u8>,
+        start_after: Option<Vec<u8>>,
+        limit: u32,
+    ) -> Result<state::Page, state::StateError> {
+        let (b, key, g) = self.scope()?;
+        let limit = limit.clamp(1, MAX_PAGE_ENTRIES) as usize;
+        let page = b
+            .scan(g, key, id, &prefix, start_after.as_deref(), limit, MAX_PAGE_BYTES)
+            .map_err(backend_error)?;
+        Ok(state::Page {
+            entries: page
+                .entries
+                .into_iter()
+                .map(|(user_key, value)| state::Entry { user_key, value })
+                .collect(),
+            next: page.next,
+        })
+    }
+}

@@ -1,0 +1,367 @@
+//! One guest instance: the long-lived instance of one subtask.
+//!
+//! ```text
+//!   new ──► open(config) ──► process / process_runs (once per batch) ─┐
+//!                                 ▲                                    │
+//!                                 └────────────────────────────────────┘
+//!   any trap, deadline or memory-limit failure ──► poisoned: every later
+//!   call fails at once; the instance (its Store) is dropped, never reused
+//! ```
+//!
+//! Each call gets a fresh epoch deadline, so a guest that loops forever is
+//! interrupted after `call_timeout`; linear memory is capped by a
+//! [`MemoryLimiter`]. The keyed state of a keyed operator is host data that
+//! lives in the store's [`HostState`] but belongs to the subtask: it can be
+//! taken out with [`GuestInstance::into_state`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_guest::batch::{Batch, BatchError};
+use wasmtime::Store;
+
+use super::bindings::{keyed_operator, stateless_operator, types};
+use super::engine::{EPOCH_TICK, LoadedComponent};
+use super::host::{GuestLogger, HostState, KeyedScope, RunKeys};
+use super::world::World;
+use crate::state::HeapKeyedState;
+use crate::tenancy::{InstanceLimits, LogRateLimiter, MemoryLimiter};
+use crate::time::Clock;
+
+/// What went wrong inside a guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestFailure {
+    /// Instantiation failed.
+    Instantiate(String),
+    /// The component does not export the world its operator needs.
+    WrongWorld {
+        /// The world the operator kind needs.
+        expected: World,
+        /// What the component exports instead.
+        found: String,
+    },
+    /// `open` returned an error.
+    Open(String),
+    /// A call ran past its deadline.
+    CpuLimit(Duration),
+    /// The guest asked for more memory than allowed.
+    MemoryLimit {
+        /// The cap in bytes.
+        limit: usize,
+        /// What it asked for.
+        asked: usize,
+    },
+    /// The guest's stack overflowed (for example unbounded recursion).
+    StackOverflow,
+    /// Any other trap: a panic, `unreachable`, an out-of-bounds access…
+    Trap(String),
+    /// The guest returned a batch that does not parse.
+    BadOutput(BatchError),
+    /// The guest reported an error for a record index it was never given.
+    BadErrorIndex(u32),
+    /// The instance failed earlier and is not used again.
+    Poisoned,
+}
+
+impl fmt::Display for GuestFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GuestFailure::Instantiate(e) => write!(f, "instantiation failed: {e}"),
+            GuestFailure::WrongWorld { expected, found } => {
+                write!(f, "the component does not export the world `{expected}` (it exports {found})")
+            }
+            GuestFailure::Open(e) => write!(f, "open failed: {e}"),
+            GuestFailure::CpuLimit(d) => write!(f, "CPU time limit exceeded: a call ran longer than {} ms", d.as_millis()),
+            GuestFailure::MemoryLimit { limit, asked } => {
+                write!(
+                    f,
+                    "memory limit exceeded: the guest asked for {asked} bytes, the limit is {limit} bytes"
+                )
+            }
+            GuestFailure::StackOverflow => write!(f, "trap: stack overflow (unbounded recursion?)"),
+            GuestFailure::Trap(t) => write!(f, "trap: {t}"),
+            GuestFailure::BadOutput(e) => write!(f, "the guest returned a {e}"),
+            GuestFailure::BadErrorIndex(i) => write!(f, "the guest reported an error for record {i}, which its batch does not have"),
+            GuestFailure::Poisoned => write!(f, "the instance failed earlier and was discarded"),
+        }
+    }
+}
+
+/// A guest failure, naming the operator and subtask.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("operator `{operator}` subtask {subtask}: {failure}")]
+pub struct GuestError {
+    /// The operator.
+    pub operator: String,
+    /// Its subtask.
+    pub subtask: u32,
+    /// What happened.
+    pub failure: GuestFailure,
+}
+
+/// An expected failure of one record, reported by the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordError {
+    /// Index of the record in the batch given to the guest.
+    pub index: u32,
+    /// The guest's message.
+    pub message: String,
+}
+
+/// What one call produced.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GuestOutput {
+    /// Packed output records.
+    pub records: Vec<u8>,
+    /// How many records `records` holds.
+    pub count: usize,
+    /// Failed input records.
+    pub errors: Vec<RecordError>,
+}
+
+enum Exports {
+    Stateless(stateless_operator::Guest),
+    Keyed(keyed_operator::Guest),
+}
+
+/// The long-lived guest instance of one subtask.
+pub struct GuestInstance {
+    store: Store<HostState>,
+    exports: Exports,
+    operator: Arc<str>,
+    subtask: u32,
+    limits: InstanceLimits,
+    poisoned: bool,
+}
+
+impl fmt::Debug for GuestInstance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GuestInstance")
+            .field("operator", &self.operator)
+            .field("subtask", &self.subtask)
+            .finish()
+    }
+}
+
+impl GuestInstance {
+    /// Instantiate `component` for subtask `subtask` of `operator`, checking it
+    /// exports `world`, and call its `open` with `config`. A keyed world
+    /// needs `state`, the subtask's keyed state.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        component: &LoadedComponent,
+        world: World,
+        operator: &str,
+        subtask: u32,
+        limits: InstanceLimits,
+        clock: Arc<dyn Clock>,
+        state: Option<HeapKeyedState>,
+        config: &str,
+    ) -> Result<Self, GuestError> {
+        let fail = |failure| GuestError {
+            operator: operator.to_owned(),
+            subtask,
+            failure,
+        };
+        if component.info.world != Some(world) {
+            let found = match component.info.exports.as_slice() {
+                [] => "nothing".to_owned(),
+                e => e.iter().map(|x| format!("`{x}`")).collect::<Vec<_>>().join(", "),
+            };
+            return Err(fail(GuestFailure::WrongWorld { expected: world, found }));
+        }
+        let operator: Arc<str> = operator.into();
+        let logger = GuestLogger {
+            operator: operator.clone(),
+            subtask,
+            rate: LogRateLimiter::new(limits.log_lines_per_sec),
+            recent_errors: Default::default(),
+        };
+        let keyed = match world {
+            World::KeyedProcess => Some(KeyedScope {
+                backend: state.unwrap_or_else(|| HeapKeyedState::new(crate::state::KeyGroupRange::for_subtask(1, 1, 0))),
+                runs: RunKeys::default(),
+                current: None,
+            }),
+            World::Stateless => None,
+        };
+        let data = HostState::new(logger, MemoryLimiter::new(limits.memory_bytes), clock, keyed);
+        let mut store = Store::new(component.pre.engine(), data);
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(deadline_ticks(limits.call_timeout));
+        let instance = component
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| fail(GuestFailure::Instantiate(format!("{e:#}"))))?;
+        let load = |e: wasmtime::Error| fail(GuestFailure::Instantiate(format!("{e:#}")));
+        let exports = match world {
+            World::Stateless => Exports::Stateless(
+                stateless_operator::GuestIndices::new(&component.pre)
+                    .map_err(load)?
+                    .load(&mut store, &instance)
+                    .map_err(load)?,
+            ),
+            World::KeyedProcess => Exports::Keyed(
+                keyed_operator::GuestIndices::new(&component.pre)
+                    .map_err(load)?
+                    .load(&mut store, &instance)
+                    .map_err(load)?,
+            ),
+        };
+        let mut me = GuestInstance {
+            store,
+            exports,
+            operator,
+            subtask,
+            limits,
+            poisoned: false,
+        };
+        me.open(config)?;
+        Ok(me)
+    }
+
+    fn error(&self, failure: GuestFailure) -> GuestError {
+        GuestError {
+            operator: self.operator.to_string(),
+            subtask: self.subtask,
+            failure,
+        }
+    }
+
+    fn open(&mut self, config: &str) -> Result<(), GuestError> {
+        self.store.set_epoch_deadline(deadline_ticks(self.limits.call_timeout));
+        let r = match &self.exports {
+            Exports::Stateless(g) => g.call_open(&mut self.store, config),
+            Exports::Keyed(g) => g.call_open(&mut self.store, config),
+        };
+        match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(msg)) => Err(self.error(GuestFailure::Open(msg))),
+            Err(e) => Err(self.trapped(e)),
+        }
+    }
+
+    /// Run a stateless operator over one packed batch.
+    #[allow(clippy::ptr_arg)] // the generated binding takes `&Vec<u8>`
+    pub fn process(&mut self, batch: &Vec<u8>) -> Result<GuestOutput, GuestError> {
+        let Exports::Stateless(g) = &self.exports else {
+            return Err(self.error(GuestFailure::Trap("process called on a keyed operator".into())));
+        };
+        if self.poisoned {
+            return Err(self.error(GuestFailure::Poisoned));
+        }
+        self.store.set_epoch_deadline(deadline_ticks(self.limits.call_timeout));
+        match g.call_process(&mut self.store, batch) {
+            Ok(out) => self.output(out, batch),
+            Err(e) => Err(self.trapped(e)),
+        }
+    }
+
+    /// The run keys of the next keyed batch, to be filled before
+    /// [`process_runs`](Self::process_runs).
+    pub fn runs_mut(&mut self) -> Option<&mut RunKeys> {
+        self.store.data_mut().keyed.as_mut().map(|k| &mut k.runs)
+    }
+
+    /// Run a keyed operator over a batch grouped into runs whose keys were
+    /// set with [`runs_mut`](Self::runs_mut).
+    #[allow(clippy::ptr_arg)] // the generated binding takes `&Vec<u8>`
+    pub fn process_runs(&mut self, batch: &Vec<u8>) -> Result<GuestOutput, GuestError> {
+        let Exports::Keyed(g) = &self.exports else {
+            return Err(self.error(GuestFailure::Trap("process_runs called on a stateless operator".into())));
+        };
+        if self.poisoned {
+            return Err(self.error(GuestFailure::Poisoned));
+        }
+        self.store.set_epoch_deadline(deadline_ticks(self.limits.call_timeout));
+        let r = g.call_process_runs(&mut self.store, batch);
+        if let Some(k) = self.store.data_mut().keyed.as_mut() {
+            k.current = None;
+        }
+        match r {
+            Ok(out) => self.output(out, batch),
+            Err(e) => Err(self.trapped(e)),
+        }
+    }
+
+    /// Set the watermark guests see through `context.watermark`.
+    pub fn set_watermark(&mut self, watermark: Option<i64>) {
+        self.store.data_mut().watermark = watermark;
+    }
+
+    /// The subtask's keyed state, if keyed.
+    pub fn state(&self) -> Option<&HeapKeyedState> {
+        self.store.data().keyed.as_ref().map(|k| &k.backend)
+    }
+
+    /// Drop the instance, keeping the subtask's keyed state.
+    pub fn into_state(self) -> Option<HeapKeyedState> {
+        self.store.into_data().keyed.map(|k| k.backend)
+    }
+
+    fn output(&mut self, out: types::Output, input: &[u8]) -> Result<GuestOutput, GuestError> {
+        let count = match Batch::new(&out.records).validate() {
+            Ok(n) => n,
+            Err(e) => {
+                self.poisoned = true;
+                return Err(self.error(GuestFailure::BadOutput(e)));
+            }
+        };
+        let errors: Vec<RecordError> = out
+            .errors
+            .into_iter()
+            .map(|e| RecordError {
+                index: e.index,
+                message: e.message,
+            })
+            .collect();
+        if let Some(max) = errors.iter().map(|e| e.index).max() {
+            let inputs = Batch::new(input).iter().count();
+            if max as usize >= inputs {
+                self.poisoned = true;
+                return Err(self.error(GuestFailure::BadErrorIndex(max)));
+            }
+        }
+        Ok(GuestOutput {
+            records: out.records,
+            count,
+            errors,
+        })
+    }
+
+    /// Classify a trap, poison the instance, and say what the guest said last.
+    fn trapped(&mut self, e: wasmtime::Error) -> GuestError {
+        self.poisoned = true;
+        let data = self.store.data();
+        if let Some(asked) = data.limiter.exceeded {
+            return self.error(GuestFailure::MemoryLimit {
+                limit: self.limits.memory_bytes,
+                asked,
+            });
+        }
+        let failure = match e.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => GuestFailure::CpuLimit(self.limits.call_timeout),
+            Some(wasmtime::Trap::StackOverflow) => GuestFailure::StackOverflow,
+            _ => {
+                let mut msg = format!("{e:#}");
+                if let Some(said) = data.log.recent_errors.back() {
+                    msg.push_str(&format!("; the guest logged: {said}"));
+                }
+                let stderr = data.stderr.contents();
+                if !stderr.is_empty() {
+                    let text = String::from_utf8_lossy(&stderr);
+                    let tail: String = text.trim_end().lines().rev().take(3).collect::<Vec<_>>().join(" | ");
+                    msg.push_str(&format!("; guest stderr: {tail}"));
+                }
+                GuestFailure::Trap(msg)
+            }
+        };
+        self.error(failure)
+    }
+}
+
+fn deadline_ticks(timeout: Duration) -> u64 {
+    (timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1
+}

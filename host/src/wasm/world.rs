@@ -1,0 +1,71 @@
+//! Which `sluice:udf` world a component targets, read from what it exports.
+
+use std::fmt;
+
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+/// Exported interface of the `stateless` world.
+pub const STATELESS_EXPORT: &str = "sluice:udf/stateless-operator@0.1.0";
+/// Exported interface of the `keyed-process` world.
+pub const KEYED_EXPORT: &str = "sluice:udf/keyed-operator@0.1.0";
+
+/// An operator world of `sluice:udf@0.1.0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum World {
+    /// `stateless`: map, filter, flat-map.
+    Stateless,
+    /// `keyed-process`: keyed state, records grouped by key.
+    KeyedProcess,
+}
+
+impl World {
+    /// The world's name in WIT.
+    pub fn wit_name(self) -> &'static str {
+        match self {
+            World::Stateless => "sluice:udf/stateless@0.1.0",
+            World::KeyedProcess => "sluice:udf/keyed-process@0.1.0",
+        }
+    }
+
+    /// The interface a component of this world exports.
+    pub fn export(self) -> &'static str {
+        match self {
+            World::Stateless => STATELESS_EXPORT,
+            World::KeyedProcess => KEYED_EXPORT,
+        }
+    }
+}
+
+impl fmt::Display for World {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.wit_name())
+    }
+}
+
+/// What a component declares: its world, imports and exports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentInfo {
+    /// The world it targets, if it exports exactly one operator interface.
+    pub world: Option<World>,
+    /// Names of everything it imports.
+    pub imports: Vec<String>,
+    /// Names of everything it exports.
+    pub exports: Vec<String>,
+}
+
+impl ComponentInfo {
+    /// Read a compiled component's type.
+    pub fn of(engine: &Engine, component: &Component) -> Self {
+        let ty = component.component_type();
+        let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_owned()).collect();
+        let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_owned()).collect();
+        let has = |e: &str| exports.iter().any(|x| x == e);
+        let world = match (has(STATELESS_EXPORT), has(KEYED_EXPORT)) {
+            (true, false) => Some(World::Stateless),
+            (false, true) => Some(World::KeyedProcess),
+            _ => None,
+        };
+        ComponentInfo { world, imports, exports }
+    }
+}
