@@ -1,2 +1,9 @@
-#[test]
-fn t() {}
+//! Sluice's integration tests: one binary (linking wasmtime once), one module
+//! per area. They run real jobs with the real components built from `udfs/`
+//! by `scripts/build-udfs` (which `scripts/test` runs first).
+
+mod harness;
+mod job_spec;
+mod keyed_state;
+mod traps;
+mod wordcount;

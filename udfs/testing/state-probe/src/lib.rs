@@ -1,6 +1,6 @@
 //! Test guest: a keyed process that exercises every typed state.
 //!
-//! Each record's value is a command for the record's key:
+//! Each record's value (or its JSON `cmd` field) is a command for the record's key:
 //! - `add:<x>`: append `x` to a list state and put `x -> len` in a map state;
 //! - `fill:<n>`: append the numbers 0..n to the list (to force many pages);
 //! - `dump`: emit `{"key", "list", "map", "count"}` for this key;
@@ -27,7 +27,9 @@ impl KeyedProcess for Probe {
     }
 
     fn process(&mut self, record: Record<'_>, out: &mut Collector) -> Result<(), Error> {
-        let cmd = record.value_str()?;
+        let raw = record.value_str()?;
+        let parsed: Option<serde_json::Value> = raw.starts_with('{').then(|| serde_json::from_str(raw)).transpose()?;
+        let cmd = parsed.as_ref().and_then(|v| v.get("cmd")).and_then(|c| c.as_str()).unwrap_or(raw);
         let key = std::str::from_utf8(record.key.unwrap_or_default())?;
         let n = self.count.get()?.unwrap_or(0) + 1;
         if let Some(x) = cmd.strip_prefix("add:") {
