@@ -23,3 +23,4 @@ mod partition;
 pub use channel::{ChannelClosed, ElementSender, InputGate, LocalInputGate, RecordBatch, StreamElement, local_channel};
 pub use executor::{JobHandle, JobSummary, OperatorMetrics, RunOptions, TaskError, run_job};
 pub use operator::{Emit, Operator};
+pub(crate) use operator::{KeyedOperator, StatelessOperator};
