@@ -68,7 +68,11 @@ fn measure(f: impl FnOnce() -> anyhow::Result<u64>) -> anyhow::Result<(u64, f64)
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
@@ -84,7 +88,11 @@ fn batches(config: &GeneratorConfig) -> anyhow::Result<Vec<RecordBatch>> {
 
 fn line(name: &str, events: u64, wasm: (u64, f64), native: (u64, f64)) -> anyhow::Result<String> {
     if wasm.0 != native.0 {
-        bail!("benchmark {name}: the Wasm path emitted {} records, the native one {}", wasm.0, native.0);
+        bail!(
+            "benchmark {name}: the Wasm path emitted {} records, the native one {}",
+            wasm.0,
+            native.0
+        );
     }
     let x = events as f64 / wasm.1;
     let y = events as f64 / native.1;
@@ -97,8 +105,19 @@ fn line(name: &str, events: u64, wasm: (u64, f64), native: (u64, f64)) -> anyhow
 
 fn guest(engine: &WasmEngine, udfs: &Path, name: &str, world: World, state: Option<HeapKeyedState>) -> anyhow::Result<GuestInstance> {
     let path = udfs.join(format!("{name}.wasm"));
-    let c = engine.load_file(&path).with_context(|| format!("loading {} (run scripts/build-udfs first)", path.display()))?;
-    Ok(GuestInstance::new(&c, world, name, 0, InstanceLimits::default(), Arc::new(SystemClock), state, "{}")?)
+    let c = engine
+        .load_file(&path)
+        .with_context(|| format!("loading {} (run scripts/build-udfs first)", path.display()))?;
+    Ok(GuestInstance::new(
+        &c,
+        world,
+        name,
+        0,
+        InstanceLimits::default(),
+        Arc::new(SystemClock),
+        state,
+        "{}",
+    )?)
 }
 
 /// Run benchmark `name` over `events` records (a default when none).
@@ -111,9 +130,21 @@ pub fn run(engine: &Arc<WasmEngine>, name: &str, events: Option<u64>, udfs: &Pat
 }
 
 fn bench_map(engine: &WasmEngine, events: u64, udfs: &Path) -> anyhow::Result<String> {
-    let input = batches(&GeneratorConfig { count: events, keys: None, distribution: Distribution::Uniform, value_size: 100, seed: 1 })?;
+    let input = batches(&GeneratorConfig {
+        count: events,
+        keys: None,
+        distribution: Distribution::Uniform,
+        value_size: 100,
+        seed: 1,
+    })?;
     let metrics = Arc::new(OperatorMetrics::default());
-    let mut op = StatelessOperator::new(guest(engine, udfs, "uppercase", World::Stateless, None)?, "uppercase", 0, ErrorPolicy::Fail, metrics);
+    let mut op = StatelessOperator::new(
+        guest(engine, udfs, "uppercase", World::Stateless, None)?,
+        "uppercase",
+        0,
+        ErrorPolicy::Fail,
+        metrics,
+    );
     // Warm up (first-call costs, page faults), then measure.
     op.process(input[0].clone(), &mut Sink::default())?;
     let wasm = measure(|| {
@@ -139,7 +170,13 @@ fn bench_map(engine: &WasmEngine, events: u64, udfs: &Path) -> anyhow::Result<St
 }
 
 fn bench_keyed_count(engine: &WasmEngine, events: u64, udfs: &Path) -> anyhow::Result<String> {
-    let config = GeneratorConfig { count: events, keys: Some(10_000), distribution: Distribution::Zipf, value_size: 8, seed: 2 };
+    let config = GeneratorConfig {
+        count: events,
+        keys: Some(10_000),
+        distribution: Distribution::Zipf,
+        value_size: 8,
+        seed: 2,
+    };
     let input = batches(&config)?;
     let state = HeapKeyedState::new(KeyGroupRange::for_subtask(DEFAULT_MAX_PARALLELISM, 1, 0));
     let metrics = Arc::new(OperatorMetrics::default());
