@@ -48,6 +48,15 @@ impl Emit for Sink {
     }
 }
 
+/// Push every input batch through `op`; the number of records it emitted.
+fn drive(op: &mut dyn Operator, input: &[RecordBatch]) -> anyhow::Result<u64> {
+    let mut sink = Sink::default();
+    for b in input {
+        op.process(b.clone(), &mut sink)?;
+    }
+    Ok(sink.records)
+}
+
 /// CPU time of the calling thread, in seconds (Linux), else wall time.
 fn thread_cpu_seconds() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
@@ -147,13 +156,7 @@ fn bench_map(engine: &WasmEngine, events: u64, udfs: &Path) -> anyhow::Result<St
     );
     // Warm up (first-call costs, page faults), then measure.
     op.process(input[0].clone(), &mut Sink::default())?;
-    let wasm = measure(|| {
-        let mut sink = Sink::default();
-        for b in &input {
-            op.process(b.clone(), &mut sink)?;
-        }
-        Ok(sink.records)
-    })?;
+    let wasm = measure(|| drive(&mut op, &input))?;
     let native = measure(|| {
         let mut sink = Sink::default();
         for b in &input {
@@ -182,13 +185,7 @@ fn bench_keyed_count(engine: &WasmEngine, events: u64, udfs: &Path) -> anyhow::R
     let metrics = Arc::new(OperatorMetrics::default());
     let g = guest(engine, udfs, "count", World::KeyedProcess, Some(state))?;
     let mut op = KeyedOperator::new(g, "count", 0, ErrorPolicy::Fail, metrics, DEFAULT_MAX_PARALLELISM);
-    let wasm = measure(|| {
-        let mut sink = Sink::default();
-        for b in &input {
-            op.process(b.clone(), &mut sink)?;
-        }
-        Ok(sink.records)
-    })?;
+    let wasm = measure(|| drive(&mut op, &input))?;
     let native = measure(|| {
         #[derive(serde::Serialize)]
         struct Update<'a> {

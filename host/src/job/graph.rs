@@ -263,10 +263,7 @@ impl JobGraph {
                 })?;
                 let expected = op.kind.world();
                 if loaded.info.world != Some(expected) {
-                    let found = match loaded.info.exports.as_slice() {
-                        [] => "nothing".to_owned(),
-                        e => e.iter().map(|x| format!("`{x}`")).collect::<Vec<_>>().join(", "),
-                    };
+                    let found = loaded.info.exports_description();
                     let kind = serde_json::to_value(op.kind)
                         .ok()
                         .and_then(|v| v.as_str().map(str::to_owned))

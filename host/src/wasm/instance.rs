@@ -165,11 +165,10 @@ impl GuestInstance {
             failure,
         };
         if component.info.world != Some(world) {
-            let found = match component.info.exports.as_slice() {
-                [] => "nothing".to_owned(),
-                e => e.iter().map(|x| format!("`{x}`")).collect::<Vec<_>>().join(", "),
-            };
-            return Err(fail(GuestFailure::WrongWorld { expected: world, found }));
+            return Err(fail(GuestFailure::WrongWorld {
+                expected: world,
+                found: component.info.exports_description(),
+            }));
         }
         let operator: Arc<str> = operator.into();
         let logger = GuestLogger {

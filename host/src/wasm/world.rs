@@ -55,6 +55,14 @@ pub struct ComponentInfo {
 }
 
 impl ComponentInfo {
+    /// Its exports, for messages: "`a`, `b`" or "nothing".
+    pub fn exports_description(&self) -> String {
+        match self.exports.as_slice() {
+            [] => "nothing".to_owned(),
+            e => e.iter().map(|x| format!("`{x}`")).collect::<Vec<_>>().join(", "),
+        }
+    }
+
     /// Read a compiled component's type.
     pub fn of(engine: &Engine, component: &Component) -> Self {
         let ty = component.component_type();
