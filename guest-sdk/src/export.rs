@@ -5,7 +5,8 @@
 //! what it emits into one output buffer. For keyed operators it also tells the
 //! host which run of records (which key) is in scope, and flushes the
 //! write-back cache of value states at the end of each run, so a run costs one
-//! state read and one write however many records it holds.
+//! state read and one write however many records it holds; timers that fire
+//! are handled the same way, with their key's state in scope.
 
 use std::any::Any;
 use std::borrow::Cow;
@@ -14,6 +15,7 @@ use std::marker::PhantomData;
 
 use crate::Error;
 use crate::batch::{Batch, BatchWriter, RecordRef};
+use crate::timers::{TimeDomain, Timer};
 
 /// One input record.
 #[derive(Debug, Clone, Copy)]
@@ -24,11 +26,12 @@ pub struct Record<'a> {
     pub value: &'a [u8],
     /// Event time in milliseconds since the Unix epoch, if assigned.
     pub timestamp: Option<i64>,
-    index: u32,
+    /// Position in the input batch of this call: the index of its `record-error`.
+    pub(crate) index: u32,
 }
 
 impl<'a> Record<'a> {
-    fn new(r: RecordRef<'a>, index: usize) -> Self {
+    pub(crate) fn new(r: RecordRef<'a>, index: usize) -> Self {
         Record {
             key: r.key,
             value: r.value,
@@ -103,11 +106,22 @@ pub struct Collector {
 }
 
 impl Collector {
-    fn with_capacity(bytes: usize) -> Self {
+    pub(crate) fn with_capacity(bytes: usize) -> Self {
         Collector {
             records: BatchWriter::with_capacity(bytes),
             errors: Vec::new(),
         }
+    }
+
+    /// Report the input at `index` of this call (a record, an element, a
+    /// timer) as failed.
+    pub(crate) fn fail_at(&mut self, index: usize, error: impl Into<Error>) {
+        self.errors.push((index as u32, error.into().to_string()));
+    }
+
+    /// The packed records and the errors, for the generated `output` record.
+    pub(crate) fn into_parts(self) -> (Vec<u8>, Vec<(u32, String)>) {
+        (self.records.finish(), self.errors)
     }
 
     /// Emit a record.
@@ -202,6 +216,51 @@ pub trait KeyedProcess: Sized + 'static {
     fn open(config: &str) -> Result<Self, Error>;
     /// Called once per record, in arrival order within each key.
     fn process(&mut self, record: Record<'_>, out: &mut Collector) -> Result<(), Error>;
+    /// Called when a timer registered through [`crate::timers`] fires, with
+    /// the state of its key (`key`) in scope. Timers fire in timestamp order;
+    /// a fired timer is already removed and may be registered again. Does
+    /// nothing unless overridden.
+    fn on_timer(&mut self, key: &[u8], timer: Timer, out: &mut Collector) -> Result<(), Error> {
+        let _ = (key, timer, out);
+        Ok(())
+    }
+}
+
+/// A keyed operator with two inputs (two keyed streams connected, as Flink's
+/// `KeyedCoProcessFunction`): records of both inputs with the same key share
+/// that key's state and timers.
+///
+/// ```ignore
+/// use sluice_guest::{CoKeyedProcess, Record, Collector, Error, ValueState};
+/// struct Enrich { name: ValueState<String> }
+/// impl CoKeyedProcess for Enrich {
+///     fn open(_: &str) -> Result<Self, Error> { Ok(Enrich { name: ValueState::new("name")? }) }
+///     fn process1(&mut self, r: Record<'_>, out: &mut Collector) -> Result<(), Error> {
+///         let name = self.name.get()?.unwrap_or_default();
+///         out.emit(r.key, format!("{name}: {}", r.value_str()?).as_bytes(), r.timestamp);
+///         Ok(())
+///     }
+///     fn process2(&mut self, r: Record<'_>, _: &mut Collector) -> Result<(), Error> {
+///         self.name.set(r.value_str()?.to_owned())
+///     }
+/// }
+/// sluice_guest::export_co_keyed_process!(Enrich);
+/// ```
+pub trait CoKeyedProcess: Sized + 'static {
+    /// Called once per instance with the operator's JSON configuration.
+    /// States are declared here.
+    fn open(config: &str) -> Result<Self, Error>;
+    /// Called once per record of the first input, in arrival order within
+    /// each key.
+    fn process1(&mut self, record: Record<'_>, out: &mut Collector) -> Result<(), Error>;
+    /// Called once per record of the second input, in arrival order within
+    /// each key.
+    fn process2(&mut self, record: Record<'_>, out: &mut Collector) -> Result<(), Error>;
+    /// As [`KeyedProcess::on_timer`]. Does nothing unless overridden.
+    fn on_timer(&mut self, key: &[u8], timer: Timer, out: &mut Collector) -> Result<(), Error> {
+        let _ = (key, timer, out);
+        Ok(())
+    }
 }
 
 thread_local! {
@@ -209,14 +268,14 @@ thread_local! {
     static OPERATOR: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
 }
 
-fn open_operator<T: 'static>(make: impl FnOnce() -> Result<T, Error>) -> Result<(), String> {
+pub(crate) fn open_operator<T: 'static>(make: impl FnOnce() -> Result<T, Error>) -> Result<(), String> {
     crate::log::install_panic_hook();
     let op = make().map_err(|e| e.to_string())?;
     OPERATOR.with(|o| *o.borrow_mut() = Some(Box::new(op)));
     Ok(())
 }
 
-fn with_operator<T: 'static, R>(f: impl FnOnce(&mut T) -> R) -> R {
+pub(crate) fn with_operator<T: 'static, R>(f: impl FnOnce(&mut T) -> R) -> R {
     OPERATOR.with(|o| {
         let mut slot = o.borrow_mut();
         let op = slot
@@ -227,7 +286,7 @@ fn with_operator<T: 'static, R>(f: impl FnOnce(&mut T) -> R) -> R {
     })
 }
 
-fn for_each_record<'a>(batch: &'a [u8], mut f: impl FnMut(Record<'a>)) {
+pub(crate) fn for_each_record<'a>(batch: &'a [u8], mut f: impl FnMut(Record<'a>)) {
     for (i, r) in Batch::new(batch).iter().enumerate() {
         match r {
             Ok(r) => f(Record::new(r, i)),
@@ -247,8 +306,9 @@ fn stateless(batch: Vec<u8>, mut each: impl FnMut(Record<'_>, &mut Collector) ->
     out
 }
 
-/// Runs a keyed operator over one batch of runs.
-fn keyed<T: KeyedProcess>(batch: Vec<u8>) -> Collector {
+/// Runs a keyed operator over one batch of runs, calling `each` once per
+/// record with the record's key in scope.
+fn keyed<T: 'static>(batch: Vec<u8>, mut each: impl FnMut(&mut T, Record<'_>, &mut Collector) -> Result<(), Error>) -> Collector {
     use crate::__private::imports::sluice::udf::keyed_context;
     let mut out = Collector::with_capacity(batch.len() * 2);
     // The last record of the run in scope: a failed write-back of the run's
@@ -260,7 +320,7 @@ fn keyed<T: KeyedProcess>(batch: Vec<u8>) -> Collector {
             let key = r.key.expect("the host sent a keyed operator a record without a key");
             if last.map(|l| l.key) != Some(Some(key)) {
                 if let Some(prev) = last {
-                    end_run(&prev, &mut out);
+                    end_run(prev.index as usize, &mut out);
                     run += 1;
                 }
                 if let Err(e) = keyed_context::enter_run(run) {
@@ -269,37 +329,92 @@ fn keyed<T: KeyedProcess>(batch: Vec<u8>) -> Collector {
                 crate::state::begin_run();
             }
             last = Some(r);
-            if let Err(e) = op.process(r, &mut out) {
+            if let Err(e) = each(op, r, &mut out) {
                 out.fail(&r, e);
             }
         });
     });
     if let Some(prev) = last {
-        end_run(&prev, &mut out);
+        end_run(prev.index as usize, &mut out);
     }
     out
 }
 
-fn end_run(last: &Record<'_>, out: &mut Collector) {
+/// Reports every record of a batch sent to an input the operator does not
+/// have.
+fn reject_input(batch: Vec<u8>, input: u32) -> Collector {
+    let mut out = Collector::default();
+    for_each_record(&batch, |r| {
+        out.fail(
+            &r,
+            format!("this operator has two inputs (0 and 1); the host sent a batch to input {input}"),
+        );
+    });
+    out
+}
+
+/// Handles fired timers, in order, each with its key (run) in scope.
+/// Consecutive timers of one run share one scope, as the records of a run do:
+/// their value states are written back once, after the last of them.
+fn keyed_timers<T: 'static>(
+    timers: Vec<keyed_op::FiredTimer>,
+    mut each: impl FnMut(&mut T, &[u8], Timer, &mut Collector) -> Result<(), Error>,
+) -> Collector {
+    use crate::__private::imports::sluice::udf::keyed_context;
+    let mut out = Collector::with_capacity(timers.len() * 64);
+    with_operator::<T, _>(|op| {
+        let mut i = 0;
+        while i < timers.len() {
+            let run = timers[i].run;
+            let end = timers[i..].iter().position(|t| t.run != run).map_or(timers.len(), |n| i + n);
+            match keyed_context::enter_run(run) {
+                Ok(key) => {
+                    crate::state::begin_run();
+                    for (j, t) in timers.iter().enumerate().take(end).skip(i) {
+                        let timer = Timer {
+                            domain: TimeDomain::from_host(t.domain),
+                            timestamp: t.timestamp,
+                        };
+                        if let Err(e) = each(op, &key, timer, &mut out) {
+                            out.fail_at(j, e);
+                        }
+                    }
+                    end_run(end - 1, &mut out);
+                }
+                Err(e) => {
+                    for j in i..end {
+                        out.fail_at(j, format!("the host refused run {run} of timer {j}: {e}"));
+                    }
+                }
+            }
+            i = end;
+        }
+    });
+    out
+}
+
+/// Ends the run in scope, reporting a failed write-back against the input at
+/// `last` (the run's last record or timer).
+fn end_run(last: usize, out: &mut Collector) {
     if let Err(e) = crate::state::end_run() {
-        out.fail(last, e);
+        out.fail_at(last, e);
     }
 }
 
 macro_rules! to_output {
     ($types:path, $c:expr) => {{
         use $types as types;
-        let c = $c;
+        let (records, errors) = $c.into_parts();
         types::Output {
-            records: c.records.finish(),
-            errors: c
-                .errors
+            records,
+            errors: errors
                 .into_iter()
                 .map(|(index, message)| types::RecordError { index, message })
                 .collect(),
         }
     }};
 }
+pub(crate) use to_output;
 
 /// Export glue for [`Map`].
 pub struct MapExport<T>(PhantomData<T>);
@@ -309,6 +424,8 @@ pub struct FilterExport<T>(PhantomData<T>);
 pub struct FlatMapExport<T>(PhantomData<T>);
 /// Export glue for [`KeyedProcess`].
 pub struct KeyedExport<T>(PhantomData<T>);
+/// Export glue for [`CoKeyedProcess`].
+pub struct CoKeyedExport<T>(PhantomData<T>);
 
 use crate::__private::keyed::exports::sluice::udf::keyed_operator as keyed_op;
 use crate::__private::stateless::exports::sluice::udf::stateless_operator as stateless_op;
@@ -363,8 +480,34 @@ impl<T: KeyedProcess> keyed_op::Guest for KeyedExport<T> {
         open_operator(|| T::open(&config))
     }
 
-    fn process_runs(records: Vec<u8>) -> keyed_op::Output {
-        let c = keyed::<T>(records);
+    /// A single-input operator treats every batch as its one input's.
+    fn process_runs(_input: u32, records: Vec<u8>) -> keyed_op::Output {
+        let c = keyed::<T>(records, |op, r, out| op.process(r, out));
+        to_output!(crate::__private::keyed::sluice::udf::types, c)
+    }
+
+    fn on_timers(timers: Vec<keyed_op::FiredTimer>) -> keyed_op::Output {
+        let c = keyed_timers::<T>(timers, |op, key, timer, out| op.on_timer(key, timer, out));
+        to_output!(crate::__private::keyed::sluice::udf::types, c)
+    }
+}
+
+impl<T: CoKeyedProcess> keyed_op::Guest for CoKeyedExport<T> {
+    fn open(config: String) -> Result<(), String> {
+        open_operator(|| T::open(&config))
+    }
+
+    fn process_runs(input: u32, records: Vec<u8>) -> keyed_op::Output {
+        let c = match input {
+            0 => keyed::<T>(records, |op, r, out| op.process1(r, out)),
+            1 => keyed::<T>(records, |op, r, out| op.process2(r, out)),
+            n => reject_input(records, n),
+        };
+        to_output!(crate::__private::keyed::sluice::udf::types, c)
+    }
+
+    fn on_timers(timers: Vec<keyed_op::FiredTimer>) -> keyed_op::Output {
+        let c = keyed_timers::<T>(timers, |op, key, timer, out| op.on_timer(key, timer, out));
         to_output!(crate::__private::keyed::sluice::udf::types, c)
     }
 }

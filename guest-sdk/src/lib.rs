@@ -10,7 +10,11 @@
 //! | map: one record in, one out | [`Map`] | [`export_map!`] |
 //! | filter: keep or drop | [`Filter`] | [`export_filter!`] |
 //! | flat-map: any number out | [`FlatMap`] | [`export_flat_map!`] |
-//! | keyed process: records of one key with that key's state | [`KeyedProcess`] | [`export_keyed_process!`] |
+//! | keyed process: records of one key with that key's state and timers | [`KeyedProcess`] | [`export_keyed_process!`] |
+//! | two connected keyed inputs sharing state and timers | [`CoKeyedProcess`] | [`export_co_keyed_process!`] |
+//! | incremental window aggregate: create / add / merge / result | [`Aggregate`] | [`export_aggregate!`] |
+//! | full-window function: every element of a fired window | [`WindowProcess`] | [`export_window_process!`] |
+//! | punctuated watermarks: a watermark after some records | [`Punctuated`] | [`export_punctuated!`] |
 //!
 //! ```ignore
 //! use sluice_guest::{FlatMap, Record, Collector, Error};
@@ -31,7 +35,14 @@
 //! ```
 //!
 //! Keyed state ([`ValueState`], [`ListState`], [`MapState`]) lives in the
-//! host, scoped to the key of the record being processed; see [`state`].
+//! host, scoped to the key of the record (or timer) being processed; see
+//! [`state`]. So do timers: a keyed operator registers them through
+//! [`timers`] and handles them in `on_timer`.
+//!
+//! A window operator's windows are assigned, stored and fired by the host: an
+//! [`Aggregate`] folds records into an [`Accumulator`] (`u64`, `i64`, `f64`,
+//! or any serde type in [`Json`]) the host stores per key and [`Window`]; a
+//! [`WindowProcess`] sees all the elements of a window when it fires.
 //!
 //! Expected failures of one record are returned as [`Error`] values (the
 //! host routes them by the job's error policy); a panic is a bug: it traps,
@@ -47,13 +58,25 @@ mod export;
 pub mod log;
 #[cfg(target_arch = "wasm32")]
 pub mod state;
+#[cfg(target_arch = "wasm32")]
+pub mod timers;
+#[cfg(target_arch = "wasm32")]
+mod watermark;
+#[cfg(target_arch = "wasm32")]
+mod window;
 
 #[cfg(target_arch = "wasm32")]
 pub use error::Error;
 #[cfg(target_arch = "wasm32")]
-pub use export::{Collector, Filter, FlatMap, KeyedProcess, Map, Output, Record};
+pub use export::{CoKeyedProcess, Collector, Filter, FlatMap, KeyedProcess, Map, Output, Record};
 #[cfg(target_arch = "wasm32")]
 pub use state::{ListState, MapState, StateKey, ValueState};
+#[cfg(target_arch = "wasm32")]
+pub use timers::{TimeDomain, Timer};
+#[cfg(target_arch = "wasm32")]
+pub use watermark::Punctuated;
+#[cfg(target_arch = "wasm32")]
+pub use window::{Accumulator, Aggregate, Json, Window, WindowProcess};
 
 /// Host time, as the host sees it.
 #[cfg(target_arch = "wasm32")]
@@ -75,7 +98,9 @@ pub mod time {
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::export::{FilterExport, FlatMapExport, KeyedExport, MapExport};
+    pub use crate::export::{CoKeyedExport, FilterExport, FlatMapExport, KeyedExport, MapExport};
+    pub use crate::watermark::PunctuatedExport;
+    pub use crate::window::{AggregateExport, WindowProcessExport};
 
     /// Imports only: a component imports only what it calls.
     pub mod imports {
@@ -113,11 +138,60 @@ pub mod __private {
                 "sluice:udf/context@0.1.0": crate::__private::imports::sluice::udf::context,
                 "sluice:udf/state@0.1.0": crate::__private::imports::sluice::udf::state,
                 "sluice:udf/keyed-context@0.1.0": crate::__private::imports::sluice::udf::keyed_context,
+                "sluice:udf/timers@0.1.0": crate::__private::imports::sluice::udf::timers,
             },
             generate_all,
             pub_export_macro: true,
             export_macro_name: "__export_keyed",
             default_bindings_module: "sluice_guest::__private::keyed",
+        });
+    }
+
+    /// The `window-aggregate` world's export glue.
+    pub mod aggregate {
+        wit_bindgen::generate!({
+            world: "window-aggregate",
+            path: "../wit/sluice-udf@0.1.0",
+            with: {
+                "sluice:udf/log@0.1.0": crate::__private::imports::sluice::udf::log,
+                "sluice:udf/context@0.1.0": crate::__private::imports::sluice::udf::context,
+            },
+            generate_all,
+            pub_export_macro: true,
+            export_macro_name: "__export_aggregate",
+            default_bindings_module: "sluice_guest::__private::aggregate",
+        });
+    }
+
+    /// The `window-process` world's export glue.
+    pub mod window_process {
+        wit_bindgen::generate!({
+            world: "window-process",
+            path: "../wit/sluice-udf@0.1.0",
+            with: {
+                "sluice:udf/log@0.1.0": crate::__private::imports::sluice::udf::log,
+                "sluice:udf/context@0.1.0": crate::__private::imports::sluice::udf::context,
+            },
+            generate_all,
+            pub_export_macro: true,
+            export_macro_name: "__export_window_process",
+            default_bindings_module: "sluice_guest::__private::window_process",
+        });
+    }
+
+    /// The `punctuated-watermarks` world's export glue.
+    pub mod punctuated {
+        wit_bindgen::generate!({
+            world: "punctuated-watermarks",
+            path: "../wit/sluice-udf@0.1.0",
+            with: {
+                "sluice:udf/log@0.1.0": crate::__private::imports::sluice::udf::log,
+                "sluice:udf/context@0.1.0": crate::__private::imports::sluice::udf::context,
+            },
+            generate_all,
+            pub_export_macro: true,
+            export_macro_name: "__export_punctuated",
+            default_bindings_module: "sluice_guest::__private::punctuated",
         });
     }
 }
@@ -166,6 +240,59 @@ macro_rules! export_keyed_process {
         const _: () = {
             type __SluiceOperator = $crate::__private::KeyedExport<$ty>;
             $crate::__private::keyed::__export_keyed!(__SluiceOperator);
+        };
+    };
+}
+
+/// Export a [`CoKeyedProcess`] implementation as this component's operator
+/// (the `keyed-process` world; input 0 goes to `process1`, input 1 to
+/// `process2`).
+#[cfg(target_arch = "wasm32")]
+#[macro_export]
+macro_rules! export_co_keyed_process {
+    ($ty:ty) => {
+        const _: () = {
+            type __SluiceOperator = $crate::__private::CoKeyedExport<$ty>;
+            $crate::__private::keyed::__export_keyed!(__SluiceOperator);
+        };
+    };
+}
+
+/// Export an [`Aggregate`] implementation as this component's operator (the
+/// `window-aggregate` world).
+#[cfg(target_arch = "wasm32")]
+#[macro_export]
+macro_rules! export_aggregate {
+    ($ty:ty) => {
+        const _: () = {
+            type __SluiceOperator = $crate::__private::AggregateExport<$ty>;
+            $crate::__private::aggregate::__export_aggregate!(__SluiceOperator);
+        };
+    };
+}
+
+/// Export a [`WindowProcess`] implementation as this component's operator
+/// (the `window-process` world).
+#[cfg(target_arch = "wasm32")]
+#[macro_export]
+macro_rules! export_window_process {
+    ($ty:ty) => {
+        const _: () = {
+            type __SluiceOperator = $crate::__private::WindowProcessExport<$ty>;
+            $crate::__private::window_process::__export_window_process!(__SluiceOperator);
+        };
+    };
+}
+
+/// Export a [`Punctuated`] implementation as this component's watermark
+/// generator (the `punctuated-watermarks` world).
+#[cfg(target_arch = "wasm32")]
+#[macro_export]
+macro_rules! export_punctuated {
+    ($ty:ty) => {
+        const _: () = {
+            type __SluiceOperator = $crate::__private::PunctuatedExport<$ty>;
+            $crate::__private::punctuated::__export_punctuated!(__SluiceOperator);
         };
     };
 }

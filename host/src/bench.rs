@@ -11,7 +11,12 @@
 //! - `map`: the `uppercase` map UDF over 100-byte records, batches of 1024;
 //! - `keyed-count`: the `count` UDF with host state over a Zipf stream of
 //!   10,000 distinct keys, through the real keyed operator (grouping into
-//!   runs, host state, JSON output).
+//!   runs, host state, JSON output);
+//! - `window-count`: 1-second tumbling event-time windows counting words
+//!   with the `window-count` aggregate UDF (accumulators in host state,
+//!   timers, firing on watermarks) over a Zipf stream of 10,000 distinct
+//!   words, 100,000 per event-time second. Its input is generated on another
+//!   thread while it runs, so memory shows the engine's, not the input's.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -24,12 +29,14 @@ use sluice_guest::batch::BatchWriter;
 use crate::connectors::generator::{Generator, GeneratorConfig};
 use crate::job::ErrorPolicy;
 use crate::job::spec::Distribution;
+use crate::runtime::operator::GuestOutputs;
 use crate::runtime::{Emit, Operator, OperatorMetrics, RecordBatch, TaskError};
 use crate::runtime::{KeyedOperator, StatelessOperator};
 use crate::state::{DEFAULT_MAX_PARALLELISM, HeapKeyedState, KeyGroupRange};
 use crate::tenancy::InstanceLimits;
-use crate::time::SystemClock;
+use crate::time::{SystemClock, TimeDomain};
 use crate::wasm::{GuestInstance, WasmEngine, World};
+use crate::window::{Assigner, Trigger, TriggerKind, WindowConfig, WindowFunction, WindowOperator};
 
 const BATCH: usize = 1024;
 
@@ -46,15 +53,43 @@ impl Emit for Sink {
         self.bytes += batch.bytes.len() as u64;
         Ok(())
     }
+
+    fn emit_late(&mut self, _batch: RecordBatch) -> Result<(), TaskError> {
+        Ok(())
+    }
+
+    fn has_late_output(&self) -> bool {
+        false
+    }
+
+    fn watermark(&mut self, _watermark: i64) -> Result<(), TaskError> {
+        Ok(())
+    }
 }
 
 /// Push every input batch through `op`; the number of records it emitted.
 fn drive(op: &mut dyn Operator, input: &[RecordBatch]) -> anyhow::Result<u64> {
     let mut sink = Sink::default();
     for b in input {
-        op.process(b.clone(), &mut sink)?;
+        op.process(0, b.clone(), &mut sink)?;
     }
     Ok(sink.records)
+}
+
+/// Batches of `config` generated on another thread (so neither their cost
+/// nor their memory counts), at most a few in flight.
+fn stream(config: &GeneratorConfig) -> crossbeam_channel::Receiver<RecordBatch> {
+    use crate::connectors::SourceReader;
+    let (tx, rx) = crossbeam_channel::bounded(16);
+    let mut g = Generator::new(config.clone(), 0, 1);
+    std::thread::spawn(move || {
+        while let Ok(Some(b)) = g.next_batch(BATCH) {
+            if tx.send(b).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 /// CPU time of the calling thread, in seconds (Linux), else wall time.
@@ -134,7 +169,8 @@ pub fn run(engine: &Arc<WasmEngine>, name: &str, events: Option<u64>, udfs: &Pat
     match name {
         "map" => bench_map(engine, events.unwrap_or(5_000_000), udfs),
         "keyed-count" => bench_keyed_count(engine, events.unwrap_or(3_000_000), udfs),
-        other => bail!("unknown benchmark `{other}`: choose map or keyed-count"),
+        "window-count" => bench_window_count(engine, events.unwrap_or(10_000_000), udfs),
+        other => bail!("unknown benchmark `{other}`: choose map, keyed-count or window-count"),
     }
 }
 
@@ -145,17 +181,16 @@ fn bench_map(engine: &WasmEngine, events: u64, udfs: &Path) -> anyhow::Result<St
         distribution: Distribution::Uniform,
         value_size: 100,
         seed: 1,
+        events_per_second: None,
+        start_time_ms: 0,
     })?;
     let metrics = Arc::new(OperatorMetrics::default());
     let mut op = StatelessOperator::new(
         guest(engine, udfs, "uppercase", World::Stateless, None)?,
-        "uppercase",
-        0,
-        ErrorPolicy::Fail,
-        metrics,
+        GuestOutputs::new("uppercase", 0, ErrorPolicy::Fail, metrics),
     );
     // Warm up (first-call costs, page faults), then measure.
-    op.process(input[0].clone(), &mut Sink::default())?;
+    op.process(0, input[0].clone(), &mut Sink::default())?;
     let wasm = measure(|| drive(&mut op, &input))?;
     let native = measure(|| {
         let mut sink = Sink::default();
@@ -179,12 +214,18 @@ fn bench_keyed_count(engine: &WasmEngine, events: u64, udfs: &Path) -> anyhow::R
         distribution: Distribution::Zipf,
         value_size: 8,
         seed: 2,
+        events_per_second: None,
+        start_time_ms: 0,
     };
     let input = batches(&config)?;
     let state = HeapKeyedState::new(KeyGroupRange::for_subtask(DEFAULT_MAX_PARALLELISM, 1, 0));
     let metrics = Arc::new(OperatorMetrics::default());
     let g = guest(engine, udfs, "count", World::KeyedProcess, Some(state))?;
-    let mut op = KeyedOperator::new(g, "count", 0, ErrorPolicy::Fail, metrics, DEFAULT_MAX_PARALLELISM);
+    let mut op = KeyedOperator::new(
+        g,
+        GuestOutputs::new("count", 0, ErrorPolicy::Fail, metrics),
+        DEFAULT_MAX_PARALLELISM,
+    );
     let wasm = measure(|| drive(&mut op, &input))?;
     let native = measure(|| {
         #[derive(serde::Serialize)]
@@ -215,4 +256,110 @@ fn bench_keyed_count(engine: &WasmEngine, events: u64, udfs: &Path) -> anyhow::R
         Ok(sink.records)
     })?;
     line("keyed-count", events, wasm, native)
+}
+
+fn bench_window_count(engine: &WasmEngine, events: u64, udfs: &Path) -> anyhow::Result<String> {
+    let config = GeneratorConfig {
+        count: events,
+        keys: Some(10_000),
+        distribution: Distribution::Zipf,
+        value_size: 1,
+        seed: 3,
+        events_per_second: Some(100_000),
+        start_time_ms: 0,
+    };
+    let cfg = WindowConfig {
+        assigner: Assigner::Tumbling { size: 1000, offset: 0 },
+        time: TimeDomain::EventTime,
+        trigger: Trigger {
+            kind: TriggerKind::Time(TimeDomain::EventTime),
+            purging: false,
+        },
+        allowed_lateness: 0,
+    };
+    let state = HeapKeyedState::new(KeyGroupRange::for_subtask(DEFAULT_MAX_PARALLELISM, 1, 0));
+    let metrics = Arc::new(OperatorMetrics::default());
+    let g = guest(engine, udfs, "window_count", World::WindowAggregate, None)?;
+    let mut op = WindowOperator::new(
+        cfg,
+        WindowFunction::Aggregate(g),
+        state,
+        Arc::new(SystemClock),
+        DEFAULT_MAX_PARALLELISM,
+        GuestOutputs::new("window-count", 0, ErrorPolicy::Fail, metrics),
+    )?;
+    // Watermarks as a monotonous source emits them: after each batch.
+    let input = stream(&config);
+    let wasm = measure(|| {
+        let mut sink = Sink::default();
+        for b in input {
+            let max = b.records().filter_map(|r| r.timestamp).max();
+            op.process(0, b, &mut sink)?;
+            if let Some(m) = max {
+                op.on_watermark(m - 1, &mut sink)?;
+            }
+        }
+        op.on_watermark(i64::MAX, &mut sink)?;
+        Ok(sink.records)
+    })?;
+    let input = stream(&config);
+    let native = measure(|| {
+        #[derive(serde::Serialize)]
+        struct Count<'a> {
+            word: &'a str,
+            start: i64,
+            end: i64,
+            count: u64,
+        }
+        let mut windows: std::collections::BTreeMap<i64, HashMap<Vec<u8>, u64>> = Default::default();
+        let mut sink = Sink::default();
+        let fire = |windows: &mut std::collections::BTreeMap<i64, HashMap<Vec<u8>, u64>>, wm: i64, sink: &mut Sink| -> anyhow::Result<()> {
+            while let Some(entry) = windows.first_entry() {
+                let start = *entry.key();
+                if start + 999 > wm {
+                    break;
+                }
+                let counts = entry.remove();
+                let mut w = BatchWriter::new();
+                for (key, count) in &counts {
+                    let word = std::str::from_utf8(key)?;
+                    w.push_with(Some(key), Some(start + 999), |buf| {
+                        let _ = serde_json::to_writer(
+                            buf,
+                            &Count {
+                                word,
+                                start,
+                                end: start + 1000,
+                                count: *count,
+                            },
+                        );
+                    });
+                }
+                let len = w.len();
+                sink.emit(RecordBatch { bytes: w.finish(), len })?;
+            }
+            Ok(())
+        };
+        for b in input {
+            let mut max = None;
+            for r in b.records() {
+                let t = r.timestamp.unwrap_or_default();
+                max = max.max(Some(t));
+                let key = r.key.unwrap_or_default();
+                let counts = windows.entry(t - t.rem_euclid(1000)).or_default();
+                match counts.get_mut(key) {
+                    Some(c) => *c += 1,
+                    None => {
+                        counts.insert(key.to_vec(), 1);
+                    }
+                }
+            }
+            if let Some(m) = max {
+                fire(&mut windows, m - 1, &mut sink)?;
+            }
+        }
+        fire(&mut windows, i64::MAX - 1000, &mut sink)?;
+        Ok(sink.records)
+    })?;
+    line("window-count", events, wasm, native)
 }

@@ -10,7 +10,7 @@ mod json_sink;
 
 use std::path::PathBuf;
 
-pub use file_source::FileSource;
+pub use file_source::{FileOptions, FileSource};
 pub use generator::Generator;
 pub use json_sink::JsonLinesSink;
 
@@ -44,7 +44,8 @@ pub enum ConnectorError {
 
 /// One subtask of a source.
 pub trait SourceReader: Send {
-    /// The next batch of at most `max_records`, or `None` at the end.
+    /// The next batch of at most `max_records`, or `None` at the end. An
+    /// unbounded source with nothing to read right now returns an empty batch.
     fn next_batch(&mut self, max_records: usize) -> Result<Option<RecordBatch>, ConnectorError>;
 }
 
@@ -52,6 +53,8 @@ pub trait SourceReader: Send {
 pub trait SinkWriter: Send {
     /// Write a batch.
     fn write(&mut self, batch: &RecordBatch) -> Result<(), ConnectorError>;
+    /// Make what was written visible (called now and then while running).
+    fn flush(&mut self) -> Result<(), ConnectorError>;
     /// Flush everything; called once at the end.
     fn finish(&mut self) -> Result<(), ConnectorError>;
 }

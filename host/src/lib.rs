@@ -13,7 +13,8 @@
 //! wasm         engine, component cache, host interfaces, guest instances
 //! state        key groups, the heap backend
 //! tenancy      per-instance limits
-//! time         clocks
+//! time         clocks, watermarks, timers
+//! window       window assigners, triggers and the window operator
 //! ```
 
 pub mod bench;
@@ -24,3 +25,4 @@ pub mod state;
 pub mod tenancy;
 pub mod time;
 pub mod wasm;
+pub mod window;

@@ -11,16 +11,16 @@
 //! ```
 //!
 //! A stream carries [`StreamElement`]s: record batches in-band with control
-//! messages (today `EndOfData`; watermarks and barriers join it in-band).
+//! messages: watermarks, idleness and `EndOfData` (barriers will join them).
 //! Channels sit behind [`ElementSender`] and [`InputGate`] so a network
 //! transport can implement them for cluster mode.
 
 mod channel;
 mod executor;
-mod operator;
-mod partition;
+pub(crate) mod operator;
+pub(crate) mod partition;
 
-pub use channel::{ChannelClosed, ElementSender, InputGate, LocalInputGate, RecordBatch, StreamElement, local_channel};
+pub use channel::{ChannelClosed, ElementSender, GateEvent, InputGate, LocalInputGate, RecordBatch, StreamElement, local_channel};
 pub use executor::{JobHandle, JobSummary, OperatorMetrics, RunOptions, TaskError, run_job};
 pub use operator::{Emit, Operator};
 pub(crate) use operator::{KeyedOperator, StatelessOperator};

@@ -18,6 +18,6 @@ mod instance;
 mod world;
 
 pub use engine::{ComponentDigest, LoadedComponent, WasmEngine, WasmError};
-pub use host::RunKeys;
-pub use instance::{GuestError, GuestInstance, GuestOutput, RecordError};
+pub use host::{KeyedScope, RunKeys};
+pub use instance::{GuestError, GuestFailure, GuestInstance, GuestOutput, RecordError, WindowBounds};
 pub use world::{ComponentInfo, World};

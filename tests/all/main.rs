@@ -6,4 +6,5 @@ mod harness;
 mod job_spec;
 mod keyed_state;
 mod traps;
+mod windows;
 mod wordcount;

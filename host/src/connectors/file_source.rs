@@ -1,5 +1,7 @@
 //! Reads a file line by line: each line a record value, or (JSON lines) a
-//! JSON document whose fields can supply the key and event time.
+//! JSON document whose fields can supply the key and event time, or (CSV)
+//! named columns turned into a JSON object. In follow mode it keeps reading
+//! what is appended to the file, like `tail -f`, until the job is cancelled.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -11,13 +13,26 @@ use super::{ConnectorError, SourceReader};
 use crate::job::spec::FileFormat;
 use crate::runtime::RecordBatch;
 
+/// How a file source reads.
+#[derive(Debug, Clone, Default)]
+pub struct FileOptions {
+    /// Line format.
+    pub format: FileFormat,
+    /// Field giving the key (json, csv).
+    pub key_field: Option<String>,
+    /// Field giving the event time in ms (json, csv).
+    pub timestamp_field: Option<String>,
+    /// Column names (csv).
+    pub columns: Vec<String>,
+    /// Keep reading appended lines.
+    pub follow: bool,
+}
+
 /// A file source subtask.
 pub struct FileSource {
     path: PathBuf,
     reader: BufReader<File>,
-    format: FileFormat,
-    key_field: Option<String>,
-    timestamp_field: Option<String>,
+    options: FileOptions,
     line: u64,
     buf: Vec<u8>,
     done: bool,
@@ -25,12 +40,7 @@ pub struct FileSource {
 
 impl FileSource {
     /// Open `path`.
-    pub fn open(
-        path: &Path,
-        format: FileFormat,
-        key_field: Option<String>,
-        timestamp_field: Option<String>,
-    ) -> Result<Self, ConnectorError> {
+    pub fn open(path: &Path, options: FileOptions) -> Result<Self, ConnectorError> {
         let file = File::open(path).map_err(|source| ConnectorError::Io {
             path: path.to_owned(),
             source,
@@ -38,13 +48,38 @@ impl FileSource {
         Ok(FileSource {
             path: path.to_owned(),
             reader: BufReader::with_capacity(256 << 10, file),
-            format,
-            key_field,
-            timestamp_field,
+            options,
             line: 0,
             buf: Vec::new(),
             done: false,
         })
+    }
+
+    /// A CSV line as a JSON object of the columns (numbers stay numbers).
+    fn csv_to_json(&self, line: &[u8]) -> Result<Vec<u8>, ConnectorError> {
+        let text = std::str::from_utf8(line).map_err(|_| self.bad("the line is not UTF-8".into()))?;
+        let fields = split_csv(text).map_err(|m| self.bad(m))?;
+        let columns = &self.options.columns;
+        if fields.len() != columns.len() {
+            return Err(self.bad(format!(
+                "expected {} comma-separated columns ({}), found {}",
+                columns.len(),
+                columns.join(","),
+                fields.len()
+            )));
+        }
+        let mut doc = serde_json::Map::with_capacity(columns.len());
+        for (name, field) in columns.iter().zip(fields) {
+            let value = match field.trim().parse::<i64>() {
+                Ok(i) => serde_json::Value::from(i),
+                Err(_) => match field.trim().parse::<f64>() {
+                    Ok(f) if f.is_finite() => serde_json::Value::from(f),
+                    _ => serde_json::Value::String(field),
+                },
+            };
+            doc.insert(name.clone(), value);
+        }
+        serde_json::to_vec(&doc).map_err(|e| self.bad(e.to_string()))
     }
 
     fn bad(&self, message: String) -> ConnectorError {
@@ -57,7 +92,7 @@ impl FileSource {
 
     fn push_json(&self, w: &mut BatchWriter, line: &[u8]) -> Result<(), ConnectorError> {
         let doc: serde_json::Value = serde_json::from_slice(line).map_err(|e| self.bad(format!("invalid JSON: {e}")))?;
-        let key = match &self.key_field {
+        let key = match &self.options.key_field {
             None => None,
             Some(f) => Some(match doc.get(f) {
                 Some(serde_json::Value::String(s)) => s.as_bytes().to_vec(),
@@ -65,7 +100,7 @@ impl FileSource {
                 Some(other) => other.to_string().into_bytes(),
             }),
         };
-        let ts = match &self.timestamp_field {
+        let ts = match &self.options.timestamp_field {
             None => None,
             Some(f) => Some(
                 doc.get(f)
@@ -91,7 +126,17 @@ impl SourceReader for FileSource {
                 source,
             })?;
             if n == 0 {
-                self.done = true;
+                if !self.options.follow {
+                    self.done = true;
+                }
+                break;
+            }
+            if self.options.follow && !self.buf.ends_with(b"\n") {
+                // A line still being written: read it again once complete.
+                self.reader.seek_relative(-(n as i64)).map_err(|source| ConnectorError::Io {
+                    path: self.path.clone(),
+                    source,
+                })?;
                 break;
             }
             self.line += 1;
@@ -102,21 +147,81 @@ impl SourceReader for FileSource {
             if let Some(l) = line.strip_suffix(b"\r") {
                 line = l;
             }
-            match self.format {
+            match self.options.format {
                 FileFormat::Lines => w.push(None, line, None),
-                FileFormat::Json => {
+                FileFormat::Json | FileFormat::Csv => {
                     if line.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
-                    let line = line.to_vec();
-                    self.push_json(&mut w, &line)?;
+                    let doc = match self.options.format {
+                        FileFormat::Csv => self.csv_to_json(line)?,
+                        _ => line.to_vec(),
+                    };
+                    self.push_json(&mut w, &doc)?;
                 }
             }
         }
-        if w.is_empty() {
+        if w.is_empty() && self.done {
             return Ok(None);
         }
         let len = w.len();
         Ok(Some(RecordBatch { bytes: w.finish(), len }))
+    }
+}
+
+/// Split one CSV line: fields separated by commas, a field may be quoted
+/// with `"` (a doubled `""` inside is one quote).
+fn split_csv(line: &str) -> Result<Vec<String>, String> {
+    let mut fields = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        let mut field = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    Some('"') if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        field.push('"');
+                    }
+                    Some('"') => break,
+                    Some(c) => field.push(c),
+                    None => return Err("a quoted field is not closed".into()),
+                }
+            }
+            match chars.next() {
+                None => {
+                    fields.push(field);
+                    return Ok(fields);
+                }
+                Some(',') => fields.push(field),
+                Some(c) => return Err(format!("unexpected `{c}` after a quoted field")),
+            }
+        } else {
+            loop {
+                match chars.next() {
+                    None => {
+                        fields.push(field);
+                        return Ok(fields);
+                    }
+                    Some(',') => break,
+                    Some(c) => field.push(c),
+                }
+            }
+            fields.push(field);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_csv;
+
+    #[test]
+    fn csv_fields_split_on_commas_and_honour_quotes() {
+        assert_eq!(split_csv("1000,hello").unwrap(), ["1000", "hello"]);
+        assert_eq!(split_csv(r#"1,"a, ""b""",c"#).unwrap(), ["1", r#"a, "b""#, "c"]);
+        assert_eq!(split_csv("a,,").unwrap(), ["a", "", ""]);
+        assert!(split_csv(r#""open"#).is_err());
     }
 }

@@ -25,6 +25,20 @@ pub struct GeneratorConfig {
     pub value_size: usize,
     /// Seed.
     pub seed: u64,
+    /// Event times: this many records per event-time second, in order.
+    pub events_per_second: Option<u64>,
+    /// Event time of record 0 (with `events_per_second`).
+    pub start_time_ms: i64,
+}
+
+impl GeneratorConfig {
+    /// The event time of record `i`, if records have event times.
+    #[inline]
+    pub fn timestamp(&self, i: u64) -> Option<i64> {
+        let eps = self.events_per_second?;
+        let ms = (u128::from(i) * 1000 / u128::from(eps.max(1))).min(i64::MAX as u128) as i64;
+        Some(self.start_time_ms.saturating_add(ms))
+    }
 }
 
 /// SplitMix64: a tiny, well-mixed, stable PRNG step.
@@ -108,7 +122,7 @@ impl Generator {
             &key[..]
         });
         let size = config.value_size;
-        w.push_with(key, None, |buf| {
+        w.push_with(key, config.timestamp(i), |buf| {
             let mut x = r;
             for _ in 0..size {
                 x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
@@ -137,19 +151,23 @@ impl SourceReader for Generator {
 mod tests {
     use super::*;
 
-    fn all(parallelism: u32) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
+    type Row = (Option<i64>, Option<Vec<u8>>, Vec<u8>);
+
+    fn all(parallelism: u32) -> Vec<Row> {
         let config = GeneratorConfig {
             count: 1000,
             keys: Some(50),
             distribution: Distribution::Zipf,
             value_size: 10,
             seed: 7,
+            events_per_second: Some(100),
+            start_time_ms: 5,
         };
         let mut out = Vec::new();
         for s in 0..parallelism {
             let mut g = Generator::new(config.clone(), s, parallelism);
             while let Some(b) = g.next_batch(64).unwrap() {
-                out.extend(b.records().map(|r| (r.key.map(<[u8]>::to_vec), r.value.to_vec())));
+                out.extend(b.records().map(|r| (r.timestamp, r.key.map(<[u8]>::to_vec), r.value.to_vec())));
             }
         }
         out.sort();
@@ -161,6 +179,7 @@ mod tests {
         let one = all(1);
         assert_eq!(one.len(), 1000);
         assert_eq!(one, all(3));
+        assert_eq!((one[0].0, one[999].0), (Some(5), Some(5 + 9990)));
     }
 
     #[test]

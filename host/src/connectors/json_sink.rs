@@ -103,6 +103,10 @@ impl SinkWriter for JsonLinesSink {
     }
 
     fn finish(&mut self) -> Result<(), ConnectorError> {
+        self.flush()
+    }
+
+    fn flush(&mut self) -> Result<(), ConnectorError> {
         match &mut self.target {
             Target::File(path, w) => w.flush().map_err(|source| ConnectorError::Io {
                 path: path.clone(),

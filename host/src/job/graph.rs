@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::JobError;
-use super::spec::{FileFormat, JobSpec, OperatorKind, OperatorSpec, Partition, SinkKind, SinkSpec, SourceKind, SourceSpec};
+use super::spec::{
+    FileFormat, JobSpec, OperatorKind, OperatorSpec, OutputTag, Partition, SinkKind, SinkSpec, SourceKind, SourceSpec, WatermarkSpec,
+    WatermarkStrategy,
+};
 use crate::wasm::{LoadedComponent, WasmEngine};
 
 /// Index of a node in [`JobGraph::nodes`].
@@ -21,8 +24,8 @@ pub type NodeId = usize;
 pub enum NodeKind {
     /// A source.
     Source(SourceSpec),
-    /// A user operator, with its component resolved to a path.
-    Operator(OperatorSpec, PathBuf),
+    /// A user operator, with its component (if any) resolved to a path.
+    Operator(OperatorSpec, Option<PathBuf>),
     /// A sink.
     Sink(SinkSpec),
 }
@@ -47,6 +50,10 @@ pub struct Edge {
     pub to: NodeId,
     /// How records move.
     pub partition: Partition,
+    /// Which input of `to` it feeds (0, or 1 for a two-input operator).
+    pub input: u32,
+    /// Which output of `from` it carries.
+    pub output: OutputTag,
 }
 
 /// Nodes fused into one task.
@@ -100,7 +107,8 @@ impl JobGraph {
             });
         }
         for o in &spec.operators {
-            let path = base_dir.join(&o.component);
+            check_operator(o)?;
+            let path = o.component.as_ref().map(|c| base_dir.join(c));
             nodes.push(Node {
                 name: o.name.clone(),
                 kind: NodeKind::Operator(o.clone(), path),
@@ -157,7 +165,11 @@ impl JobGraph {
             if matches!(nodes[to].kind, NodeKind::Source(_)) {
                 return Err(bad("a source takes no input"));
             }
-            let keyed = matches!(&nodes[to].kind, NodeKind::Operator(o, _) if o.kind == OperatorKind::KeyedProcess);
+            let to_kind = match &nodes[to].kind {
+                NodeKind::Operator(o, _) => Some(o.kind),
+                _ => None,
+            };
+            let keyed = to_kind.is_some_and(OperatorKind::is_keyed);
             let same = nodes[from].parallelism == nodes[to].parallelism;
             let partition = match e.partition {
                 Some(p) => p,
@@ -167,8 +179,19 @@ impl JobGraph {
             };
             if keyed && partition != Partition::Hash {
                 return Err(bad(
-                    "a keyed-process operator must be fed by partition = \"hash\" so each key reaches the subtask owning its state",
+                    "a keyed operator (keyed-process, window) must be fed by partition = \"hash\" so each key reaches the subtask owning its state",
                 ));
+            }
+            let input = e.input.unwrap_or(0);
+            if input > 1 {
+                return Err(bad(&format!("`input` is 0 or 1, not {input}")));
+            }
+            if input == 1 && to_kind != Some(OperatorKind::KeyedProcess) {
+                return Err(bad("only a keyed-process operator has a second input (input = 1)"));
+            }
+            let from_window = matches!(&nodes[from].kind, NodeKind::Operator(o, _) if o.kind == OperatorKind::Window);
+            if e.output == OutputTag::Late && !from_window {
+                return Err(bad("only a window operator has a `late` output"));
             }
             if partition == Partition::Forward && !same {
                 return Err(bad(&format!(
@@ -176,14 +199,29 @@ impl JobGraph {
                     e.from, nodes[from].parallelism, e.to, nodes[to].parallelism
                 )));
             }
-            if edges.iter().any(|x: &Edge| x.from == from && x.to == to) {
+            if edges
+                .iter()
+                .any(|x: &Edge| x.from == from && x.to == to && x.input == input && x.output == e.output)
+            {
                 return Err(bad("the same edge appears twice"));
             }
-            edges.push(Edge { from, to, partition });
+            edges.push(Edge {
+                from,
+                to,
+                partition,
+                input,
+                output: e.output,
+            });
         }
         for (i, n) in nodes.iter().enumerate() {
             if !matches!(n.kind, NodeKind::Source(_)) && !edges.iter().any(|e| e.to == i) {
                 return Err(JobError::NoInput(n.name.clone()));
+            }
+            if edges.iter().any(|e| e.to == i && e.input == 1) && !edges.iter().any(|e| e.to == i && e.input == 0) {
+                return Err(JobError::Invalid {
+                    node: n.name.clone(),
+                    message: "it has an edge into input 1 but none into input 0".into(),
+                });
             }
         }
         let topo = topological_order(&nodes, &edges)?;
@@ -218,7 +256,7 @@ impl JobGraph {
         let chained_to_upstream = |n: NodeId| -> Option<NodeId> {
             let mut ins = self.inputs(n);
             let e = ins.next()?;
-            if ins.next().is_some() || e.partition != Partition::Forward {
+            if ins.next().is_some() || e.partition != Partition::Forward || e.output != OutputTag::Main || e.input != 0 {
                 return None;
             }
             (self.outputs(e.from).count() == 1 && self.nodes[e.from].parallelism == self.nodes[n].parallelism).then_some(e.from)
@@ -251,7 +289,9 @@ impl JobGraph {
         self.nodes
             .iter()
             .map(|n| {
-                let NodeKind::Operator(op, path) = &n.kind else { return Ok(None) };
+                let NodeKind::Operator(op, Some(path)) = &n.kind else {
+                    return Ok(None);
+                };
                 let bytes = std::fs::read(path).map_err(|e| JobError::MissingComponent {
                     operator: op.name.clone(),
                     path: path.clone(),
@@ -261,8 +301,8 @@ impl JobGraph {
                     operator: op.name.clone(),
                     source,
                 })?;
-                let expected = op.kind.world();
-                if loaded.info.world != Some(expected) {
+                let expected = op.kind.worlds()[0];
+                if !loaded.info.world.is_some_and(|w| op.kind.worlds().contains(&w)) {
                     let found = loaded.info.exports_description();
                     let kind = serde_json::to_value(op.kind)
                         .ok()
@@ -282,6 +322,72 @@ impl JobGraph {
     }
 }
 
+fn check_watermarks(node: &str, w: &WatermarkSpec) -> Result<(), JobError> {
+    let invalid = |message: &str| JobError::Invalid {
+        node: node.to_owned(),
+        message: message.to_owned(),
+    };
+    if w.max_out_of_orderness_ms < 0 {
+        return Err(invalid("`max_out_of_orderness_ms` must not be negative"));
+    }
+    if w.max_out_of_orderness_ms > 0 && w.strategy != WatermarkStrategy::Bounded {
+        return Err(invalid("`max_out_of_orderness_ms` applies to strategy = \"bounded\" only"));
+    }
+    match (w.strategy, &w.component) {
+        (WatermarkStrategy::Punctuated, None) => Err(invalid(
+            "a punctuated watermark strategy needs `component` (world `punctuated-watermarks`)",
+        )),
+        (WatermarkStrategy::Punctuated, Some(_)) => Ok(()),
+        (_, Some(_)) => Err(invalid("`component` applies to strategy = \"punctuated\" only")),
+        (_, None) if w.config.is_some() => Err(invalid("`config` applies to strategy = \"punctuated\" only")),
+        _ => Ok(()),
+    }
+}
+
+fn check_operator(o: &OperatorSpec) -> Result<(), JobError> {
+    let invalid = |message: String| JobError::Invalid {
+        node: o.name.clone(),
+        message,
+    };
+    match (o.kind, &o.window) {
+        (OperatorKind::Window, None) => return Err(invalid("a window operator needs a `window` table".into())),
+        (OperatorKind::Window, Some(w)) => {
+            crate::window::WindowConfig::from_spec(w).map_err(invalid)?;
+            match (&o.component, w.aggregate) {
+                (None, None) => {
+                    return Err(invalid(
+                        "a window needs a `component` (world window-aggregate or window-process) or a built-in `aggregate` (count, sum, min, max)".into(),
+                    ));
+                }
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        "give a window either a `component` or a built-in `aggregate`, not both".into(),
+                    ));
+                }
+                _ => {}
+            }
+            if w.field.is_some() && !matches!(w.aggregate, Some(a) if a != crate::job::spec::BuiltinAggregate::Count) {
+                return Err(invalid("`field` applies to the built-in sum, min and max".into()));
+            }
+        }
+        (_, Some(_)) => return Err(invalid("`window` applies to kind = \"window\" only".into())),
+        (_, None) => {
+            if o.component.as_deref().is_none_or(str::is_empty) {
+                return Err(invalid("this operator kind needs `component`".into()));
+            }
+        }
+    }
+    if let Some(w) = &o.watermarks {
+        if o.kind.is_keyed() {
+            return Err(invalid(
+                "`watermarks` applies to map, filter and flat-map operators (or sources)".into(),
+            ));
+        }
+        check_watermarks(&o.name, w)?;
+    }
+    Ok(())
+}
+
 fn check_source(s: &SourceSpec) -> Result<(), JobError> {
     let invalid = |message: &str| JobError::Invalid {
         node: s.name.clone(),
@@ -295,13 +401,35 @@ fn check_source(s: &SourceSpec) -> Result<(), JobError> {
             if s.parallelism != 1 {
                 return Err(invalid("a file source reads with parallelism 1"));
             }
-            let json = s.format == Some(FileFormat::Json);
-            if !json && (s.key_field.is_some() || s.timestamp_field.is_some()) {
-                return Err(invalid("`key_field` and `timestamp_field` need format = \"json\""));
+            let fields = matches!(s.format, Some(FileFormat::Json | FileFormat::Csv));
+            if !fields && (s.key_field.is_some() || s.timestamp_field.is_some()) {
+                return Err(invalid("`key_field` and `timestamp_field` need format = \"json\" or \"csv\""));
             }
-            if s.count.is_some() || s.keys.is_some() || s.distribution.is_some() || s.value_size.is_some() || s.seed.is_some() {
+            match (s.format, &s.columns) {
+                (Some(FileFormat::Csv), None) => return Err(invalid("format = \"csv\" needs `columns`")),
+                (Some(FileFormat::Csv), Some(c)) => {
+                    if c.is_empty() || c.iter().any(String::is_empty) {
+                        return Err(invalid("`columns` needs at least one column, each with a name"));
+                    }
+                    for f in [&s.key_field, &s.timestamp_field].into_iter().flatten() {
+                        if !c.contains(f) {
+                            return Err(invalid(&format!("`{f}` is not one of the `columns`")));
+                        }
+                    }
+                }
+                (_, Some(_)) => return Err(invalid("`columns` applies to format = \"csv\" only")),
+                _ => {}
+            }
+            if s.count.is_some()
+                || s.keys.is_some()
+                || s.distribution.is_some()
+                || s.value_size.is_some()
+                || s.seed.is_some()
+                || s.events_per_second.is_some()
+                || s.start_time_ms.is_some()
+            {
                 return Err(invalid(
-                    "`count`, `keys`, `distribution`, `value_size` and `seed` are generator fields",
+                    "`count`, `keys`, `distribution`, `value_size`, `seed`, `events_per_second` and `start_time_ms` are generator fields",
                 ));
             }
         }
@@ -315,12 +443,27 @@ fn check_source(s: &SourceSpec) -> Result<(), JobError> {
             if s.value_size.is_some_and(|v| v > 16 << 20) {
                 return Err(invalid("`value_size` is at most 16 MiB"));
             }
-            if s.path.is_some() || s.format.is_some() || s.key_field.is_some() || s.timestamp_field.is_some() {
+            if s.path.is_some()
+                || s.format.is_some()
+                || s.key_field.is_some()
+                || s.timestamp_field.is_some()
+                || s.columns.is_some()
+                || s.follow
+            {
                 return Err(invalid(
-                    "`path`, `format`, `key_field` and `timestamp_field` are file-source fields",
+                    "`path`, `format`, `key_field`, `timestamp_field`, `columns` and `follow` are file-source fields",
                 ));
             }
+            if s.events_per_second == Some(0) {
+                return Err(invalid("`events_per_second` must be at least 1"));
+            }
+            if s.start_time_ms.is_some() && s.events_per_second.is_none() {
+                return Err(invalid("`start_time_ms` needs `events_per_second`"));
+            }
         }
+    }
+    if let Some(w) = &s.watermarks {
+        check_watermarks(&s.name, w)?;
     }
     Ok(())
 }

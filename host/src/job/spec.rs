@@ -10,7 +10,7 @@
 //!
 //! [[operators]]
 //! name = "tokenize"
-//! kind = "flat-map"        # map | filter | flat-map | keyed-process
+//! kind = "flat-map"        # map | filter | flat-map | keyed-process | window
 //! component = "../udfs/target/wasm32-wasip2/release/tokenize.wasm"
 //! parallelism = 2
 //!
@@ -145,6 +145,10 @@ pub enum FileFormat {
     /// Each line is a JSON document, the record's value; `key_field` and
     /// `timestamp_field` pick the key and event time out of it.
     Json,
+    /// Comma-separated fields named by `columns`; the record's value is a
+    /// JSON object of them (numbers stay numbers), and `key_field` and
+    /// `timestamp_field` name columns.
+    Csv,
 }
 
 /// Key distributions of the generator.
@@ -173,10 +177,19 @@ pub struct SourceSpec {
     pub path: Option<String>,
     /// file: how lines are read.
     pub format: Option<FileFormat>,
-    /// file, json: field whose value becomes the record key.
+    /// file, json or csv: field whose value becomes the record key.
     pub key_field: Option<String>,
-    /// file, json: field (integer ms) whose value becomes the event time.
+    /// file, json or csv: field (integer ms) whose value becomes the event time.
     pub timestamp_field: Option<String>,
+    /// file, csv: the names of the columns, in order.
+    pub columns: Option<Vec<String>>,
+    /// file: keep reading lines appended to the file (like `tail -f`) until
+    /// the job is cancelled, instead of ending at the end of the file.
+    #[serde(default)]
+    pub follow: bool,
+    /// How the source's watermarks are generated; none: no watermarks until
+    /// the end of input.
+    pub watermarks: Option<WatermarkSpec>,
     /// generator: how many records.
     pub count: Option<u64>,
     /// generator: number of distinct keys (`key-<n>`); none: records have no key.
@@ -187,6 +200,57 @@ pub struct SourceSpec {
     pub value_size: Option<usize>,
     /// generator: seed. Default 42.
     pub seed: Option<u64>,
+    /// generator: give records event times, this many per event-time second,
+    /// starting at `start_time_ms` (default 0), in order.
+    pub events_per_second: Option<u64>,
+    /// generator: the event time of the first record, with `events_per_second`.
+    pub start_time_ms: Option<i64>,
+}
+
+/// How watermarks are generated, at a source or after a stateless operator
+/// that assigns timestamps.
+///
+/// ```toml
+/// watermarks = { strategy = "bounded", max_out_of_orderness_ms = 500, interval_ms = 200, idle_timeout_ms = 5000 }
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatermarkSpec {
+    /// Which strategy.
+    pub strategy: WatermarkStrategy,
+    /// bounded: how far behind the highest timestamp seen records may arrive.
+    #[serde(default)]
+    pub max_out_of_orderness_ms: i64,
+    /// monotonous, bounded: how often (processing time) the watermark is
+    /// emitted; 0 emits after every batch. Default 200.
+    #[serde(default = "default_watermark_interval")]
+    pub interval_ms: u64,
+    /// Mark the source idle after this long (processing time) without
+    /// records, so it does not hold back the watermark downstream.
+    pub idle_timeout_ms: Option<u64>,
+    /// punctuated: the component (world `punctuated-watermarks`) that looks
+    /// at each record and may emit a watermark after it.
+    pub component: Option<String>,
+    /// punctuated: configuration for the component's `open`.
+    pub config: Option<serde_json::Value>,
+}
+
+fn default_watermark_interval() -> u64 {
+    200
+}
+
+/// Watermark strategies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WatermarkStrategy {
+    /// Timestamps never decrease: the watermark is the highest timestamp
+    /// seen minus 1.
+    Monotonous,
+    /// Records are at most `max_out_of_orderness_ms` late: the watermark is
+    /// the highest timestamp seen minus that bound minus 1.
+    Bounded,
+    /// A UDF decides, per record.
+    Punctuated,
 }
 
 /// Kinds of user operator, with the world each needs.
@@ -199,17 +263,29 @@ pub enum OperatorKind {
     Filter,
     /// Any number out (`stateless` world).
     FlatMap,
-    /// Keyed, with host state (`keyed-process` world).
+    /// Keyed, with host state and timers (`keyed-process` world); with
+    /// edges into input 0 and 1, a two-input (connected) operator.
     KeyedProcess,
+    /// A keyed window (`window` table) computed by the host, with a
+    /// built-in aggregate or a component of world `window-aggregate` or
+    /// `window-process`.
+    Window,
 }
 
 impl OperatorKind {
-    /// The world a component must export for this kind.
-    pub fn world(self) -> crate::wasm::World {
+    /// The worlds a component may export for this kind.
+    pub fn worlds(self) -> &'static [crate::wasm::World] {
+        use crate::wasm::World;
         match self {
-            OperatorKind::KeyedProcess => crate::wasm::World::KeyedProcess,
-            _ => crate::wasm::World::Stateless,
+            OperatorKind::KeyedProcess => &[World::KeyedProcess],
+            OperatorKind::Window => &[World::WindowAggregate, World::WindowProcess],
+            _ => &[World::Stateless],
         }
+    }
+
+    /// True for operators whose input is partitioned by key.
+    pub fn is_keyed(self) -> bool {
+        matches!(self, OperatorKind::KeyedProcess | OperatorKind::Window)
     }
 }
 
@@ -221,14 +297,130 @@ pub struct OperatorSpec {
     pub name: String,
     /// What kind.
     pub kind: OperatorKind,
-    /// Path of the component file.
-    pub component: String,
+    /// Path of the component file (optional for a window with a built-in
+    /// aggregate).
+    #[serde(default)]
+    pub component: Option<String>,
     /// Parallel instances. Default 1.
     #[serde(default = "one")]
     pub parallelism: u32,
     /// Configuration handed to the UDF's `open`, as JSON. Default `{}`.
     #[serde(default)]
     pub config: Option<serde_json::Value>,
+    /// window: what windows, when they fire, and the built-in aggregate.
+    pub window: Option<WindowSpec>,
+    /// map, filter, flat-map: generate watermarks from the timestamps of
+    /// this operator's output (which may assign them), replacing upstream
+    /// watermarks.
+    pub watermarks: Option<WatermarkSpec>,
+}
+
+/// A window operator's windows, trigger, lateness and function.
+///
+/// ```toml
+/// window = { assigner = "tumbling", size_ms = 1000, aggregate = "count" }
+/// window = { assigner = "sliding", size_ms = 10000, slide_ms = 5000, aggregate = "sum", field = "price" }
+/// window = { assigner = "session", gap_ms = 30000, allowed_lateness_ms = 5000 }
+/// window = { assigner = "count", size = 100, aggregate = "max", field = "temp" }
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowSpec {
+    /// How records are assigned to windows.
+    pub assigner: WindowAssignerKind,
+    /// tumbling, sliding: window length.
+    pub size_ms: Option<i64>,
+    /// sliding: distance between window starts.
+    pub slide_ms: Option<i64>,
+    /// tumbling, sliding: shift of window starts from the epoch. Default 0.
+    #[serde(default)]
+    pub offset_ms: i64,
+    /// session: the gap of inactivity that closes a session.
+    pub gap_ms: Option<i64>,
+    /// count: records per window.
+    pub size: Option<u64>,
+    /// Which time assigns windows and drives the default trigger. Default event.
+    #[serde(default)]
+    pub time: TimeCharacteristic,
+    /// When windows fire. Default: at the end of the window in its time
+    /// (a count of `size` for count windows; never for global windows).
+    pub trigger: Option<TriggerSpec>,
+    /// event time: how long after the end of a window late records still
+    /// update it (each re-fires it). Default 0.
+    #[serde(default)]
+    pub allowed_lateness_ms: i64,
+    /// The built-in function when the operator has no component.
+    pub aggregate: Option<BuiltinAggregate>,
+    /// sum, min, max: the JSON field of the value holding the number; none:
+    /// the whole value is the number.
+    pub field: Option<String>,
+}
+
+/// Window assigners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WindowAssignerKind {
+    /// Fixed-size, non-overlapping.
+    Tumbling,
+    /// Fixed-size, overlapping every `slide_ms`.
+    Sliding,
+    /// Per key, closed by a gap of inactivity; sessions merge when a record
+    /// bridges them.
+    Session,
+    /// One window per key for all time (give it a trigger).
+    Global,
+    /// Every `size` records of a key.
+    Count,
+}
+
+/// Event time or processing time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TimeCharacteristic {
+    /// The records' timestamps, with watermarks.
+    #[default]
+    Event,
+    /// The host's clock when a record arrives.
+    Processing,
+}
+
+/// A window trigger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerSpec {
+    /// What fires the window.
+    pub kind: TriggerKind,
+    /// count: records per firing.
+    pub count: Option<u64>,
+    /// Clear the window's contents after each firing. Default false.
+    #[serde(default)]
+    pub purging: bool,
+}
+
+/// Trigger kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TriggerKind {
+    /// When the watermark passes the window's end.
+    EventTime,
+    /// When the host's clock passes the window's end.
+    ProcessingTime,
+    /// Every `count` records of a key and window.
+    Count,
+}
+
+/// Built-in window aggregates. Each emits `{"key", "start", "end", <name>}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BuiltinAggregate {
+    /// Number of records.
+    Count,
+    /// Sum of a number.
+    Sum,
+    /// Smallest number.
+    Min,
+    /// Largest number.
+    Max,
 }
 
 /// Kinds of sink.
@@ -294,6 +486,23 @@ pub struct EdgeSpec {
     /// Default: hash into a keyed operator, forward between equal
     /// parallelism, rebalance otherwise.
     pub partition: Option<Partition>,
+    /// Into a two-input keyed-process operator: input 0 (default) or 1.
+    pub input: Option<u32>,
+    /// Which output of `from` the edge carries. Default main; `late` takes a
+    /// window operator's records that arrived after its allowed lateness.
+    #[serde(default)]
+    pub output: OutputTag,
+}
+
+/// Outputs of an operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputTag {
+    /// The regular output.
+    #[default]
+    Main,
+    /// A window operator's late records.
+    Late,
 }
 
 impl JobSpec {

@@ -1,5 +1,7 @@
 //! Stream elements and the channels that carry them.
 
+use std::time::Duration;
+
 use crossbeam_channel::{Receiver, Select, Sender, bounded};
 
 use sluice_guest::batch::Batch;
@@ -25,8 +27,24 @@ impl RecordBatch {
 pub enum StreamElement {
     /// A batch of records.
     Records(RecordBatch),
+    /// Event time has reached this (ms): no record at or before it follows.
+    Watermark(i64),
+    /// The upstream became idle (true: it sends no records for a while and
+    /// must not hold back the watermark) or active again (false).
+    Idle(bool),
     /// The upstream subtask has no more data.
     EndOfData,
+}
+
+/// What an [`InputGate`] delivered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GateEvent {
+    /// An element from channel `.0`.
+    Element(usize, StreamElement),
+    /// Nothing arrived within the timeout.
+    Timeout,
+    /// Every channel has delivered `EndOfData`.
+    Ended,
 }
 
 /// The receiving side is gone (its task ended or failed).
@@ -42,10 +60,11 @@ pub trait ElementSender: Send {
 
 /// The inputs of one subtask: many channels, read as they have data.
 pub trait InputGate: Send {
-    /// The next element and the index of the channel it came from; `Ok(None)`
-    /// once every channel has delivered `EndOfData`; an error when a channel
-    /// closed without it (its upstream failed).
-    fn next(&mut self) -> Result<Option<(usize, StreamElement)>, ChannelClosed>;
+    /// The next element and the index of the channel it came from, waiting
+    /// at most `timeout`; [`GateEvent::Ended`] once every channel has
+    /// delivered `EndOfData`; an error when a channel closed without it (its
+    /// upstream failed).
+    fn next(&mut self, timeout: Duration) -> Result<GateEvent, ChannelClosed>;
 }
 
 struct LocalSender(Sender<StreamElement>);
@@ -82,9 +101,9 @@ impl LocalInputGate {
 }
 
 impl InputGate for LocalInputGate {
-    fn next(&mut self) -> Result<Option<(usize, StreamElement)>, ChannelClosed> {
+    fn next(&mut self, timeout: Duration) -> Result<GateEvent, ChannelClosed> {
         if self.open == 0 {
-            return Ok(None);
+            return Ok(GateEvent::Ended);
         }
         let mut sel = Select::new();
         let mut index = Vec::with_capacity(self.open);
@@ -94,15 +113,17 @@ impl InputGate for LocalInputGate {
                 index.push(i);
             }
         }
-        let op = sel.select();
+        let Ok(op) = sel.select_timeout(timeout) else {
+            return Ok(GateEvent::Timeout);
+        };
         let i = index[op.index()];
         match op.recv(&self.receivers[i]) {
             Ok(StreamElement::EndOfData) => {
                 self.ended[i] = true;
                 self.open -= 1;
-                Ok(Some((i, StreamElement::EndOfData)))
+                Ok(GateEvent::Element(i, StreamElement::EndOfData))
             }
-            Ok(e) => Ok(Some((i, e))),
+            Ok(e) => Ok(GateEvent::Element(i, e)),
             Err(_) => Err(ChannelClosed),
         }
     }

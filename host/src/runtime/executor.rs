@@ -22,18 +22,20 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use sluice_guest::batch::BatchWriter;
 
-use super::channel::{InputGate, LocalInputGate, RecordBatch, StreamElement, local_channel};
-use super::operator::{Emit, KeyedOperator, Operator, SinkOperator, StatelessOperator};
+use super::channel::{GateEvent, InputGate, LocalInputGate, RecordBatch, StreamElement, local_channel};
+use super::operator::{Emit, GuestOutputs, KeyedOperator, Operator, SinkOperator, StatelessOperator, WatermarkAssigner};
 use super::partition::EdgeWriter;
 use crate::connectors::generator::GeneratorConfig;
-use crate::connectors::{ConnectorError, FileSource, Generator, JsonLinesSink, SinkWriter, SourceReader};
+use crate::connectors::{ConnectorError, FileOptions, FileSource, Generator, JsonLinesSink, SinkWriter, SourceReader};
 use crate::job::graph::{JobGraph, NodeId, NodeKind};
-use crate::job::spec::{SinkKind, SourceKind};
+use crate::job::spec::{OutputTag, SinkKind, SourceKind, WatermarkSpec, WatermarkStrategy};
 use crate::job::{JobError, OperatorKind, Partition};
 use crate::state::{HeapKeyedState, KeyGroupRange};
 use crate::tenancy::InstanceLimits;
-use crate::time::{Clock, SystemClock};
-use crate::wasm::{GuestError, GuestInstance, WasmEngine};
+use crate::time::watermarks::ValveOutput;
+use crate::time::{Clock, IdleTracker, PeriodicWatermarks, SystemClock, WatermarkValve};
+use crate::wasm::{GuestError, GuestInstance, WasmEngine, World};
+use crate::window::{Builtin, WindowConfig, WindowFunction, WindowOperator};
 
 /// Why a task failed.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +102,8 @@ pub struct OperatorMetrics {
     records_in: AtomicU64,
     records_out: AtomicU64,
     failed: AtomicU64,
+    late: AtomicU64,
+    late_dropped: AtomicU64,
 }
 
 impl OperatorMetrics {
@@ -115,8 +119,22 @@ impl OperatorMetrics {
     pub fn records_failed(&self) -> u64 {
         self.failed.load(Ordering::Relaxed)
     }
+    /// Records that arrived after their windows' allowed lateness.
+    pub fn records_late(&self) -> u64 {
+        self.late.load(Ordering::Relaxed)
+    }
+    /// Late records dropped because no edge reads the `late` output.
+    pub fn records_late_dropped(&self) -> u64 {
+        self.late_dropped.load(Ordering::Relaxed)
+    }
     pub(crate) fn add_failed(&self, n: u64) {
         self.failed.fetch_add(n, Ordering::Relaxed);
+    }
+    pub(crate) fn add_late(&self, n: u64, dropped: bool) {
+        self.late.fetch_add(n, Ordering::Relaxed);
+        if dropped {
+            self.late_dropped.fetch_add(n, Ordering::Relaxed);
+        }
     }
 }
 
@@ -196,8 +214,16 @@ fn record(slot: &Mutex<Option<TaskError>>, e: TaskError) {
 }
 
 enum Input {
-    Source(Box<dyn SourceReader>),
-    Gate(Box<dyn InputGate>),
+    Source {
+        reader: Box<dyn SourceReader>,
+        idle: IdleTracker,
+    },
+    Gate {
+        gate: Box<dyn InputGate>,
+        valve: WatermarkValve,
+        /// Input number (0 or 1) of each channel.
+        input_of: Vec<usize>,
+    },
 }
 
 struct OpSlot {
@@ -212,6 +238,51 @@ struct Downstream<'a> {
     writers: &'a mut [EdgeWriter],
 }
 
+impl Downstream<'_> {
+    /// Call `f` on the first operator with the rest of the chain as its
+    /// output; at the end of the chain, `last` on the writers.
+    fn next(
+        &mut self,
+        f: impl FnOnce(&mut OpSlot, &mut dyn Emit) -> Result<(), TaskError>,
+        last: impl FnOnce(&mut [EdgeWriter]) -> Result<(), TaskError>,
+    ) -> Result<(), TaskError> {
+        match self.ops.split_first_mut() {
+            Some((first, rest)) => {
+                let metrics = first.metrics.clone();
+                f(
+                    first,
+                    &mut Downstream {
+                        from: Some(&metrics),
+                        ops: rest,
+                        writers: self.writers,
+                    },
+                )
+            }
+            None => last(self.writers),
+        }
+    }
+
+    fn idle(&mut self, idle: bool) -> Result<(), TaskError> {
+        for w in self.writers.iter_mut() {
+            w.broadcast(StreamElement::Idle(idle))?;
+        }
+        Ok(())
+    }
+}
+
+fn write_to(writers: &mut [EdgeWriter], tag: OutputTag, batch: RecordBatch) -> Result<(), TaskError> {
+    let n = writers.iter().filter(|w| w.output == tag).count();
+    let mut seen = 0;
+    for w in writers.iter_mut().filter(|w| w.output == tag) {
+        seen += 1;
+        if seen == n {
+            return w.write(batch);
+        }
+        w.write(batch.clone())?;
+    }
+    Ok(())
+}
+
 impl Emit for Downstream<'_> {
     fn emit(&mut self, batch: RecordBatch) -> Result<(), TaskError> {
         if let Some(m) = self.from {
@@ -224,6 +295,7 @@ impl Emit for Downstream<'_> {
             Some((first, rest)) => {
                 first.metrics.records_in.fetch_add(batch.len as u64, Ordering::Relaxed);
                 first.op.process(
+                    0,
                     batch,
                     &mut Downstream {
                         from: Some(&first.metrics),
@@ -232,19 +304,40 @@ impl Emit for Downstream<'_> {
                     },
                 )
             }
-            None => {
-                let n = self.writers.len();
-                for (i, w) in self.writers.iter_mut().enumerate() {
-                    if i + 1 == n {
-                        return w.write(batch);
-                    }
-                    w.write(batch.clone())?;
-                }
-                Ok(())
-            }
+            None => write_to(self.writers, OutputTag::Main, batch),
         }
     }
+
+    fn emit_late(&mut self, batch: RecordBatch) -> Result<(), TaskError> {
+        // An operator with a `late` edge always ends its chain.
+        if self.ops.is_empty() && batch.len > 0 {
+            return write_to(self.writers, OutputTag::Late, batch);
+        }
+        Ok(())
+    }
+
+    fn has_late_output(&self) -> bool {
+        self.ops.is_empty() && self.writers.iter().any(|w| w.output == OutputTag::Late)
+    }
+
+    fn watermark(&mut self, watermark: i64) -> Result<(), TaskError> {
+        self.next(
+            |first, rest| first.op.on_watermark(watermark, rest),
+            |writers| {
+                for w in writers {
+                    w.broadcast(StreamElement::Watermark(watermark))?;
+                }
+                Ok(())
+            },
+        )
+    }
 }
+
+/// A channel into a subtask, with the input number (0 or 1) it feeds.
+type InputChannel = (Receiver<StreamElement>, usize);
+
+/// How long a task waits for input before it looks at the clock again.
+const POLL: Duration = Duration::from_millis(10);
 
 struct Task {
     input: Input,
@@ -253,31 +346,116 @@ struct Task {
     writers: Vec<EdgeWriter>,
     batch_size: usize,
     cancel: Arc<AtomicBool>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Task {
+    fn downstream(&mut self) -> Downstream<'_> {
+        Downstream {
+            from: self.head_metrics.as_deref(),
+            ops: &mut self.ops,
+            writers: &mut self.writers,
+        }
+    }
+
+    /// Give every operator of the chain the clock's time (also when it did
+    /// not move: sinks flush on real time).
+    fn tick(&mut self) -> Result<(), TaskError> {
+        let now = self.clock.now_ms();
+        for i in 0..self.ops.len() {
+            let (done, rest) = self.ops.split_at_mut(i + 1);
+            let slot = &mut done[i];
+            slot.op.on_processing_time(
+                now,
+                &mut Downstream {
+                    from: Some(&slot.metrics),
+                    ops: rest,
+                    writers: &mut self.writers,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    fn head(&mut self, input: usize, batch: RecordBatch) -> Result<(), TaskError> {
+        if batch.len == 0 {
+            return Ok(());
+        }
+        let mut d = self.downstream();
+        if let Some((first, rest)) = d.ops.split_first_mut() {
+            first.metrics.records_in.fetch_add(batch.len as u64, Ordering::Relaxed);
+            return first.op.process(
+                input,
+                batch,
+                &mut Downstream {
+                    from: Some(&first.metrics),
+                    ops: rest,
+                    writers: d.writers,
+                },
+            );
+        }
+        d.emit(batch)
+    }
+
+    fn valve(&mut self, out: ValveOutput) -> Result<(), TaskError> {
+        if let Some(idle) = out.idle {
+            self.downstream().idle(idle)?;
+        }
+        if let Some(wm) = out.watermark {
+            self.downstream().watermark(wm)?;
+        }
+        Ok(())
+    }
+
     fn run(&mut self) -> Result<(), TaskError> {
         loop {
             if self.cancel.load(Ordering::Relaxed) {
                 return Err(TaskError::Cancelled);
             }
-            let batch = match &mut self.input {
-                Input::Source(r) => match r.next_batch(self.batch_size)? {
-                    Some(b) => b,
-                    None => break,
+            match &mut self.input {
+                Input::Source { reader, idle } => match reader.next_batch(self.batch_size)? {
+                    Some(b) if b.len > 0 => {
+                        let resumed = idle.on_records(self.clock.now_ms());
+                        if resumed {
+                            self.downstream().idle(false)?;
+                        }
+                        self.downstream().emit(b)?;
+                    }
+                    Some(_) => {
+                        let went_idle = idle.poll(self.clock.now_ms());
+                        if went_idle {
+                            self.downstream().idle(true)?;
+                        }
+                        std::thread::sleep(POLL);
+                    }
+                    None => {
+                        self.downstream().watermark(i64::MAX)?;
+                        break;
+                    }
                 },
-                Input::Gate(g) => match g.next().map_err(|_| TaskError::UpstreamClosed)? {
-                    Some((_, StreamElement::Records(b))) => b,
-                    Some((_, StreamElement::EndOfData)) => continue,
-                    None => break,
+                Input::Gate { gate, valve, input_of } => match gate.next(POLL).map_err(|_| TaskError::UpstreamClosed)? {
+                    GateEvent::Element(i, StreamElement::Records(b)) => {
+                        let (out, input) = (valve.on_records(i), input_of[i]);
+                        self.valve(out)?;
+                        self.head(input, b)?;
+                    }
+                    GateEvent::Element(i, StreamElement::Watermark(w)) => {
+                        let out = valve.on_watermark(i, w);
+                        self.valve(out)?;
+                    }
+                    GateEvent::Element(i, StreamElement::Idle(idle)) => {
+                        let out = valve.on_idle(i, idle);
+                        self.valve(out)?;
+                    }
+                    GateEvent::Element(i, StreamElement::EndOfData) => {
+                        let out = valve.on_end(i);
+                        self.valve(out)?;
+                    }
+                    GateEvent::Timeout => {}
+                    GateEvent::Ended => break,
                 },
-            };
-            Downstream {
-                from: self.head_metrics.as_deref(),
-                ops: &mut self.ops,
-                writers: &mut self.writers,
             }
-            .emit(batch)?;
+            self.tick()?;
         }
         for i in 0..self.ops.len() {
             let (done, rest) = self.ops.split_at_mut(i + 1);
@@ -318,9 +496,10 @@ pub fn run_job(graph: &JobGraph, engine: &Arc<WasmEngine>, options: RunOptions) 
         .collect();
     let chains = graph.chains();
 
-    // Channels of every edge that crosses tasks: receivers by (node, subtask),
-    // senders by (edge, upstream subtask, target).
-    let mut receivers: Vec<Vec<Vec<Receiver<StreamElement>>>> = graph
+    // Channels of every edge that crosses tasks: receivers (with the input
+    // number they feed) by (node, subtask), senders by (edge, upstream
+    // subtask, target).
+    let mut receivers: Vec<Vec<Vec<InputChannel>>> = graph
         .nodes
         .iter()
         .map(|n| (0..n.parallelism).map(|_| Vec::new()).collect())
@@ -339,7 +518,7 @@ pub fn run_job(graph: &JobGraph, engine: &Arc<WasmEngine>, options: RunOptions) 
                     }
                     let (tx, rx) = local_channel(options.channel_capacity.max(1));
                     row.push(tx);
-                    receivers[e.to][b as usize].push(rx);
+                    receivers[e.to][b as usize].push((rx, e.input as usize));
                 }
                 per_up.push(row);
             }
@@ -350,48 +529,132 @@ pub fn run_job(graph: &JobGraph, engine: &Arc<WasmEngine>, options: RunOptions) 
     let cancel = Arc::new(AtomicBool::new(false));
     let error = Arc::new(Mutex::new(None));
     let mut tasks = Vec::new();
+    let guest = |n: NodeId, name: &str, world: World, s: u32, state: Option<HeapKeyedState>, config: &Option<serde_json::Value>| {
+        let Some(component) = &components[n] else {
+            return Err(JobError::Failed(TaskError::Internal(format!("component of `{name}` not loaded"))));
+        };
+        let config = config.as_ref().map_or_else(|| "{}".to_owned(), |c| c.to_string());
+        GuestInstance::new(component, world, name, s, limits, options.clock.clone(), state, &config).map_err(|e| JobError::Failed(e.into()))
+    };
+    let assigner = |wm: &WatermarkSpec, node: &str, s: u32| -> Result<OpSlot, JobError> {
+        let punctuated = match &wm.component {
+            Some(path) if wm.strategy == WatermarkStrategy::Punctuated => {
+                let bytes = std::fs::read(graph.base_dir.join(path)).map_err(|e| JobError::MissingComponent {
+                    operator: node.to_owned(),
+                    path: graph.base_dir.join(path),
+                    reason: e.to_string(),
+                })?;
+                let loaded = engine.load(&bytes).map_err(|source| JobError::Component {
+                    operator: node.to_owned(),
+                    source,
+                })?;
+                let config = wm.config.as_ref().map_or_else(|| "{}".to_owned(), |c| c.to_string());
+                Some(
+                    GuestInstance::new(&loaded, World::Punctuated, node, s, limits, options.clock.clone(), None, &config)
+                        .map_err(|e| JobError::Failed(e.into()))?,
+                )
+            }
+            _ => None,
+        };
+        Ok(OpSlot {
+            op: Box::new(WatermarkAssigner {
+                periodic: PeriodicWatermarks::new(wm),
+                punctuated,
+                clock: options.clock.clone(),
+                emitted: None,
+            }),
+            metrics: Arc::new(OperatorMetrics {
+                name: format!("{node} (watermarks)"),
+                parallelism: 1,
+                ..Default::default()
+            }),
+        })
+    };
     for chain in &chains {
         let head = chain.nodes[0];
         let tail = *chain.nodes.last().unwrap_or(&head);
         let parallelism = graph.nodes[head].parallelism;
         for s in 0..parallelism {
-            let input = match &graph.nodes[head].kind {
-                NodeKind::Source(src) => Input::Source(open_source(graph, src, s)?),
-                _ => Input::Gate(Box::new(LocalInputGate::new(std::mem::take(&mut receivers[head][s as usize])))),
-            };
             let mut ops = Vec::new();
+            let input = match &graph.nodes[head].kind {
+                NodeKind::Source(src) => {
+                    if let Some(wm) = &src.watermarks {
+                        ops.push(assigner(wm, &src.name, s)?);
+                    }
+                    Input::Source {
+                        reader: open_source(graph, src, s)?,
+                        idle: IdleTracker::new(src.watermarks.as_ref().and_then(|w| w.idle_timeout_ms)),
+                    }
+                }
+                _ => {
+                    let (rx, input_of): (Vec<_>, Vec<_>) = std::mem::take(&mut receivers[head][s as usize]).into_iter().unzip();
+                    Input::Gate {
+                        valve: WatermarkValve::new(rx.len()),
+                        gate: Box::new(LocalInputGate::new(rx)),
+                        input_of,
+                    }
+                }
+            };
             for &n in &chain.nodes {
                 let node = &graph.nodes[n];
                 let op: Box<dyn Operator> = match &node.kind {
                     NodeKind::Source(_) => continue,
                     NodeKind::Sink(sink) => Box::new(SinkOperator {
                         writer: open_sink(graph, sink, s)?,
+                        last_flush: Instant::now(),
                     }),
                     NodeKind::Operator(o, _) => {
-                        let Some(component) = &components[n] else {
-                            return Err(JobError::Failed(TaskError::Internal(format!(
-                                "component of `{}` not loaded",
-                                o.name
-                            ))));
-                        };
-                        let config = o.config.as_ref().map_or_else(|| "{}".to_owned(), |c| c.to_string());
-                        let keyed = o.kind == OperatorKind::KeyedProcess;
-                        let state =
-                            keyed.then(|| HeapKeyedState::new(KeyGroupRange::for_subtask(spec.max_parallelism, node.parallelism, s)));
-                        let guest =
-                            GuestInstance::new(component, o.kind.world(), &o.name, s, limits, options.clock.clone(), state, &config)
-                                .map_err(|e| JobError::Failed(e.into()))?;
-                        if keyed {
-                            Box::new(KeyedOperator::new(
-                                guest,
-                                &o.name,
-                                s,
-                                spec.on_record_error,
-                                metrics[n].clone(),
+                        let range = KeyGroupRange::for_subtask(spec.max_parallelism, node.parallelism, s);
+                        let outputs = GuestOutputs::new(&o.name, s, spec.on_record_error, metrics[n].clone());
+                        match o.kind {
+                            OperatorKind::KeyedProcess => Box::new(KeyedOperator::new(
+                                guest(n, &o.name, World::KeyedProcess, s, Some(HeapKeyedState::new(range)), &o.config)?,
+                                outputs,
                                 spec.max_parallelism,
-                            ))
-                        } else {
-                            Box::new(StatelessOperator::new(guest, &o.name, s, spec.on_record_error, metrics[n].clone()))
+                            )),
+                            OperatorKind::Window => {
+                                let window = o.window.as_ref().ok_or_else(|| JobError::Invalid {
+                                    node: o.name.clone(),
+                                    message: "a window operator needs a `window` table".into(),
+                                })?;
+                                let cfg = WindowConfig::from_spec(window).map_err(|message| JobError::Invalid {
+                                    node: o.name.clone(),
+                                    message,
+                                })?;
+                                let function = match (&components[n], window.aggregate) {
+                                    (Some(c), _) if c.info.world == Some(World::WindowProcess) => {
+                                        WindowFunction::Process(guest(n, &o.name, World::WindowProcess, s, None, &o.config)?)
+                                    }
+                                    (Some(_), _) => {
+                                        WindowFunction::Aggregate(guest(n, &o.name, World::WindowAggregate, s, None, &o.config)?)
+                                    }
+                                    (None, Some(kind)) => WindowFunction::Builtin(Builtin {
+                                        kind,
+                                        field: window.field.clone(),
+                                    }),
+                                    (None, None) => {
+                                        return Err(JobError::Invalid {
+                                            node: o.name.clone(),
+                                            message: "a window needs a `component` or a built-in `aggregate`".into(),
+                                        });
+                                    }
+                                };
+                                Box::new(
+                                    WindowOperator::new(
+                                        cfg,
+                                        function,
+                                        HeapKeyedState::new(range),
+                                        options.clock.clone(),
+                                        spec.max_parallelism,
+                                        outputs,
+                                    )
+                                    .map_err(JobError::Failed)?,
+                                )
+                            }
+                            _ => Box::new(StatelessOperator::new(
+                                guest(n, &o.name, World::Stateless, s, None, &o.config)?,
+                                outputs,
+                            )),
                         }
                     }
                 };
@@ -399,6 +662,11 @@ pub fn run_job(graph: &JobGraph, engine: &Arc<WasmEngine>, options: RunOptions) 
                     op,
                     metrics: metrics[n].clone(),
                 });
+                if let NodeKind::Operator(o, _) = &node.kind
+                    && let Some(wm) = &o.watermarks
+                {
+                    ops.push(assigner(wm, &o.name, s)?);
+                }
             }
             let mut writers = Vec::new();
             for (ei, e) in graph.edges.iter().enumerate().filter(|(_, e)| e.from == tail) {
@@ -412,6 +680,7 @@ pub fn run_job(graph: &JobGraph, engine: &Arc<WasmEngine>, options: RunOptions) 
                     next: s as usize,
                     buffers: (0..targets).map(|_| BatchWriter::new()).collect(),
                     target: graph.nodes[e.to].name.clone(),
+                    output: e.output,
                 });
             }
             let head_metrics = matches!(graph.nodes[head].kind, NodeKind::Source(_)).then(|| metrics[head].clone());
@@ -433,6 +702,7 @@ pub fn run_job(graph: &JobGraph, engine: &Arc<WasmEngine>, options: RunOptions) 
                     writers,
                     batch_size: spec.batch_size,
                     cancel: cancel.clone(),
+                    clock: options.clock.clone(),
                 },
             ));
         }
@@ -478,9 +748,13 @@ fn open_source(graph: &JobGraph, src: &crate::job::SourceSpec, subtask: u32) -> 
             Box::new(
                 FileSource::open(
                     &path,
-                    src.format.unwrap_or_default(),
-                    src.key_field.clone(),
-                    src.timestamp_field.clone(),
+                    FileOptions {
+                        format: src.format.unwrap_or_default(),
+                        key_field: src.key_field.clone(),
+                        timestamp_field: src.timestamp_field.clone(),
+                        columns: src.columns.clone().unwrap_or_default(),
+                        follow: src.follow,
+                    },
                 )
                 .map_err(|e| JobError::Failed(e.into()))?,
             )
@@ -492,6 +766,8 @@ fn open_source(graph: &JobGraph, src: &crate::job::SourceSpec, subtask: u32) -> 
                 distribution: src.distribution.unwrap_or_default(),
                 value_size: src.value_size.unwrap_or(100),
                 seed: src.seed.unwrap_or(42),
+                events_per_second: src.events_per_second,
+                start_time_ms: src.start_time_ms.unwrap_or(0),
             },
             subtask,
             src.parallelism,

@@ -5,6 +5,7 @@ use sluice_guest::batch::BatchWriter;
 use super::channel::{ElementSender, RecordBatch, StreamElement};
 use super::executor::TaskError;
 use crate::job::Partition;
+use crate::job::spec::OutputTag;
 use crate::state::KeyGroup;
 
 /// The senders of one output edge of a task, with its partitioner.
@@ -18,6 +19,8 @@ pub(crate) struct EdgeWriter {
     pub buffers: Vec<BatchWriter>,
     /// Name of the downstream node, for errors.
     pub target: String,
+    /// Which output of the upstream operator the edge carries.
+    pub output: OutputTag,
 }
 
 impl EdgeWriter {
@@ -72,15 +75,20 @@ impl EdgeWriter {
         }
     }
 
-    pub fn end(&mut self) -> Result<(), TaskError> {
+    /// Send a control element to every target.
+    pub fn broadcast(&mut self, element: StreamElement) -> Result<(), TaskError> {
         let targets: Vec<usize> = match self.partition {
             Partition::Forward => vec![self.own_index],
             _ => (0..self.senders.len()).collect(),
         };
         for i in targets {
-            self.send(i, StreamElement::EndOfData)?;
+            self.send(i, element.clone())?;
         }
         Ok(())
+    }
+
+    pub fn end(&mut self) -> Result<(), TaskError> {
+        self.broadcast(StreamElement::EndOfData)
     }
 }
 

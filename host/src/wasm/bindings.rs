@@ -8,6 +8,6 @@ wasmtime::component::bindgen!({
     path: "../wit/sluice-udf@0.1.0",
 });
 
-pub use self::exports::sluice::udf::keyed_operator;
 pub use self::exports::sluice::udf::stateless_operator;
-pub use self::sluice::udf::{context, keyed_context, log, state, types};
+pub use self::exports::sluice::udf::{aggregate_operator, keyed_operator, watermark_generator, window_process_operator};
+pub use self::sluice::udf::{context, keyed_context, log, state, timers, types};

@@ -14,10 +14,11 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::{self, context, keyed_context, log, state};
+use super::bindings::{self, context, keyed_context, log, state, timers};
 use crate::state::{HeapKeyedState, KeyGroup, StateError as BackendError};
 use crate::tenancy::{LogRateLimiter, MemoryLimiter};
 use crate::time::Clock;
+use crate::time::{TimeDomain, Timer, TimerService};
 
 /// Largest page of a state scan, in entries and bytes.
 const MAX_PAGE_ENTRIES: u32 = 1024;
@@ -66,11 +67,16 @@ impl RunKeys {
     }
 }
 
-/// Keyed state and the key in scope, for keyed operators.
+/// Keyed state, timers and the key in scope, for keyed operators.
 #[derive(Debug)]
-pub(crate) struct KeyedScope {
+pub struct KeyedScope {
+    /// The subtask's keyed state.
     pub backend: HeapKeyedState,
+    /// The subtask's timers.
+    pub timers: TimerService,
+    /// Keys of the runs of the current call.
     pub runs: RunKeys,
+    /// The run in scope.
     pub current: Option<usize>,
 }
 
@@ -207,6 +213,38 @@ impl keyed_context::Host for HostState {
     fn current_key(&mut self) -> Option<Vec<u8>> {
         let scope = self.keyed.as_ref()?;
         scope.current.and_then(|r| scope.runs.get(r)).map(|(k, _)| k.to_vec())
+    }
+}
+
+impl timers::Host for HostState {
+    fn register(&mut self, domain: timers::TimeDomain, timestamp: i64) -> Result<(), String> {
+        let (timers, timer, domain) = self.timer(domain, timestamp)?;
+        timers.register(domain, timer);
+        Ok(())
+    }
+
+    fn delete(&mut self, domain: timers::TimeDomain, timestamp: i64) -> Result<(), String> {
+        let (timers, timer, domain) = self.timer(domain, timestamp)?;
+        timers.delete(domain, &timer);
+        Ok(())
+    }
+}
+
+impl HostState {
+    fn timer(&mut self, domain: timers::TimeDomain, timestamp: i64) -> Result<(&mut TimerService, Timer, TimeDomain), String> {
+        let scope = self.keyed.as_mut().ok_or("timers need a keyed operator")?;
+        let run = scope.current.ok_or("no key in scope: call enter-run first")?;
+        let (key, _) = scope.runs.get(run).ok_or("no key in scope: call enter-run first")?;
+        let timer = Timer {
+            timestamp,
+            key: key.to_vec(),
+            namespace: Vec::new(),
+        };
+        let domain = match domain {
+            timers::TimeDomain::EventTime => TimeDomain::EventTime,
+            timers::TimeDomain::ProcessingTime => TimeDomain::ProcessingTime,
+        };
+        Ok((&mut scope.timers, timer, domain))
     }
 }
 

@@ -21,13 +21,15 @@ use std::time::Duration;
 use sluice_guest::batch::{Batch, BatchError};
 use wasmtime::Store;
 
-use super::bindings::{keyed_operator, stateless_operator, types};
+use super::bindings::{
+    aggregate_operator, keyed_operator, stateless_operator, timers, types, watermark_generator, window_process_operator,
+};
 use super::engine::{EPOCH_TICK, LoadedComponent};
 use super::host::{GuestLogger, HostState, KeyedScope, RunKeys};
 use super::world::World;
 use crate::state::HeapKeyedState;
 use crate::tenancy::{InstanceLimits, LogRateLimiter, MemoryLimiter};
-use crate::time::Clock;
+use crate::time::{Clock, TimeDomain, TimerService};
 
 /// What went wrong inside a guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,7 +125,13 @@ pub struct GuestOutput {
 enum Exports {
     Stateless(stateless_operator::Guest),
     Keyed(keyed_operator::Guest),
+    Aggregate(aggregate_operator::Guest),
+    WindowProcess(window_process_operator::Guest),
+    Punctuated(watermark_generator::Guest),
 }
+
+/// A window's bounds, `[start, end)` in ms.
+pub type WindowBounds = (i64, i64);
 
 /// The long-lived guest instance of one subtask.
 pub struct GuestInstance {
@@ -180,10 +188,11 @@ impl GuestInstance {
         let keyed = match world {
             World::KeyedProcess => Some(KeyedScope {
                 backend: state.unwrap_or_else(|| HeapKeyedState::new(crate::state::KeyGroupRange::for_subtask(1, 1, 0))),
+                timers: TimerService::default(),
                 runs: RunKeys::default(),
                 current: None,
             }),
-            World::Stateless => None,
+            _ => None,
         };
         let data = HostState::new(logger, MemoryLimiter::new(limits.memory_bytes), clock, keyed);
         let mut store = Store::new(component.pre.engine(), data);
@@ -204,6 +213,24 @@ impl GuestInstance {
             ),
             World::KeyedProcess => Exports::Keyed(
                 keyed_operator::GuestIndices::new(&component.pre)
+                    .map_err(load)?
+                    .load(&mut store, &instance)
+                    .map_err(load)?,
+            ),
+            World::WindowAggregate => Exports::Aggregate(
+                aggregate_operator::GuestIndices::new(&component.pre)
+                    .map_err(load)?
+                    .load(&mut store, &instance)
+                    .map_err(load)?,
+            ),
+            World::WindowProcess => Exports::WindowProcess(
+                window_process_operator::GuestIndices::new(&component.pre)
+                    .map_err(load)?
+                    .load(&mut store, &instance)
+                    .map_err(load)?,
+            ),
+            World::Punctuated => Exports::Punctuated(
+                watermark_generator::GuestIndices::new(&component.pre)
                     .map_err(load)?
                     .load(&mut store, &instance)
                     .map_err(load)?,
@@ -234,6 +261,9 @@ impl GuestInstance {
         let r = match &self.exports {
             Exports::Stateless(g) => g.call_open(&mut self.store, config),
             Exports::Keyed(g) => g.call_open(&mut self.store, config),
+            Exports::Aggregate(g) => g.call_open(&mut self.store, config),
+            Exports::WindowProcess(g) => g.call_open(&mut self.store, config),
+            Exports::Punctuated(g) => g.call_open(&mut self.store, config),
         };
         match r {
             Ok(Ok(())) => Ok(()),
@@ -245,15 +275,12 @@ impl GuestInstance {
     /// Run a stateless operator over one packed batch.
     #[allow(clippy::ptr_arg)] // the generated binding takes `&Vec<u8>`
     pub fn process(&mut self, batch: &Vec<u8>) -> Result<GuestOutput, GuestError> {
+        self.begin()?;
         let Exports::Stateless(g) = &self.exports else {
-            return Err(self.error(GuestFailure::Trap("process called on a keyed operator".into())));
+            return Err(self.wrong_call("process"));
         };
-        if self.poisoned {
-            return Err(self.error(GuestFailure::Poisoned));
-        }
-        self.store.set_epoch_deadline(deadline_ticks(self.limits.call_timeout));
         match g.call_process(&mut self.store, batch) {
-            Ok(out) => self.output(out, batch),
+            Ok(out) => self.output(out, &|| count(batch)),
             Err(e) => Err(self.trapped(e)),
         }
     }
@@ -264,23 +291,173 @@ impl GuestInstance {
         self.store.data_mut().keyed.as_mut().map(|k| &mut k.runs)
     }
 
-    /// Run a keyed operator over a batch grouped into runs whose keys were
-    /// set with [`runs_mut`](Self::runs_mut).
-    #[allow(clippy::ptr_arg)] // the generated binding takes `&Vec<u8>`
-    pub fn process_runs(&mut self, batch: &Vec<u8>) -> Result<GuestOutput, GuestError> {
-        let Exports::Keyed(g) = &self.exports else {
-            return Err(self.error(GuestFailure::Trap("process_runs called on a stateless operator".into())));
-        };
+    /// State, timers and run keys of a keyed operator.
+    pub fn keyed_scope_mut(&mut self) -> Option<&mut KeyedScope> {
+        self.store.data_mut().keyed.as_mut()
+    }
+
+    fn begin(&mut self) -> Result<(), GuestError> {
         if self.poisoned {
             return Err(self.error(GuestFailure::Poisoned));
         }
         self.store.set_epoch_deadline(deadline_ticks(self.limits.call_timeout));
-        let r = g.call_process_runs(&mut self.store, batch);
+        Ok(())
+    }
+
+    fn wrong_call(&self, call: &str) -> GuestError {
+        self.error(GuestFailure::Trap(format!(
+            "the host called `{call}` on a component of another world"
+        )))
+    }
+
+    fn end_keyed_call(&mut self) {
         if let Some(k) = self.store.data_mut().keyed.as_mut() {
             k.current = None;
         }
+    }
+
+    /// Call a keyed operator's `on-timers` with `(run, domain, timestamp)`
+    /// per fired timer; the run keys were set with
+    /// [`keyed_scope_mut`](Self::keyed_scope_mut).
+    pub fn on_timers(&mut self, fired: &[(u32, TimeDomain, i64)]) -> Result<GuestOutput, GuestError> {
+        self.begin()?;
+        let Exports::Keyed(g) = &self.exports else {
+            return Err(self.wrong_call("on-timers"));
+        };
+        let list: Vec<keyed_operator::FiredTimer> = fired
+            .iter()
+            .map(|&(run, domain, timestamp)| keyed_operator::FiredTimer {
+                run,
+                domain: match domain {
+                    TimeDomain::EventTime => timers::TimeDomain::EventTime,
+                    TimeDomain::ProcessingTime => timers::TimeDomain::ProcessingTime,
+                },
+                timestamp,
+            })
+            .collect();
+        let r = g.call_on_timers(&mut self.store, &list);
+        self.end_keyed_call();
         match r {
-            Ok(out) => self.output(out, batch),
+            Ok(out) => self.output(out, &|| fired.len()),
+            Err(e) => Err(self.trapped(e)),
+        }
+    }
+
+    /// Fold runs of records into packed accumulators (`aggregate-operator.add`).
+    /// Returns the packed accumulators and the records that failed.
+    #[allow(clippy::ptr_arg)] // the generated binding takes `&Vec<_>`
+    pub fn aggregate_add(
+        &mut self,
+        records: &Vec<u8>,
+        runs: &Vec<u32>,
+        accumulators: &Vec<u8>,
+    ) -> Result<(Vec<u8>, Vec<RecordError>), GuestError> {
+        self.begin()?;
+        let Exports::Aggregate(g) = &self.exports else {
+            return Err(self.wrong_call("add"));
+        };
+        match g.call_add(&mut self.store, records, runs, accumulators) {
+            Ok(out) => {
+                let errors = self.record_errors(out.errors, &|| count(records))?;
+                Ok((out.accumulators, errors))
+            }
+            Err(e) => Err(self.trapped(e)),
+        }
+    }
+
+    /// Merge packed accumulators into one (`aggregate-operator.merge`).
+    #[allow(clippy::ptr_arg)] // the generated binding takes `&Vec<_>`
+    pub fn aggregate_merge(&mut self, accumulators: &Vec<u8>) -> Result<Vec<u8>, GuestError> {
+        self.begin()?;
+        let Exports::Aggregate(g) = &self.exports else {
+            return Err(self.wrong_call("merge"));
+        };
+        match g.call_merge(&mut self.store, accumulators) {
+            Ok(Ok(acc)) => Ok(acc),
+            Ok(Err(message)) => {
+                self.poisoned = true;
+                Err(self.error(GuestFailure::Trap(format!("merge failed: {message}"))))
+            }
+            Err(e) => Err(self.trapped(e)),
+        }
+    }
+
+    /// Results of fired windows (`aggregate-operator.fire`): record i of
+    /// `accumulators` is the accumulator of `windows[i]`.
+    #[allow(clippy::ptr_arg)] // the generated binding takes `&Vec<_>`
+    pub fn aggregate_fire(&mut self, accumulators: &Vec<u8>, windows: &[WindowBounds]) -> Result<GuestOutput, GuestError> {
+        self.begin()?;
+        let Exports::Aggregate(g) = &self.exports else {
+            return Err(self.wrong_call("fire"));
+        };
+        let list: Vec<types::Window> = windows.iter().map(|&(start, end)| types::Window { start, end }).collect();
+        match g.call_fire(&mut self.store, accumulators, &list) {
+            Ok(out) => self.output(out, &|| windows.len()),
+            Err(e) => Err(self.trapped(e)),
+        }
+    }
+
+    /// A full-window function over fired windows: `windows[i]` is a window
+    /// and how many of `elements` (in order) are its.
+    #[allow(clippy::ptr_arg)] // the generated binding takes `&Vec<_>`
+    pub fn window_process(&mut self, elements: &Vec<u8>, windows: &[(WindowBounds, u32)]) -> Result<GuestOutput, GuestError> {
+        self.begin()?;
+        let Exports::WindowProcess(g) = &self.exports else {
+            return Err(self.wrong_call("process"));
+        };
+        let list: Vec<window_process_operator::FiredWindow> = windows
+            .iter()
+            .map(|&((start, end), count)| window_process_operator::FiredWindow {
+                window: types::Window { start, end },
+                count,
+            })
+            .collect();
+        match g.call_process(&mut self.store, elements, &list) {
+            Ok(out) => self.output(out, &|| count(elements)),
+            Err(e) => Err(self.trapped(e)),
+        }
+    }
+
+    /// Ask a punctuated watermark generator about a batch: the watermarks
+    /// to emit, each after the record at its index.
+    #[allow(clippy::ptr_arg)] // the generated binding takes `&Vec<_>`
+    pub fn punctuate(&mut self, records: &Vec<u8>) -> Result<Vec<(u32, i64)>, GuestError> {
+        self.begin()?;
+        let Exports::Punctuated(g) = &self.exports else {
+            return Err(self.wrong_call("on-batch"));
+        };
+        match g.call_on_batch(&mut self.store, records) {
+            Ok(list) => {
+                let n = count(records);
+                let mut last = None;
+                for p in &list {
+                    if p.after as usize >= n || last.is_some_and(|l| p.after < l) {
+                        self.poisoned = true;
+                        return Err(self.error(GuestFailure::Trap(format!(
+                            "on-batch returned a watermark after record {}, out of order or past the {n} records of the batch",
+                            p.after
+                        ))));
+                    }
+                    last = Some(p.after);
+                }
+                Ok(list.into_iter().map(|p| (p.after, p.watermark)).collect())
+            }
+            Err(e) => Err(self.trapped(e)),
+        }
+    }
+
+    /// Run a keyed operator over a batch grouped into runs whose keys were
+    /// set with [`runs_mut`](Self::runs_mut).
+    #[allow(clippy::ptr_arg)] // the generated binding takes `&Vec<u8>`
+    pub fn process_runs(&mut self, input: u32, batch: &Vec<u8>) -> Result<GuestOutput, GuestError> {
+        self.begin()?;
+        let Exports::Keyed(g) = &self.exports else {
+            return Err(self.wrong_call("process-runs"));
+        };
+        let r = g.call_process_runs(&mut self.store, input, batch);
+        self.end_keyed_call();
+        match r {
+            Ok(out) => self.output(out, &|| count(batch)),
             Err(e) => Err(self.trapped(e)),
         }
     }
@@ -300,7 +477,9 @@ impl GuestInstance {
         self.store.into_data().keyed.map(|k| k.backend)
     }
 
-    fn output(&mut self, out: types::Output, input: &[u8]) -> Result<GuestOutput, GuestError> {
+    /// Validate a call's output; `inputs` is how many items the call had
+    /// (what record-error indexes may point at).
+    fn output(&mut self, out: types::Output, inputs: &dyn Fn() -> usize) -> Result<GuestOutput, GuestError> {
         let count = match Batch::new(&out.records).validate() {
             Ok(n) => n,
             Err(e) => {
@@ -308,26 +487,28 @@ impl GuestInstance {
                 return Err(self.error(GuestFailure::BadOutput(e)));
             }
         };
-        let errors: Vec<RecordError> = out
-            .errors
-            .into_iter()
-            .map(|e| RecordError {
-                index: e.index,
-                message: e.message,
-            })
-            .collect();
-        if let Some(max) = errors.iter().map(|e| e.index).max() {
-            let inputs = Batch::new(input).iter().count();
-            if max as usize >= inputs {
-                self.poisoned = true;
-                return Err(self.error(GuestFailure::BadErrorIndex(max)));
-            }
-        }
+        let errors = self.record_errors(out.errors, inputs)?;
         Ok(GuestOutput {
             records: out.records,
             count,
             errors,
         })
+    }
+
+    fn record_errors(&mut self, errors: Vec<types::RecordError>, inputs: &dyn Fn() -> usize) -> Result<Vec<RecordError>, GuestError> {
+        if let Some(max) = errors.iter().map(|e| e.index).max()
+            && max as usize >= inputs()
+        {
+            self.poisoned = true;
+            return Err(self.error(GuestFailure::BadErrorIndex(max)));
+        }
+        Ok(errors
+            .into_iter()
+            .map(|e| RecordError {
+                index: e.index,
+                message: e.message,
+            })
+            .collect())
     }
 
     /// Classify a trap, poison the instance, and say what the guest said last.
@@ -359,6 +540,11 @@ impl GuestInstance {
         };
         self.error(failure)
     }
+}
+
+/// Records in a batch the host built (and so knows to be well-formed).
+fn count(batch: &[u8]) -> usize {
+    Batch::new(batch).iter().count()
 }
 
 fn deadline_ticks(timeout: Duration) -> u64 {

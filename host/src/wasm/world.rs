@@ -9,15 +9,36 @@ use wasmtime::component::Component;
 pub const STATELESS_EXPORT: &str = "sluice:udf/stateless-operator@0.1.0";
 /// Exported interface of the `keyed-process` world.
 pub const KEYED_EXPORT: &str = "sluice:udf/keyed-operator@0.1.0";
+/// Exported interface of the `window-aggregate` world.
+pub const AGGREGATE_EXPORT: &str = "sluice:udf/aggregate-operator@0.1.0";
+/// Exported interface of the `window-process` world.
+pub const WINDOW_PROCESS_EXPORT: &str = "sluice:udf/window-process-operator@0.1.0";
+/// Exported interface of the `punctuated-watermarks` world.
+pub const PUNCTUATED_EXPORT: &str = "sluice:udf/watermark-generator@0.1.0";
 
 /// An operator world of `sluice:udf@0.1.0`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum World {
     /// `stateless`: map, filter, flat-map.
     Stateless,
-    /// `keyed-process`: keyed state, records grouped by key.
+    /// `keyed-process`: keyed state and timers, records grouped by key.
     KeyedProcess,
+    /// `window-aggregate`: incremental window aggregate.
+    WindowAggregate,
+    /// `window-process`: full-window function.
+    WindowProcess,
+    /// `punctuated-watermarks`: a watermark generator.
+    Punctuated,
 }
+
+/// Every operator world.
+pub const WORLDS: [World; 5] = [
+    World::Stateless,
+    World::KeyedProcess,
+    World::WindowAggregate,
+    World::WindowProcess,
+    World::Punctuated,
+];
 
 impl World {
     /// The world's name in WIT.
@@ -25,6 +46,9 @@ impl World {
         match self {
             World::Stateless => "sluice:udf/stateless@0.1.0",
             World::KeyedProcess => "sluice:udf/keyed-process@0.1.0",
+            World::WindowAggregate => "sluice:udf/window-aggregate@0.1.0",
+            World::WindowProcess => "sluice:udf/window-process@0.1.0",
+            World::Punctuated => "sluice:udf/punctuated-watermarks@0.1.0",
         }
     }
 
@@ -33,6 +57,9 @@ impl World {
         match self {
             World::Stateless => STATELESS_EXPORT,
             World::KeyedProcess => KEYED_EXPORT,
+            World::WindowAggregate => AGGREGATE_EXPORT,
+            World::WindowProcess => WINDOW_PROCESS_EXPORT,
+            World::Punctuated => PUNCTUATED_EXPORT,
         }
     }
 }
@@ -69,9 +96,9 @@ impl ComponentInfo {
         let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_owned()).collect();
         let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_owned()).collect();
         let has = |e: &str| exports.iter().any(|x| x == e);
-        let world = match (has(STATELESS_EXPORT), has(KEYED_EXPORT)) {
-            (true, false) => Some(World::Stateless),
-            (false, true) => Some(World::KeyedProcess),
+        let mut found = WORLDS.into_iter().filter(|w| has(w.export()));
+        let world = match (found.next(), found.next()) {
+            (Some(w), None) => Some(w),
             _ => None,
         };
         ComponentInfo { world, imports, exports }

@@ -1,0 +1,21 @@
+//! Windows, computed by the host: assigners, triggers, allowed lateness,
+//! and the window operator that keeps one accumulator (or the elements) per
+//! key and window in keyed state.
+//!
+//! ```text
+//!  record ─► assigner ─► windows ─► late? ──yes──► `late` side output (or dropped, counted)
+//!                                     │ no
+//!                                     ▼
+//!            add to the window's contents (host keyed state: accumulator bytes or elements)
+//!            trigger: timer at window end (event or processing time) / count
+//!  watermark or clock passes a timer ─► fire: function(contents) ─► output
+//!  watermark passes end + allowed lateness ─► purge the window's state
+//! ```
+
+mod assigner;
+mod builtin;
+mod operator;
+
+pub use assigner::{Assigner, Trigger, TriggerKind, Window, WindowConfig};
+pub(crate) use builtin::Builtin;
+pub(crate) use operator::{WindowFunction, WindowOperator};

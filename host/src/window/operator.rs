@@ -1,0 +1,789 @@
+//! The window operator: a keyed operator computed by the host, calling a
+//! guest only to aggregate or to process a fired window.
+//!
+//! State, per key (in the subtask's [`HeapKeyedState`], so it is
+//! partitioned by key group like any keyed state):
+//!
+//! | state | user key | value |
+//! |---|---|---|
+//! | `window-contents` | window | accumulator bytes (built-in or the UDF's) |
+//! | `window-elements` | window + sequence number | one element (full-window functions) |
+//! | `window-count` | window | elements in the window (full-window functions number them with it) |
+//! | `window-trigger-count` | window | elements since the last firing (count triggers) |
+//! | `window-sessions` | (none) | the key's open sessions (merging windows) |
+//!
+//! Timers (in a [`TimerService`]) have the window as namespace: one at the
+//! window's last millisecond to fire it, one at its cleanup time (end +
+//! allowed lateness) to purge it; with no lateness they are the same timer.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sluice_guest::batch::{BatchWriter, RecordRef};
+use xxhash_rust::xxh3::Xxh3Builder;
+
+use super::builtin::Builtin;
+use super::{TriggerKind, Window, WindowConfig};
+use crate::runtime::operator::{Emit, GuestOutputs, Operator};
+use crate::runtime::partition::preview;
+use crate::runtime::{RecordBatch, TaskError};
+use crate::state::{HeapKeyedState, KeyGroup, StateId};
+use crate::time::{Clock, TimeDomain, Timer, TimerService};
+use crate::wasm::{GuestError, GuestFailure, GuestInstance, RecordError};
+
+/// Largest page read from state at once when collecting a window's elements.
+const SCAN_PAGE: usize = 4096;
+/// Most timers fired per guest call.
+const FIRE_BATCH: usize = 1024;
+
+/// A state entry: (user key, value).
+type Entry = (Vec<u8>, Vec<u8>);
+
+/// What computes a window's result.
+pub(crate) enum WindowFunction {
+    /// count / sum / min / max, natively.
+    Builtin(Builtin),
+    /// A `window-aggregate` guest.
+    Aggregate(GuestInstance),
+    /// A `window-process` guest.
+    Process(GuestInstance),
+}
+
+struct Ids {
+    contents: StateId,
+    elements: StateId,
+    count: StateId,
+    trigger_count: StateId,
+    sessions: StateId,
+}
+
+/// The records of one key and window within a batch.
+struct Pane<'a> {
+    key: &'a [u8],
+    group: KeyGroup,
+    window: Window,
+    records: Vec<u32>,
+    /// Elements in the window since the last count firing.
+    count: u64,
+}
+
+/// One subtask of a window operator.
+pub(crate) struct WindowOperator {
+    cfg: WindowConfig,
+    function: WindowFunction,
+    state: HeapKeyedState,
+    ids: Ids,
+    timers: TimerService,
+    watermark: i64,
+    clock: Arc<dyn Clock>,
+    max_parallelism: u32,
+    outputs: GuestOutputs,
+    scratch: Vec<Window>,
+}
+
+impl WindowOperator {
+    pub fn new(
+        cfg: WindowConfig,
+        function: WindowFunction,
+        mut state: HeapKeyedState,
+        clock: Arc<dyn Clock>,
+        max_parallelism: u32,
+        outputs: GuestOutputs,
+    ) -> Result<Self, TaskError> {
+        let mut id = |name: &str| state.declare(name).map_err(|e| TaskError::Internal(e.to_string()));
+        let ids = Ids {
+            contents: id("window-contents")?,
+            elements: id("window-elements")?,
+            count: id("window-count")?,
+            trigger_count: id("window-trigger-count")?,
+            sessions: id("window-sessions")?,
+        };
+        Ok(WindowOperator {
+            cfg,
+            function,
+            state,
+            ids,
+            timers: TimerService::default(),
+            watermark: i64::MIN,
+            clock,
+            max_parallelism,
+            outputs,
+            scratch: Vec::new(),
+        })
+    }
+
+    fn state_error(&self, e: crate::state::StateError) -> TaskError {
+        self.outputs.internal(e)
+    }
+
+    fn guest_error(&self, message: String) -> TaskError {
+        TaskError::Guest(GuestError {
+            operator: self.outputs.name.clone(),
+            subtask: self.outputs.subtask,
+            failure: GuestFailure::Trap(message),
+        })
+    }
+
+    // ---- state helpers -------------------------------------------------
+
+    fn get_u64(&self, g: KeyGroup, key: &[u8], id: StateId, uk: &[u8]) -> Result<u64, TaskError> {
+        let v = self.state.get(g, key, id, uk).map_err(|e| self.state_error(e))?;
+        Ok(v.and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes))
+    }
+
+    fn put_u64(&mut self, g: KeyGroup, key: &[u8], id: StateId, uk: &[u8], v: u64) -> Result<(), TaskError> {
+        let r = if v == 0 {
+            self.state.delete(g, key, id, uk)
+        } else {
+            self.state.put(g, key, id, uk, &v.to_le_bytes())
+        };
+        r.map_err(|e| self.state_error(e))
+    }
+
+    /// Elements of a window, in order, as (user key, value) pairs.
+    fn elements(&self, g: KeyGroup, key: &[u8], w: &Window) -> Result<Vec<Entry>, TaskError> {
+        let prefix = w.encode();
+        let mut all = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self
+                .state
+                .scan(g, key, self.ids.elements, &prefix, after.as_deref(), SCAN_PAGE, usize::MAX)
+                .map_err(|e| self.state_error(e))?;
+            all.extend(page.entries);
+            match page.next {
+                Some(n) => after = Some(n),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    fn has_contents(&self, g: KeyGroup, key: &[u8], w: &Window) -> Result<bool, TaskError> {
+        let id = match self.function {
+            WindowFunction::Process(_) => self.ids.count,
+            _ => self.ids.contents,
+        };
+        Ok(self.state.get(g, key, id, &w.encode()).map_err(|e| self.state_error(e))?.is_some())
+    }
+
+    /// Drop a window's contents (accumulator, elements, count).
+    fn clear_contents(&mut self, g: KeyGroup, key: &[u8], w: &Window) -> Result<(), TaskError> {
+        let uk = w.encode();
+        for (ek, _) in self.elements(g, key, w)? {
+            self.state.delete(g, key, self.ids.elements, &ek).map_err(|e| self.state_error(e))?;
+        }
+        self.state.delete(g, key, self.ids.contents, &uk).map_err(|e| self.state_error(e))?;
+        self.state
+            .delete(g, key, self.ids.trigger_count, &uk)
+            .map_err(|e| self.state_error(e))?;
+        self.state.delete(g, key, self.ids.count, &uk).map_err(|e| self.state_error(e))
+    }
+
+    fn window_timers(&self, key: &[u8], w: &Window) -> Vec<(TimeDomain, Timer)> {
+        let timer = |ts| Timer {
+            timestamp: ts,
+            key: key.to_vec(),
+            namespace: w.encode().to_vec(),
+        };
+        let mut t = Vec::new();
+        if let TriggerKind::Time(d) = self.cfg.trigger.kind
+            && !w.is_global()
+        {
+            t.push((d, timer(w.max_timestamp())));
+        }
+        if let Some(c) = self.cfg.cleanup_time(w) {
+            t.push((self.cfg.time, timer(c)));
+        }
+        t
+    }
+
+    fn register_timers(&mut self, key: &[u8], w: &Window) {
+        for (d, t) in self.window_timers(key, w) {
+            self.timers.register(d, t);
+        }
+    }
+
+    /// Purge a window: contents, timers, and its place among the key's sessions.
+    fn purge(&mut self, g: KeyGroup, key: &[u8], w: &Window) -> Result<(), TaskError> {
+        self.clear_contents(g, key, w)?;
+        for (d, t) in self.window_timers(key, w) {
+            self.timers.delete(d, &t);
+        }
+        if self.cfg.assigner.is_merging() {
+            let mut list = self.load_sessions(g, key)?;
+            list.retain(|s| s != w);
+            self.store_sessions(g, key, &list)?;
+        }
+        Ok(())
+    }
+
+    fn load_sessions(&self, g: KeyGroup, key: &[u8]) -> Result<Vec<Window>, TaskError> {
+        let v = self.state.get(g, key, self.ids.sessions, b"").map_err(|e| self.state_error(e))?;
+        Ok(v.map(|b| b.chunks_exact(16).filter_map(Window::decode).collect())
+            .unwrap_or_default())
+    }
+
+    fn store_sessions(&mut self, g: KeyGroup, key: &[u8], list: &[Window]) -> Result<(), TaskError> {
+        let r = if list.is_empty() {
+            self.state.delete(g, key, self.ids.sessions, b"")
+        } else {
+            let bytes: Vec<u8> = list.iter().flat_map(|w| w.encode()).collect();
+            self.state.put(g, key, self.ids.sessions, b"", &bytes)
+        };
+        r.map_err(|e| self.state_error(e))
+    }
+
+    // ---- assigning -----------------------------------------------------
+
+    /// The time a record is windowed by; `None` when it has no timestamp and
+    /// the error policy skips it.
+    fn time_of(&self, r: &RecordRef<'_>, index: usize, now: i64, input: &[u8]) -> Result<Option<i64>, TaskError> {
+        if self.cfg.time == TimeDomain::ProcessingTime {
+            return Ok(Some(now));
+        }
+        if let Some(t) = r.timestamp {
+            return Ok(Some(t));
+        }
+        let e = RecordError {
+            index: index as u32,
+            message: "the record has no event timestamp: event-time windows need one (set `timestamp_field` on the source, \
+                      or assign timestamps in a map before the window)"
+                .into(),
+        };
+        self.outputs.handle_errors(&[e], input)?;
+        Ok(None)
+    }
+
+    /// Session windows: merge each record's window with the key's sessions
+    /// it touches, in record order; returns (record, final session).
+    fn assign_sessions<'a>(
+        &mut self,
+        records: &[RecordRef<'a>],
+        times: &[Option<i64>],
+        late: &mut Vec<u32>,
+    ) -> Result<Vec<(u32, Window)>, TaskError> {
+        let mut sessions: HashMap<&'a [u8], (KeyGroup, Vec<Window>), Xxh3Builder> = HashMap::with_hasher(Xxh3Builder::new());
+        let mut merges: Vec<(&'a [u8], KeyGroup, Vec<Window>, Window)> = Vec::new();
+        let mut own = Vec::new();
+        for (i, r) in records.iter().enumerate() {
+            let (Some(key), Some(t)) = (r.key, times[i]) else { continue };
+            self.scratch.clear();
+            self.cfg.assigner.assign(t, &mut self.scratch);
+            let w = self.scratch[0];
+            if self.cfg.is_late(&w, self.watermark) {
+                late.push(i as u32);
+                continue;
+            }
+            if !sessions.contains_key(key) {
+                let g = KeyGroup::of(key, self.max_parallelism);
+                sessions.insert(key, (g, self.load_sessions(g, key)?));
+            }
+            let Some((g, list)) = sessions.get_mut(key) else { continue };
+            let (hit, mut keep): (Vec<Window>, Vec<Window>) = list.iter().partition(|s| s.intersects(&w));
+            let cover = hit.iter().fold(w, |c, s| c.cover(s));
+            if !(hit.is_empty() || hit.len() == 1 && hit[0] == cover) {
+                merges.push((key, *g, hit, cover));
+            }
+            keep.push(cover);
+            *list = keep;
+            own.push((i as u32, key, w));
+        }
+        for (key, g, olds, into) in merges {
+            self.merge_windows(g, key, &olds, into)?;
+        }
+        let mut assigned = Vec::with_capacity(own.len());
+        for (i, key, w) in own {
+            if let Some(s) = sessions.get(key).and_then(|(_, l)| l.iter().find(|s| s.contains(&w))) {
+                assigned.push((i, *s));
+            }
+        }
+        for (key, (g, list)) in sessions {
+            self.store_sessions(g, key, &list)?;
+        }
+        Ok(assigned)
+    }
+
+    /// Move the contents of `olds` into `into` (sessions that merged).
+    fn merge_windows(&mut self, g: KeyGroup, key: &[u8], olds: &[Window], into: Window) -> Result<(), TaskError> {
+        for w in olds {
+            for (d, t) in self.window_timers(key, w) {
+                self.timers.delete(d, &t);
+            }
+        }
+        let into_uk = into.encode();
+        let mut count = self.get_u64(g, key, self.ids.count, &into_uk)?;
+        let mut fires = self.get_u64(g, key, self.ids.trigger_count, &into_uk)?;
+        for w in olds {
+            count += self.get_u64(g, key, self.ids.count, &w.encode())?;
+            fires += self.get_u64(g, key, self.ids.trigger_count, &w.encode())?;
+        }
+        let mut accs: Vec<Vec<u8>> = Vec::new();
+        for w in olds.iter().chain(std::iter::once(&into)) {
+            if let Some(a) = self
+                .state
+                .get(g, key, self.ids.contents, &w.encode())
+                .map_err(|e| self.state_error(e))?
+            {
+                accs.push(a.to_vec());
+            }
+        }
+        let merged = match (&mut self.function, accs.len()) {
+            (_, 0) => None,
+            (_, 1) => accs.pop(),
+            (WindowFunction::Builtin(b), _) => Some(accs.iter().skip(1).fold(accs[0].clone(), |a, x| b.merge(&a, x).to_vec())),
+            (WindowFunction::Aggregate(guest), _) => {
+                let mut packed = Vec::new();
+                for a in &accs {
+                    packed.extend_from_slice(&(a.len() as u32).to_le_bytes());
+                    packed.extend_from_slice(a);
+                }
+                Some(guest.aggregate_merge(&packed)?)
+            }
+            (WindowFunction::Process(_), _) => None,
+        };
+        // Elements keep their order: `into`'s first, then each old window's.
+        let mut seq = self.get_u64(g, key, self.ids.count, &into_uk)?;
+        if matches!(self.function, WindowFunction::Process(_)) {
+            seq = self.elements(g, key, &into)?.len() as u64;
+            for w in olds {
+                for (ek, v) in self.elements(g, key, w)? {
+                    let mut nk = into_uk.to_vec();
+                    nk.extend_from_slice(&seq.to_be_bytes());
+                    seq += 1;
+                    self.state
+                        .put(g, key, self.ids.elements, &nk, &v)
+                        .map_err(|e| self.state_error(e))?;
+                    self.state.delete(g, key, self.ids.elements, &ek).map_err(|e| self.state_error(e))?;
+                }
+            }
+        }
+        for w in olds {
+            let uk = w.encode();
+            self.state.delete(g, key, self.ids.contents, &uk).map_err(|e| self.state_error(e))?;
+            self.state.delete(g, key, self.ids.count, &uk).map_err(|e| self.state_error(e))?;
+            self.state
+                .delete(g, key, self.ids.trigger_count, &uk)
+                .map_err(|e| self.state_error(e))?;
+        }
+        self.put_u64(g, key, self.ids.trigger_count, &into_uk, fires)?;
+        if let Some(m) = merged {
+            self.state
+                .put(g, key, self.ids.contents, &into_uk, &m)
+                .map_err(|e| self.state_error(e))?;
+        }
+        if matches!(self.function, WindowFunction::Process(_)) {
+            count = seq;
+        }
+        self.put_u64(g, key, self.ids.count, &into_uk, count)?;
+        if count > 0 || self.has_contents(g, key, &into)? {
+            self.register_timers(key, &into);
+        }
+        Ok(())
+    }
+
+    // ---- adding --------------------------------------------------------
+
+    /// Add `take` records of each pane (from `cursor`) to the window
+    /// contents. Returns, per pane, whether the window had no contents before.
+    fn add(&mut self, records: &[RecordRef<'_>], panes: &mut [Pane<'_>], chunks: &[(usize, usize, usize)]) -> Result<Vec<bool>, TaskError> {
+        let mut fresh = vec![false; panes.len()];
+        let mut errors: Vec<RecordError> = Vec::new();
+        match &mut self.function {
+            WindowFunction::Builtin(b) => {
+                for &(p, from, to) in chunks {
+                    let pane = &panes[p];
+                    let uk = pane.window.encode();
+                    let before = self
+                        .state
+                        .get(pane.group, pane.key, self.ids.contents, &uk)
+                        .map_err(|e| self.outputs.internal(e))?;
+                    fresh[p] = before.is_none();
+                    let mut acc: Option<[u8; 9]> = before.and_then(|b| b.try_into().ok());
+                    for &i in &pane.records[from..to] {
+                        match b.add(acc.as_ref().map(|a| &a[..]), records[i as usize].value) {
+                            Ok(a) => acc = Some(a),
+                            Err(message) => errors.push(RecordError { index: i, message }),
+                        }
+                    }
+                    if let Some(a) = acc {
+                        self.state
+                            .put(pane.group, pane.key, self.ids.contents, &uk, &a)
+                            .map_err(|e| self.outputs.internal(e))?;
+                    }
+                }
+            }
+            WindowFunction::Aggregate(guest) => {
+                let mut batch = BatchWriter::with_capacity(chunks.len() * 32);
+                let mut runs = Vec::with_capacity(chunks.len());
+                let mut accs = Vec::with_capacity(chunks.len() * 12);
+                let mut origin = Vec::new();
+                for &(p, from, to) in chunks {
+                    let pane = &panes[p];
+                    let before = self
+                        .state
+                        .get(pane.group, pane.key, self.ids.contents, &pane.window.encode())
+                        .map_err(|e| self.outputs.internal(e))?;
+                    fresh[p] = before.is_none();
+                    match before {
+                        Some(a) => {
+                            accs.extend_from_slice(&(a.len() as u32).to_le_bytes());
+                            accs.extend_from_slice(a);
+                        }
+                        None => accs.extend_from_slice(&u32::MAX.to_le_bytes()),
+                    }
+                    for &i in &pane.records[from..to] {
+                        batch.push_ref(&records[i as usize]);
+                        origin.push(i);
+                    }
+                    runs.push((to - from) as u32);
+                }
+                let batch = batch.finish();
+                let (packed, errs) = guest.aggregate_add(&batch, &runs, &accs)?;
+                errors.extend(errs.into_iter().map(|e| RecordError {
+                    index: origin[e.index as usize],
+                    message: e.message,
+                }));
+                let mut rest = &packed[..];
+                for &(p, _, _) in chunks {
+                    let pane = &panes[p];
+                    let acc = rest
+                        .split_at_checked(4)
+                        .and_then(|(len, tail)| tail.split_at_checked(u32::from_le_bytes(len.try_into().ok()?) as usize));
+                    let Some((acc, tail)) = acc else {
+                        return Err(self.guest_error(format!(
+                            "aggregate `add` returned malformed accumulators: expected {} packed accumulators",
+                            chunks.len()
+                        )));
+                    };
+                    rest = tail;
+                    self.state
+                        .put(pane.group, pane.key, self.ids.contents, &pane.window.encode(), acc)
+                        .map_err(|e| self.outputs.internal(e))?;
+                }
+                if !rest.is_empty() {
+                    return Err(self.guest_error(format!(
+                        "aggregate `add` returned more than the {} accumulators it was given",
+                        chunks.len()
+                    )));
+                }
+            }
+            WindowFunction::Process(_) => {
+                for &(p, from, to) in chunks {
+                    let pane = &panes[p];
+                    let uk = pane.window.encode();
+                    let mut seq = self.get_u64(pane.group, pane.key, self.ids.count, &uk)?;
+                    fresh[p] = seq == 0 && !self.has_contents(pane.group, pane.key, &pane.window)?;
+                    for &i in &pane.records[from..to] {
+                        let r = &records[i as usize];
+                        let mut ek = uk.to_vec();
+                        ek.extend_from_slice(&seq.to_be_bytes());
+                        seq += 1;
+                        let mut v = Vec::with_capacity(9 + r.value.len());
+                        match r.timestamp {
+                            Some(t) => {
+                                v.push(1);
+                                v.extend_from_slice(&t.to_le_bytes());
+                            }
+                            None => v.push(0),
+                        }
+                        v.extend_from_slice(r.value);
+                        self.state
+                            .put(pane.group, pane.key, self.ids.elements, &ek, &v)
+                            .map_err(|e| self.state_error(e))?;
+                    }
+                    self.put_u64(pane.group, pane.key, self.ids.count, &uk, seq)?;
+                }
+            }
+        }
+        if !errors.is_empty() {
+            errors.sort_by_key(|e| e.index);
+            let input = Self::rebuild(records);
+            self.outputs.handle_errors(&errors, &input)?;
+        }
+        Ok(fresh)
+    }
+
+    fn rebuild(records: &[RecordRef<'_>]) -> Vec<u8> {
+        let mut w = BatchWriter::new();
+        for r in records {
+            w.push_ref(r);
+        }
+        w.finish()
+    }
+
+    // ---- firing --------------------------------------------------------
+
+    /// Compute and emit the results of fired windows; purge them after if
+    /// the trigger purges.
+    fn fire(&mut self, fired: &[(Vec<u8>, Window)], out: &mut dyn Emit) -> Result<(), TaskError> {
+        let mut live = Vec::with_capacity(fired.len());
+        for (key, w) in fired {
+            let g = KeyGroup::of(key, self.max_parallelism);
+            if self.has_contents(g, key, w)? {
+                live.push((key.as_slice(), g, *w));
+            }
+        }
+        if live.is_empty() {
+            return Ok(());
+        }
+        match &self.function {
+            WindowFunction::Builtin(b) => {
+                let mut batch = BatchWriter::new();
+                for &(key, g, w) in &live {
+                    let acc = self
+                        .state
+                        .get(g, key, self.ids.contents, &w.encode())
+                        .map_err(|e| self.state_error(e))?;
+                    batch.push(Some(key), &b.result(key, &w, acc.unwrap_or_default()), Some(w.max_timestamp()));
+                }
+                let len = batch.len();
+                out.emit(RecordBatch {
+                    bytes: batch.finish(),
+                    len,
+                })?;
+            }
+            WindowFunction::Aggregate(_) => {
+                let mut batch = BatchWriter::new();
+                let mut windows = Vec::with_capacity(live.len());
+                for &(key, g, w) in &live {
+                    let acc = self
+                        .state
+                        .get(g, key, self.ids.contents, &w.encode())
+                        .map_err(|e| self.state_error(e))?;
+                    batch.push(Some(key), acc.unwrap_or_default(), Some(w.max_timestamp()));
+                    windows.push((w.start, w.end));
+                }
+                let batch = batch.finish();
+                let WindowFunction::Aggregate(guest) = &mut self.function else {
+                    unreachable!()
+                };
+                let result = guest.aggregate_fire(&batch, &windows)?;
+                self.outputs.handle(result, &batch, out)?;
+            }
+            WindowFunction::Process(_) => {
+                let mut batch = BatchWriter::new();
+                let mut windows = Vec::with_capacity(live.len());
+                for &(key, g, w) in &live {
+                    let elements = self.elements(g, key, &w)?;
+                    for (_, v) in &elements {
+                        let (ts, value) = match v.split_first() {
+                            Some((1, rest)) if rest.len() >= 8 => {
+                                (Some(i64::from_le_bytes(rest[..8].try_into().unwrap_or_default())), &rest[8..])
+                            }
+                            Some((_, rest)) => (None, rest),
+                            None => (None, &v[..]),
+                        };
+                        batch.push(Some(key), value, ts);
+                    }
+                    windows.push(((w.start, w.end), elements.len() as u32));
+                }
+                let batch = batch.finish();
+                let WindowFunction::Process(guest) = &mut self.function else {
+                    unreachable!()
+                };
+                let result = guest.window_process(&batch, &windows)?;
+                self.outputs.handle(result, &batch, out)?;
+            }
+        }
+        if self.cfg.trigger.purging {
+            for (key, g, w) in live {
+                self.clear_contents(g, key, &w)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fire and purge every window whose timers are due at `time`.
+    fn on_timers(&mut self, domain: TimeDomain, time: i64, out: &mut dyn Emit) -> Result<(), TaskError> {
+        loop {
+            let mut fires = Vec::new();
+            let mut cleanups = Vec::new();
+            while fires.len() + cleanups.len() < FIRE_BATCH {
+                let Some(t) = self.timers.pop_due(domain, time) else { break };
+                let Some(w) = Window::decode(&t.namespace) else { continue };
+                let cleanup = self.cfg.time == domain && self.cfg.cleanup_time(&w) == Some(t.timestamp);
+                if self.cfg.trigger.kind == TriggerKind::Time(domain) && t.timestamp == w.max_timestamp() {
+                    fires.push((t.key.clone(), w));
+                }
+                if cleanup {
+                    cleanups.push((t.key, w));
+                }
+            }
+            if fires.is_empty() && cleanups.is_empty() {
+                return Ok(());
+            }
+            self.fire(&fires, out)?;
+            for (key, w) in cleanups {
+                let g = KeyGroup::of(&key, self.max_parallelism);
+                self.purge(g, &key, &w)?;
+            }
+        }
+    }
+
+    fn route_late(&mut self, records: &[RecordRef<'_>], late: &[u32], out: &mut dyn Emit) -> Result<(), TaskError> {
+        if late.is_empty() {
+            return Ok(());
+        }
+        let to_side = out.has_late_output();
+        let metrics = &self.outputs.metrics;
+        if !to_side && metrics.records_late_dropped() == 0 {
+            tracing::warn!(
+                operator = %self.outputs.name,
+                subtask = self.outputs.subtask,
+                record = %preview(records[late[0] as usize].value),
+                "late records are dropped (counted in `late_dropped`): add an edge with output = \"late\" to keep them"
+            );
+        }
+        metrics.add_late(late.len() as u64, !to_side);
+        if to_side {
+            let mut w = BatchWriter::new();
+            for &i in late {
+                w.push_ref(&records[i as usize]);
+            }
+            let len = w.len();
+            out.emit_late(RecordBatch { bytes: w.finish(), len })?;
+        }
+        Ok(())
+    }
+}
+
+impl Operator for WindowOperator {
+    fn process(&mut self, _input: usize, batch: RecordBatch, out: &mut dyn Emit) -> Result<(), TaskError> {
+        let records: Vec<RecordRef<'_>> = batch.records().collect();
+        let now = self.clock.now_ms();
+        let mut times = Vec::with_capacity(records.len());
+        for (i, r) in records.iter().enumerate() {
+            if r.key.is_none() {
+                return Err(TaskError::MissingKey {
+                    target: self.outputs.name.clone(),
+                    value: preview(r.value),
+                });
+            }
+            times.push(self.time_of(r, i, now, &batch.bytes)?);
+        }
+        let mut late = Vec::new();
+        let assigned = if self.cfg.assigner.is_merging() {
+            self.assign_sessions(&records, &times, &mut late)?
+        } else {
+            let mut assigned = Vec::with_capacity(records.len());
+            let mut scratch = std::mem::take(&mut self.scratch);
+            for (i, t) in times.iter().enumerate() {
+                let Some(t) = *t else { continue };
+                scratch.clear();
+                self.cfg.assigner.assign(t, &mut scratch);
+                let before = assigned.len();
+                assigned.extend(
+                    scratch
+                        .iter()
+                        .filter(|w| !self.cfg.is_late(w, self.watermark))
+                        .map(|w| (i as u32, *w)),
+                );
+                if assigned.len() == before {
+                    late.push(i as u32);
+                }
+            }
+            self.scratch = scratch;
+            assigned
+        };
+        self.route_late(&records, &late, out)?;
+
+        let mut panes: Vec<Pane<'_>> = Vec::new();
+        let mut index: HashMap<(&[u8], Window), usize, Xxh3Builder> = HashMap::with_capacity_and_hasher(records.len(), Xxh3Builder::new());
+        for (i, w) in assigned {
+            let key = records[i as usize].key.unwrap_or_default();
+            let p = *index.entry((key, w)).or_insert_with(|| {
+                panes.push(Pane {
+                    key,
+                    group: KeyGroup::of(key, self.max_parallelism),
+                    window: w,
+                    records: Vec::new(),
+                    count: 0,
+                });
+                panes.len() - 1
+            });
+            panes[p].records.push(i);
+        }
+        if let TriggerKind::Count(_) = self.cfg.trigger.kind {
+            for p in &mut panes {
+                p.count = self.get_u64(p.group, p.key, self.ids.trigger_count, &p.window.encode())?;
+            }
+        }
+        // Rounds: each adds, per pane, the records up to its next count
+        // firing (all of them for other triggers), then fires what is due.
+        let mut cursor = vec![0usize; panes.len()];
+        loop {
+            let mut chunks = Vec::new();
+            for (p, pane) in panes.iter().enumerate() {
+                let left = pane.records.len() - cursor[p];
+                if left == 0 {
+                    continue;
+                }
+                let take = match self.cfg.trigger.kind {
+                    TriggerKind::Count(n) => left.min(n.saturating_sub(pane.count).max(1) as usize),
+                    _ => left,
+                };
+                chunks.push((p, cursor[p], cursor[p] + take));
+            }
+            if chunks.is_empty() {
+                break;
+            }
+            let fresh = self.add(&records, &mut panes, &chunks)?;
+            let mut fires = Vec::new();
+            for &(p, from, to) in &chunks {
+                cursor[p] = to;
+                if fresh[p] {
+                    let (key, w) = (panes[p].key, panes[p].window);
+                    self.register_timers(key, &w);
+                }
+                let pane = &mut panes[p];
+                match self.cfg.trigger.kind {
+                    TriggerKind::Time(TimeDomain::EventTime) if pane.window.max_timestamp() <= self.watermark => {
+                        fires.push((pane.key.to_vec(), pane.window));
+                    }
+                    TriggerKind::Time(TimeDomain::ProcessingTime) if pane.window.max_timestamp() <= now => {
+                        fires.push((pane.key.to_vec(), pane.window));
+                    }
+                    TriggerKind::Count(n) => {
+                        pane.count += (to - from) as u64;
+                        if pane.count >= n {
+                            pane.count = 0;
+                            fires.push((pane.key.to_vec(), pane.window));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if let TriggerKind::Count(_) = self.cfg.trigger.kind {
+                for &(p, _, _) in &chunks {
+                    let pane = &panes[p];
+                    let (g, key, uk, c) = (pane.group, pane.key, pane.window.encode(), pane.count);
+                    self.put_u64(g, key, self.ids.trigger_count, &uk, c)?;
+                }
+            }
+            self.fire(&fires, out)?;
+        }
+        Ok(())
+    }
+
+    fn on_watermark(&mut self, watermark: i64, out: &mut dyn Emit) -> Result<(), TaskError> {
+        self.watermark = watermark;
+        if let WindowFunction::Aggregate(g) | WindowFunction::Process(g) = &mut self.function {
+            g.set_watermark(Some(watermark));
+        }
+        self.on_timers(TimeDomain::EventTime, watermark, out)?;
+        out.watermark(watermark)
+    }
+
+    fn on_processing_time(&mut self, now: i64, out: &mut dyn Emit) -> Result<(), TaskError> {
+        if self.timers.next(TimeDomain::ProcessingTime).is_some_and(|t| t <= now) {
+            self.on_timers(TimeDomain::ProcessingTime, now, out)?;
+        }
+        Ok(())
+    }
+
+    /// At the end of input, processing time "passes" every window too, so no
+    /// processing-time window is left unfired.
+    fn finish(&mut self, out: &mut dyn Emit) -> Result<(), TaskError> {
+        self.on_timers(TimeDomain::ProcessingTime, i64::MAX, out)
+    }
+}
