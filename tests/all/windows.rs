@@ -584,3 +584,28 @@ proptest! {
         prop_assert_eq!(got, tumbling_expected(&rows, 500));
     }
 }
+
+#[test]
+fn the_windowed_word_count_example_matches_an_independent_count() {
+    let root = crate::harness::root();
+    let spec = std::fs::read_to_string(root.join("examples/windowed-wordcount.toml")).unwrap();
+    let data = std::fs::read_to_string(root.join("examples/data/timestamped-words.csv")).unwrap();
+    let rows: Vec<(i64, &str)> = data
+        .lines()
+        .map(|l| {
+            let (t, w) = l.split_once(',').unwrap();
+            (t.parse().unwrap(), w)
+        })
+        .collect();
+    let dir = temp_dir("windowed-example");
+    let toml = spec
+        .replace("data/", &format!("{}/examples/data/", root.display()))
+        .replace("../udfs/", &format!("{}/udfs/", root.display()))
+        .replace("../out/", "");
+    let summary = run_toml(&toml, &dir).unwrap();
+    let got = results(&read_json_lines(&dir.join("windowed-wordcount.jsonl")), "count");
+    assert!(got.len() > 5000, "{} windows", got.len());
+    assert_eq!(got, tumbling_expected(&rows, 1000));
+    let counts = summary.metrics.iter().find(|m| m.name == "counts").unwrap();
+    assert_eq!(counts.records_late(), 0, "the watermark bound covers the disorder");
+}
