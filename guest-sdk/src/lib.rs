@@ -49,6 +49,9 @@
 //! and the host discards this instance.
 
 pub mod batch;
+mod time_window;
+
+pub use time_window::Window;
 
 #[cfg(target_arch = "wasm32")]
 mod error;
@@ -76,7 +79,7 @@ pub use timers::{TimeDomain, Timer};
 #[cfg(target_arch = "wasm32")]
 pub use watermark::Punctuated;
 #[cfg(target_arch = "wasm32")]
-pub use window::{Accumulator, Aggregate, Json, Window, WindowProcess};
+pub use window::{Accumulator, Aggregate, Json, WindowProcess};
 
 /// Host time, as the host sees it.
 #[cfg(target_arch = "wasm32")]

@@ -18,34 +18,7 @@ use serde::de::DeserializeOwned;
 use crate::Error;
 use crate::batch::Batch;
 use crate::export::{Collector, Record, open_operator, to_output, with_operator};
-
-/// A time window: `[start, end)` in milliseconds since the Unix epoch. A
-/// global window (and a count window) is `[i64::MIN, i64::MAX)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Window {
-    /// First millisecond in the window.
-    pub start: i64,
-    /// First millisecond after the window.
-    pub end: i64,
-}
-
-impl Window {
-    /// The global window, `[i64::MIN, i64::MAX)`.
-    pub const GLOBAL: Window = Window {
-        start: i64::MIN,
-        end: i64::MAX,
-    };
-
-    /// The window's last millisecond, `end - 1`: the timestamp of its results.
-    pub fn max_timestamp(&self) -> i64 {
-        self.end.saturating_sub(1)
-    }
-
-    /// True for the global window (the bounds of count and global windows).
-    pub fn is_global(&self) -> bool {
-        *self == Window::GLOBAL
-    }
-}
+use crate::time_window::Window;
 
 /// An accumulator the host can store: encoded to bytes after every `add`,
 /// decoded before the next one.

@@ -28,7 +28,7 @@ use sluice_guest::batch::BatchWriter;
 
 use crate::connectors::generator::{Generator, GeneratorConfig};
 use crate::job::ErrorPolicy;
-use crate::job::spec::Distribution;
+use crate::job::spec::{BuiltinAggregate, Distribution};
 use crate::runtime::operator::GuestOutputs;
 use crate::runtime::{Emit, Operator, OperatorMetrics, RecordBatch, TaskError};
 use crate::runtime::{KeyedOperator, StatelessOperator};
@@ -36,7 +36,7 @@ use crate::state::{DEFAULT_MAX_PARALLELISM, HeapKeyedState, KeyGroupRange};
 use crate::tenancy::InstanceLimits;
 use crate::time::{SystemClock, TimeDomain};
 use crate::wasm::{GuestInstance, WasmEngine, World};
-use crate::window::{Assigner, Trigger, TriggerKind, WindowConfig, WindowFunction, WindowOperator};
+use crate::window::{Assigner, Builtin, Trigger, TriggerKind, WindowConfig, WindowFunction, WindowOperator};
 
 const BATCH: usize = 1024;
 
@@ -277,31 +277,39 @@ fn bench_window_count(engine: &WasmEngine, events: u64, udfs: &Path) -> anyhow::
         },
         allowed_lateness: 0,
     };
-    let state = HeapKeyedState::new(KeyGroupRange::for_subtask(DEFAULT_MAX_PARALLELISM, 1, 0));
-    let metrics = Arc::new(OperatorMetrics::default());
-    let g = guest(engine, udfs, "window_count", World::WindowAggregate, None)?;
-    let mut op = WindowOperator::new(
-        cfg,
-        WindowFunction::Aggregate(g),
-        state,
-        Arc::new(SystemClock),
-        DEFAULT_MAX_PARALLELISM,
-        GuestOutputs::new("window-count", 0, ErrorPolicy::Fail, metrics),
-    )?;
+    let operator = |function| {
+        WindowOperator::new(
+            cfg,
+            function,
+            HeapKeyedState::new(KeyGroupRange::for_subtask(DEFAULT_MAX_PARALLELISM, 1, 0)),
+            Arc::new(SystemClock),
+            DEFAULT_MAX_PARALLELISM,
+            GuestOutputs::new("window-count", 0, ErrorPolicy::Fail, Arc::new(OperatorMetrics::default())),
+        )
+    };
     // Watermarks as a monotonous source emits them: after each batch.
-    let input = stream(&config);
-    let wasm = measure(|| {
-        let mut sink = Sink::default();
-        for b in input {
-            let max = b.records().filter_map(|r| r.timestamp).max();
-            op.process(0, b, &mut sink)?;
-            if let Some(m) = max {
-                op.on_watermark(m - 1, &mut sink)?;
+    let run = |op: &mut WindowOperator| {
+        let input = stream(&config);
+        measure(|| {
+            let mut sink = Sink::default();
+            for b in input {
+                let max = b.records().filter_map(|r| r.timestamp).max();
+                op.process(0, b, &mut sink)?;
+                if let Some(m) = max {
+                    op.on_watermark(m - 1, &mut sink)?;
+                }
             }
-        }
-        op.on_watermark(i64::MAX, &mut sink)?;
-        Ok(sink.records)
-    })?;
+            op.on_watermark(i64::MAX, &mut sink)?;
+            Ok(sink.records)
+        })
+    };
+    let g = guest(engine, udfs, "window_count", World::WindowAggregate, None)?;
+    let wasm = run(&mut operator(WindowFunction::Aggregate(g))?)?;
+    // The host's own share: the same operator with the built-in count.
+    let builtin = run(&mut operator(WindowFunction::Builtin(Builtin {
+        kind: BuiltinAggregate::Count,
+        field: None,
+    }))?)?;
     let input = stream(&config);
     let native = measure(|| {
         #[derive(serde::Serialize)]
@@ -361,5 +369,9 @@ fn bench_window_count(engine: &WasmEngine, events: u64, udfs: &Path) -> anyhow::
         fire(&mut windows, i64::MAX - 1000, &mut sink)?;
         Ok(sink.records)
     })?;
-    line("window-count", events, wasm, native)
+    Ok(format!(
+        "{} host_builtin_events_per_cpu_s={:.0}",
+        line("window-count", events, wasm, native)?,
+        events as f64 / builtin.1
+    ))
 }

@@ -70,11 +70,7 @@ impl Entries {
                 *self = Entries::One(user_key.into(), value.into());
                 (user_key.len() + value.len()) as isize
             }
-            Entries::One(k, v) if **k == *user_key => {
-                let delta = value.len() as isize - v.len() as isize;
-                *v = value.into();
-                delta
-            }
+            Entries::One(k, v) if **k == *user_key => overwrite(v, value),
             Entries::One(..) => {
                 let Entries::One(k, v) = std::mem::take(self) else { unreachable!() };
                 let mut m = BTreeMap::new();
@@ -84,11 +80,7 @@ impl Entries {
                 (user_key.len() + value.len()) as isize
             }
             Entries::Many(m) => match m.get_mut(user_key) {
-                Some(v) => {
-                    let delta = value.len() as isize - v.len() as isize;
-                    *v = value.into();
-                    delta
-                }
+                Some(v) => overwrite(v, value),
                 None => {
                     m.insert(user_key.into(), value.into());
                     (user_key.len() + value.len()) as isize
@@ -150,6 +142,19 @@ impl Entries {
             _ => Box::new(self.iter().filter(move |(k, _)| k.starts_with(prefix) && after_ok(k))),
         }
     }
+}
+
+/// Replace a stored value, in place when the size is unchanged (counters,
+/// accumulators); returns the size change in bytes.
+#[inline]
+fn overwrite(slot: &mut Box<[u8]>, value: &[u8]) -> isize {
+    if slot.len() == value.len() {
+        slot.copy_from_slice(value);
+        return 0;
+    }
+    let delta = value.len() as isize - slot.len() as isize;
+    *slot = value.into();
+    delta
 }
 
 /// The states of one key: few per key, so a small vector beats a map.

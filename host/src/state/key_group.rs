@@ -26,7 +26,13 @@ impl KeyGroup {
     /// The key group of `key`.
     #[inline]
     pub fn of(key: &[u8], max_parallelism: u32) -> KeyGroup {
-        KeyGroup((xxhash_rust::xxh3::xxh3_64(key) % u64::from(max_parallelism.max(1))) as u32)
+        Self::of_hash(xxhash_rust::xxh3::xxh3_64(key), max_parallelism)
+    }
+
+    /// The key group of a key whose xxh3 hash is `hash`.
+    #[inline]
+    pub fn of_hash(hash: u64, max_parallelism: u32) -> KeyGroup {
+        KeyGroup((hash % u64::from(max_parallelism.max(1))) as u32)
     }
 
     /// The subtask that owns this group.

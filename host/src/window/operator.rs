@@ -57,6 +57,45 @@ struct Ids {
     sessions: StateId,
 }
 
+/// A key and window of a batch, with the key's hash computed once.
+#[derive(PartialEq, Eq)]
+struct PaneKey<'a> {
+    hash: u64,
+    key: &'a [u8],
+    window: Window,
+}
+
+impl std::hash::Hash for PaneKey<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash ^ (self.window.start as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    }
+}
+
+/// Hashes a [`PaneKey`] by its precomputed hash.
+#[derive(Clone, Copy, Default)]
+struct PaneHasher;
+
+impl std::hash::BuildHasher for PaneHasher {
+    type Hasher = PrehashedHasher;
+    fn build_hasher(&self) -> PrehashedHasher {
+        PrehashedHasher(0)
+    }
+}
+
+struct PrehashedHasher(u64);
+
+impl std::hash::Hasher for PrehashedHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.0);
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
 /// The records of one key and window within a batch.
 struct Pane<'a> {
     key: &'a [u8],
@@ -688,13 +727,16 @@ impl Operator for WindowOperator {
         self.route_late(&records, &late, out)?;
 
         let mut panes: Vec<Pane<'_>> = Vec::new();
-        let mut index: HashMap<(&[u8], Window), usize, Xxh3Builder> = HashMap::with_capacity_and_hasher(records.len(), Xxh3Builder::new());
+        let mut index: HashMap<PaneKey<'_>, usize, PaneHasher> = HashMap::with_capacity_and_hasher(records.len(), PaneHasher);
+        let mut hashes: Vec<Option<u64>> = vec![None; records.len()];
         for (i, w) in assigned {
             let key = records[i as usize].key.unwrap_or_default();
-            let p = *index.entry((key, w)).or_insert_with(|| {
+            let hash = *hashes[i as usize].get_or_insert_with(|| xxhash_rust::xxh3::xxh3_64(key));
+            let max_parallelism = self.max_parallelism;
+            let p = *index.entry(PaneKey { hash, key, window: w }).or_insert_with(|| {
                 panes.push(Pane {
                     key,
-                    group: KeyGroup::of(key, self.max_parallelism),
+                    group: KeyGroup::of_hash(hash, max_parallelism),
                     window: w,
                     records: Vec::new(),
                     count: 0,
