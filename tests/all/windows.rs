@@ -609,3 +609,51 @@ fn the_windowed_word_count_example_matches_an_independent_count() {
     let counts = summary.metrics.iter().find(|m| m.name == "counts").unwrap();
     assert_eq!(counts.records_late(), 0, "the watermark bound covers the disorder");
 }
+
+#[test]
+fn an_operator_can_generate_the_watermarks_of_its_output() {
+    let dir = temp_dir("operator-watermarks");
+    let rows = [(100, "a"), (1500, "a"), (200, "a")];
+    // The source has no watermark strategy; the map after it has one.
+    let toml = window_job(
+        &dir,
+        &rows,
+        0,
+        1,
+        r#"{ assigner = "tumbling", size_ms = 1000, aggregate = "count" }"#,
+        "",
+        "",
+    )
+    .replace(
+        r#"watermarks = { strategy = "bounded", max_out_of_orderness_ms = 0, interval_ms = 0 }"#,
+        "",
+    )
+    .replace(
+        "[[operators]]",
+        &format!(
+            r#"[[operators]]
+                name = "upper"
+                kind = "map"
+                component = {}
+                watermarks = {{ strategy = "monotonous", interval_ms = 0 }}
+                [[edges]]
+                from = "in"
+                to = "upper"
+                [[operators]]"#,
+            lit(&udf("uppercase"))
+        ),
+    )
+    .replace("from = \"in\"\n        to = \"win\"", "from = \"upper\"\n        to = \"win\"");
+    let summary = run_toml(&toml, &dir).unwrap();
+    let got: Vec<(i64, u64)> = read_json_lines(&dir.join("out.jsonl"))
+        .iter()
+        .map(|l| (l["start"].as_i64().unwrap(), l["count"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        [(0, 1), (1000, 1)],
+        "watermark 1499 from the map fired [0,1000) before 200 arrived"
+    );
+    let win = summary.metrics.iter().find(|m| m.name == "win").unwrap();
+    assert_eq!(win.records_late_dropped(), 1);
+}
