@@ -276,55 +276,36 @@ fn aggregate_add<T: Aggregate>(op: &mut T, records: &[u8], runs: &[u32], accumul
     let mut malformed = false;
     for (run, &n) in runs.iter().enumerate() {
         let stored = reader.read();
-        let acc = match stored {
+        let mut acc = match stored {
             Ok(Packed::Missing) => Ok(op.create()),
-            Ok(Packed::Bytes(b)) => T::Acc::decode(b),
-            Err(reason) => Err(Error::new(format!("no accumulator for run {run}: {reason}"))),
+            Ok(Packed::Bytes(b)) => T::Acc::decode(b).map_err(|e| e.to_string()),
+            Err(reason) => Err(format!("no accumulator for run {run}: {reason}")),
         };
-        match acc {
-            Ok(mut acc) => {
-                for _ in 0..n {
-                    match iter.next() {
-                        Some(Ok(r)) => {
-                            let record = Record::new(r, index);
-                            if let Err(e) = op.add(&mut acc, &record) {
-                                errors.push((index as u32, e.to_string()));
-                            }
-                        }
-                        Some(Err(e)) => {
-                            malformed = true;
+        for _ in 0..n {
+            match iter.next() {
+                Some(Ok(r)) => match &mut acc {
+                    Ok(a) => {
+                        if let Err(e) = op.add(a, &Record::new(r, index)) {
                             errors.push((index as u32, e.to_string()));
                         }
-                        None => {
-                            missing_records = true;
-                            break;
-                        }
                     }
-                    index += 1;
+                    Err(message) => errors.push((index as u32, message.clone())),
+                },
+                Some(Err(e)) => {
+                    malformed = true;
+                    errors.push((index as u32, e.to_string()));
                 }
-                write_packed(&acc, &mut packed);
-            }
-            Err(e) => {
-                let message = e.to_string();
-                for _ in 0..n {
-                    match iter.next() {
-                        Some(Ok(_)) => errors.push((index as u32, message.clone())),
-                        Some(Err(e)) => {
-                            malformed = true;
-                            errors.push((index as u32, e.to_string()));
-                        }
-                        None => {
-                            missing_records = true;
-                            break;
-                        }
-                    }
-                    index += 1;
-                }
-                match stored {
-                    Ok(Packed::Bytes(b)) => write_packed_bytes(b, &mut packed),
-                    _ => write_packed(&op.create(), &mut packed),
+                None => {
+                    missing_records = true;
+                    break;
                 }
             }
+            index += 1;
+        }
+        match (acc, stored) {
+            (Ok(acc), _) => write_packed(&acc, &mut packed),
+            (Err(_), Ok(Packed::Bytes(b))) => write_packed_bytes(b, &mut packed),
+            (Err(_), _) => write_packed(&op.create(), &mut packed),
         }
     }
     for r in iter {

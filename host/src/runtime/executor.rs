@@ -239,26 +239,29 @@ struct Downstream<'a> {
 }
 
 impl Downstream<'_> {
-    /// Call `f` on the first operator with the rest of the chain as its
-    /// output; at the end of the chain, `last` on the writers.
-    fn next(
-        &mut self,
-        f: impl FnOnce(&mut OpSlot, &mut dyn Emit) -> Result<(), TaskError>,
-        last: impl FnOnce(&mut [EdgeWriter]) -> Result<(), TaskError>,
-    ) -> Result<(), TaskError> {
+    /// Pass a batch from input `input` to the first operator, or to the
+    /// main-output edges at the end of the chain.
+    fn push(&mut self, input: usize, batch: RecordBatch) -> Result<(), TaskError> {
+        if let Some(m) = self.from {
+            m.records_out.fetch_add(batch.len as u64, Ordering::Relaxed);
+        }
+        if batch.len == 0 {
+            return Ok(());
+        }
         match self.ops.split_first_mut() {
             Some((first, rest)) => {
-                let metrics = first.metrics.clone();
-                f(
-                    first,
+                first.metrics.records_in.fetch_add(batch.len as u64, Ordering::Relaxed);
+                first.op.process(
+                    input,
+                    batch,
                     &mut Downstream {
-                        from: Some(&metrics),
+                        from: Some(&first.metrics),
                         ops: rest,
                         writers: self.writers,
                     },
                 )
             }
-            None => last(self.writers),
+            None => write_to(self.writers, OutputTag::Main, batch),
         }
     }
 
@@ -285,27 +288,7 @@ fn write_to(writers: &mut [EdgeWriter], tag: OutputTag, batch: RecordBatch) -> R
 
 impl Emit for Downstream<'_> {
     fn emit(&mut self, batch: RecordBatch) -> Result<(), TaskError> {
-        if let Some(m) = self.from {
-            m.records_out.fetch_add(batch.len as u64, Ordering::Relaxed);
-        }
-        if batch.len == 0 {
-            return Ok(());
-        }
-        match self.ops.split_first_mut() {
-            Some((first, rest)) => {
-                first.metrics.records_in.fetch_add(batch.len as u64, Ordering::Relaxed);
-                first.op.process(
-                    0,
-                    batch,
-                    &mut Downstream {
-                        from: Some(&first.metrics),
-                        ops: rest,
-                        writers: self.writers,
-                    },
-                )
-            }
-            None => write_to(self.writers, OutputTag::Main, batch),
-        }
+        self.push(0, batch)
     }
 
     fn emit_late(&mut self, batch: RecordBatch) -> Result<(), TaskError> {
@@ -321,15 +304,22 @@ impl Emit for Downstream<'_> {
     }
 
     fn watermark(&mut self, watermark: i64) -> Result<(), TaskError> {
-        self.next(
-            |first, rest| first.op.on_watermark(watermark, rest),
-            |writers| {
-                for w in writers {
+        match self.ops.split_first_mut() {
+            Some((first, rest)) => first.op.on_watermark(
+                watermark,
+                &mut Downstream {
+                    from: Some(&first.metrics),
+                    ops: rest,
+                    writers: self.writers,
+                },
+            ),
+            None => {
+                for w in self.writers.iter_mut() {
                     w.broadcast(StreamElement::Watermark(watermark))?;
                 }
                 Ok(())
-            },
-        )
+            }
+        }
     }
 }
 
@@ -358,15 +348,14 @@ impl Task {
         }
     }
 
-    /// Give every operator of the chain the clock's time (also when it did
-    /// not move: sinks flush on real time).
-    fn tick(&mut self) -> Result<(), TaskError> {
-        let now = self.clock.now_ms();
+    /// Call `f` on each operator in chain order, with the rest of the
+    /// chain as its output.
+    fn each_op(&mut self, mut f: impl FnMut(&mut dyn Operator, &mut dyn Emit) -> Result<(), TaskError>) -> Result<(), TaskError> {
         for i in 0..self.ops.len() {
             let (done, rest) = self.ops.split_at_mut(i + 1);
             let slot = &mut done[i];
-            slot.op.on_processing_time(
-                now,
+            f(
+                slot.op.as_mut(),
                 &mut Downstream {
                     from: Some(&slot.metrics),
                     ops: rest,
@@ -377,24 +366,11 @@ impl Task {
         Ok(())
     }
 
-    fn head(&mut self, input: usize, batch: RecordBatch) -> Result<(), TaskError> {
-        if batch.len == 0 {
-            return Ok(());
-        }
-        let mut d = self.downstream();
-        if let Some((first, rest)) = d.ops.split_first_mut() {
-            first.metrics.records_in.fetch_add(batch.len as u64, Ordering::Relaxed);
-            return first.op.process(
-                input,
-                batch,
-                &mut Downstream {
-                    from: Some(&first.metrics),
-                    ops: rest,
-                    writers: d.writers,
-                },
-            );
-        }
-        d.emit(batch)
+    /// Give every operator of the chain the clock's time (also when it did
+    /// not move: sinks flush on real time).
+    fn tick(&mut self) -> Result<(), TaskError> {
+        let now = self.clock.now_ms();
+        self.each_op(|op, out| op.on_processing_time(now, out))
     }
 
     fn valve(&mut self, out: ValveOutput) -> Result<(), TaskError> {
@@ -437,7 +413,7 @@ impl Task {
                     GateEvent::Element(i, StreamElement::Records(b)) => {
                         let (out, input) = (valve.on_records(i), input_of[i]);
                         self.valve(out)?;
-                        self.head(input, b)?;
+                        self.downstream().push(input, b)?;
                     }
                     GateEvent::Element(i, StreamElement::Watermark(w)) => {
                         let out = valve.on_watermark(i, w);
@@ -457,15 +433,7 @@ impl Task {
             }
             self.tick()?;
         }
-        for i in 0..self.ops.len() {
-            let (done, rest) = self.ops.split_at_mut(i + 1);
-            let slot = &mut done[i];
-            slot.op.finish(&mut Downstream {
-                from: Some(&slot.metrics),
-                ops: rest,
-                writers: &mut self.writers,
-            })?;
-        }
+        self.each_op(|op, out| op.finish(out))?;
         for w in &mut self.writers {
             w.end()?;
         }

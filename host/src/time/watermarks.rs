@@ -152,7 +152,11 @@ impl WatermarkValve {
     }
 
     /// Records arrived on channel `i` (an idle channel is active again).
+    #[inline]
     pub fn on_records(&mut self, i: usize) -> ValveOutput {
+        if !self.channels[i].idle {
+            return ValveOutput::default();
+        }
         ValveOutput {
             idle: self.set_idle(i, false),
             watermark: None,
@@ -184,8 +188,8 @@ impl WatermarkValve {
     }
 
     fn status_change(&mut self) -> Option<bool> {
-        let open: Vec<&Channel> = self.channels.iter().filter(|c| !c.ended).collect();
-        let idle = !open.is_empty() && open.iter().all(|c| c.idle);
+        let mut open = self.channels.iter().filter(|c| !c.ended).peekable();
+        let idle = open.peek().is_some() && open.all(|c| c.idle);
         (idle != self.idle).then(|| {
             self.idle = idle;
             idle

@@ -204,37 +204,22 @@ impl GuestInstance {
             .instantiate(&mut store)
             .map_err(|e| fail(GuestFailure::Instantiate(format!("{e:#}"))))?;
         let load = |e: wasmtime::Error| fail(GuestFailure::Instantiate(format!("{e:#}")));
+        macro_rules! exports {
+            ($variant:ident, $interface:ident) => {
+                Exports::$variant(
+                    $interface::GuestIndices::new(&component.pre)
+                        .map_err(load)?
+                        .load(&mut store, &instance)
+                        .map_err(load)?,
+                )
+            };
+        }
         let exports = match world {
-            World::Stateless => Exports::Stateless(
-                stateless_operator::GuestIndices::new(&component.pre)
-                    .map_err(load)?
-                    .load(&mut store, &instance)
-                    .map_err(load)?,
-            ),
-            World::KeyedProcess => Exports::Keyed(
-                keyed_operator::GuestIndices::new(&component.pre)
-                    .map_err(load)?
-                    .load(&mut store, &instance)
-                    .map_err(load)?,
-            ),
-            World::WindowAggregate => Exports::Aggregate(
-                aggregate_operator::GuestIndices::new(&component.pre)
-                    .map_err(load)?
-                    .load(&mut store, &instance)
-                    .map_err(load)?,
-            ),
-            World::WindowProcess => Exports::WindowProcess(
-                window_process_operator::GuestIndices::new(&component.pre)
-                    .map_err(load)?
-                    .load(&mut store, &instance)
-                    .map_err(load)?,
-            ),
-            World::Punctuated => Exports::Punctuated(
-                watermark_generator::GuestIndices::new(&component.pre)
-                    .map_err(load)?
-                    .load(&mut store, &instance)
-                    .map_err(load)?,
-            ),
+            World::Stateless => exports!(Stateless, stateless_operator),
+            World::KeyedProcess => exports!(Keyed, keyed_operator),
+            World::WindowAggregate => exports!(Aggregate, aggregate_operator),
+            World::WindowProcess => exports!(WindowProcess, window_process_operator),
+            World::Punctuated => exports!(Punctuated, watermark_generator),
         };
         let mut me = GuestInstance {
             store,

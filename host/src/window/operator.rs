@@ -29,7 +29,7 @@ use crate::runtime::partition::preview;
 use crate::runtime::{RecordBatch, TaskError};
 use crate::state::{HeapKeyedState, KeyGroup, StateId};
 use crate::time::{Clock, TimeDomain, Timer, TimerService};
-use crate::wasm::{GuestError, GuestFailure, GuestInstance, RecordError};
+use crate::wasm::{GuestError, GuestFailure, GuestInstance, RecordError, WindowBounds};
 
 /// Largest page read from state at once when collecting a window's elements.
 const SCAN_PAGE: usize = 4096;
@@ -555,55 +555,32 @@ impl WindowOperator {
     /// Compute and emit the results of fired windows; purge them after if
     /// the trigger purges.
     fn fire(&mut self, fired: &[(Vec<u8>, Window)], out: &mut dyn Emit) -> Result<(), TaskError> {
+        // One pass: windows without contents (purged) are skipped; the
+        // others go into one batch for one guest call.
+        let mut batch = BatchWriter::new();
         let mut live = Vec::with_capacity(fired.len());
+        let mut windows: Vec<(WindowBounds, u32)> = Vec::with_capacity(fired.len());
         for (key, w) in fired {
             let g = KeyGroup::of(key, self.max_parallelism);
-            if self.has_contents(g, key, w)? {
-                live.push((key.as_slice(), g, *w));
-            }
-        }
-        if live.is_empty() {
-            return Ok(());
-        }
-        match &self.function {
-            WindowFunction::Builtin(b) => {
-                let mut batch = BatchWriter::new();
-                for &(key, g, w) in &live {
+            let ts = Some(w.max_timestamp());
+            let count = match &self.function {
+                WindowFunction::Builtin(_) | WindowFunction::Aggregate(_) => {
                     let acc = self
                         .state
                         .get(g, key, self.ids.contents, &w.encode())
                         .map_err(|e| self.state_error(e))?;
-                    batch.push(Some(key), &b.result(key, &w, acc.unwrap_or_default()), Some(w.max_timestamp()));
+                    let Some(acc) = acc else { continue };
+                    match &self.function {
+                        WindowFunction::Builtin(b) => batch.push(Some(key), &b.result(key, w, acc), ts),
+                        _ => batch.push(Some(key), acc, ts),
+                    }
+                    1
                 }
-                let len = batch.len();
-                out.emit(RecordBatch {
-                    bytes: batch.finish(),
-                    len,
-                })?;
-            }
-            WindowFunction::Aggregate(_) => {
-                let mut batch = BatchWriter::new();
-                let mut windows = Vec::with_capacity(live.len());
-                for &(key, g, w) in &live {
-                    let acc = self
-                        .state
-                        .get(g, key, self.ids.contents, &w.encode())
-                        .map_err(|e| self.state_error(e))?;
-                    batch.push(Some(key), acc.unwrap_or_default(), Some(w.max_timestamp()));
-                    windows.push((w.start, w.end));
-                }
-                let batch = batch.finish();
-                let WindowFunction::Aggregate(guest) = &mut self.function else {
-                    unreachable!()
-                };
-                let result = guest.aggregate_fire(&batch, &windows)?;
-                self.outputs.handle(result, &batch, out)?;
-            }
-            WindowFunction::Process(_) => {
-                let mut batch = BatchWriter::new();
-                let mut windows = Vec::with_capacity(live.len());
-                for &(key, g, w) in &live {
-                    let elements = self.elements(g, key, &w)?;
+                WindowFunction::Process(_) => {
+                    let elements = self.elements(g, key, w)?;
+                    if elements.is_empty() {
+                        continue;
+                    }
                     for (_, v) in &elements {
                         let (ts, value) = match v.split_first() {
                             Some((1, rest)) if rest.len() >= 8 => {
@@ -614,12 +591,25 @@ impl WindowOperator {
                         };
                         batch.push(Some(key), value, ts);
                     }
-                    windows.push(((w.start, w.end), elements.len() as u32));
+                    elements.len() as u32
                 }
-                let batch = batch.finish();
-                let WindowFunction::Process(guest) = &mut self.function else {
-                    unreachable!()
-                };
+            };
+            windows.push(((w.start, w.end), count));
+            live.push((key.as_slice(), g, *w));
+        }
+        if live.is_empty() {
+            return Ok(());
+        }
+        let len = batch.len();
+        let batch = batch.finish();
+        match &mut self.function {
+            WindowFunction::Builtin(_) => out.emit(RecordBatch { bytes: batch, len })?,
+            WindowFunction::Aggregate(guest) => {
+                let bounds: Vec<WindowBounds> = windows.iter().map(|w| w.0).collect();
+                let result = guest.aggregate_fire(&batch, &bounds)?;
+                self.outputs.handle(result, &batch, out)?;
+            }
+            WindowFunction::Process(guest) => {
                 let result = guest.window_process(&batch, &windows)?;
                 self.outputs.handle(result, &batch, out)?;
             }
