@@ -95,6 +95,12 @@ pub mod time {
     pub fn watermark() -> Option<i64> {
         context::watermark()
     }
+
+    /// How many times the job has restarted after a failure (0 on the
+    /// first run).
+    pub fn attempt() -> u32 {
+        context::attempt()
+    }
 }
 
 /// Generated bindings and glue used by the export macros. Not public API.

@@ -4,12 +4,14 @@
 //! subtask writes batches and flushes at the end. Both report failures with
 //! the file, line and reason.
 
+pub mod file_sink;
 mod file_source;
 pub mod generator;
 mod json_sink;
 
 use std::path::PathBuf;
 
+pub use file_sink::TransactionalFileSink;
 pub use file_source::{FileOptions, FileSource};
 pub use generator::Generator;
 pub use json_sink::JsonLinesSink;
@@ -37,6 +39,14 @@ pub enum ConnectorError {
         /// What is wrong.
         message: String,
     },
+    /// A checkpointed position that does not fit the source.
+    #[error("{source_name}: cannot resume from the checkpoint: {message}")]
+    BadPosition {
+        /// The source.
+        source_name: String,
+        /// Why.
+        message: String,
+    },
     /// Writing to standard output failed.
     #[error("writing to stdout: {0}")]
     Stdout(std::io::Error),
@@ -47,6 +57,11 @@ pub trait SourceReader: Send {
     /// The next batch of at most `max_records`, or `None` at the end. An
     /// unbounded source with nothing to read right now returns an empty batch.
     fn next_batch(&mut self, max_records: usize) -> Result<Option<RecordBatch>, ConnectorError>;
+    /// Where the source is: everything before it has been returned. Stored
+    /// in checkpoints.
+    fn position(&self) -> Vec<u8>;
+    /// Continue from a position returned by [`SourceReader::position`].
+    fn seek(&mut self, position: &[u8]) -> Result<(), ConnectorError>;
 }
 
 /// One subtask of a sink.
@@ -57,4 +72,12 @@ pub trait SinkWriter: Send {
     fn flush(&mut self) -> Result<(), ConnectorError>;
     /// Flush everything; called once at the end.
     fn finish(&mut self) -> Result<(), ConnectorError>;
+    /// At a checkpoint barrier (or, with `last`, after the end of input):
+    /// make what was written durable and return the names of sealed output
+    /// files that the checkpoint must commit. A non-transactional sink just
+    /// flushes.
+    fn prepare_commit(&mut self, _checkpoint: u64, _last: bool) -> Result<Vec<String>, ConnectorError> {
+        self.flush()?;
+        Ok(Vec::new())
+    }
 }

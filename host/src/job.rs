@@ -115,6 +115,9 @@ pub enum JobError {
         /// What the component exports.
         found: String,
     },
+    /// A checkpoint or savepoint cannot be restored into this job.
+    #[error("restore: {0}")]
+    Restore(String),
     /// The job failed while running.
     #[error(transparent)]
     Failed(#[from] crate::runtime::TaskError),

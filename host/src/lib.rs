@@ -18,6 +18,7 @@
 //! ```
 
 pub mod bench;
+pub mod checkpoint;
 pub mod connectors;
 pub mod job;
 pub mod runtime;

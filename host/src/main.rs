@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use sluice::job::JobGraph;
-use sluice::runtime::{RunOptions, run_job};
+use sluice::runtime::{Restore, RunOptions, run_job};
 use sluice::wasm::WasmEngine;
 
 #[derive(Parser)]
@@ -34,6 +34,26 @@ enum Command {
         /// Do not print progress to stderr.
         #[arg(long)]
         quiet: bool,
+        /// Resume from `latest` (the newest complete checkpoint in the job's
+        /// checkpoint directory) or from a checkpoint or savepoint directory.
+        #[arg(long, value_name = "latest|PATH")]
+        restore: Option<String>,
+        /// Restore even if the checkpoint has state of operators the job no
+        /// longer has (that state is dropped).
+        #[arg(long)]
+        allow_non_restored_state: bool,
+    },
+    /// Take a savepoint of a running job (found by its checkpoint directory)
+    /// and print its path.
+    Savepoint {
+        /// The job spec (its `[checkpoints] dir` names the job's directory).
+        job: PathBuf,
+        /// Stop the job once the savepoint is complete.
+        #[arg(long)]
+        stop: bool,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout_s: u64,
     },
     /// Validate a job spec and its components without running it.
     Check {
@@ -80,7 +100,33 @@ fn main() {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let engine = WasmEngine::new(cache_dir(cli.cache_dir))?;
     match cli.command {
-        Command::Run { job, quiet } => run_command(&engine, &job, quiet),
+        Command::Run {
+            job,
+            quiet,
+            restore,
+            allow_non_restored_state,
+        } => {
+            let restore = restore.map(|r| match r.as_str() {
+                "latest" => Restore::Latest,
+                path => Restore::Path(PathBuf::from(path)),
+            });
+            let options = RunOptions {
+                restore,
+                allow_non_restored_state,
+                ..RunOptions::default()
+            };
+            run_command(&engine, &job, quiet, options)
+        }
+        Command::Savepoint { job, stop, timeout_s } => {
+            let graph = JobGraph::from_file(&job)?;
+            let Some(c) = &graph.spec.checkpoints else {
+                anyhow::bail!("{}: the job has no `[checkpoints]`, so it cannot take savepoints", job.display());
+            };
+            let dir = graph.base_dir.join(&c.dir);
+            let path = sluice::checkpoint::coordinator::request_savepoint(&dir, stop, Duration::from_secs(timeout_s))?;
+            println!("{}", path.display());
+            Ok(())
+        }
         Command::Check { job } => {
             let graph = JobGraph::from_file(&job)?;
             graph.load_components(&engine)?;
@@ -117,9 +163,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn run_command(engine: &Arc<WasmEngine>, job: &std::path::Path, quiet: bool) -> anyhow::Result<()> {
+fn run_command(engine: &Arc<WasmEngine>, job: &std::path::Path, quiet: bool, options: RunOptions) -> anyhow::Result<()> {
     let graph = JobGraph::from_file(job)?;
-    let handle = run_job(&graph, engine, RunOptions::default()).with_context(|| format!("starting job `{}`", graph.spec.name))?;
+    let handle = run_job(&graph, engine, options).with_context(|| format!("starting job `{}`", graph.spec.name))?;
     let progress = |final_line: bool| {
         let parts: Vec<String> = handle
             .metrics
@@ -141,7 +187,14 @@ fn run_command(engine: &Arc<WasmEngine>, job: &std::path::Path, quiet: bool) -> 
     }
     let summary = handle.wait().with_context(|| format!("job `{}` failed", graph.spec.name))?;
     if !quiet {
-        eprintln!("[{}] finished in {:.2}s", graph.spec.name, summary.duration.as_secs_f64());
+        let mut extra = String::new();
+        if graph.spec.checkpoints.is_some() {
+            extra = format!(" ({} checkpoints, {} restarts)", summary.checkpoints, summary.restarts);
+        }
+        match &summary.savepoint {
+            Some(p) => eprintln!("[{}] stopped with savepoint {}{extra}", graph.spec.name, p.display()),
+            None => eprintln!("[{}] finished in {:.2}s{extra}", graph.spec.name, summary.duration.as_secs_f64()),
+        }
     }
     Ok(())
 }

@@ -34,6 +34,8 @@ pub struct FileSource {
     reader: BufReader<File>,
     options: FileOptions,
     line: u64,
+    /// Bytes of the file consumed (complete lines only).
+    offset: u64,
     buf: Vec<u8>,
     done: bool,
 }
@@ -50,6 +52,7 @@ impl FileSource {
             reader: BufReader::with_capacity(256 << 10, file),
             options,
             line: 0,
+            offset: 0,
             buf: Vec::new(),
             done: false,
         })
@@ -140,6 +143,7 @@ impl SourceReader for FileSource {
                 break;
             }
             self.line += 1;
+            self.offset += n as u64;
             let mut line = &self.buf[..];
             if let Some(l) = line.strip_suffix(b"\n") {
                 line = l;
@@ -166,6 +170,40 @@ impl SourceReader for FileSource {
         }
         let len = w.len();
         Ok(Some(RecordBatch { bytes: w.finish(), len }))
+    }
+
+    fn position(&self) -> Vec<u8> {
+        [self.offset.to_le_bytes(), self.line.to_le_bytes()].concat()
+    }
+
+    fn seek(&mut self, position: &[u8]) -> Result<(), ConnectorError> {
+        let bad = |message: String| ConnectorError::BadPosition {
+            source_name: self.path.display().to_string(),
+            message,
+        };
+        let (Some(offset), Some(line)) = (
+            position.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes),
+            position.get(8..16).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes),
+        ) else {
+            return Err(bad(format!("a file position is 16 bytes, not {}", position.len())));
+        };
+        let len = self.reader.get_ref().metadata().map(|m| m.len()).unwrap_or(0);
+        if offset > len {
+            return Err(bad(format!(
+                "the file has {len} bytes, but the checkpoint read up to byte {offset}"
+            )));
+        }
+        use std::io::Seek;
+        self.reader
+            .seek(std::io::SeekFrom::Start(offset))
+            .map_err(|source| ConnectorError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        self.offset = offset;
+        self.line = line;
+        self.done = false;
+        Ok(())
     }
 }
 

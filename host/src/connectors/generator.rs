@@ -145,6 +145,31 @@ impl SourceReader for Generator {
         let len = w.len();
         Ok(Some(RecordBatch { bytes: w.finish(), len }))
     }
+
+    fn position(&self) -> Vec<u8> {
+        [self.next.to_le_bytes(), self.step.to_le_bytes()].concat()
+    }
+
+    fn seek(&mut self, position: &[u8]) -> Result<(), ConnectorError> {
+        let bad = |message: String| ConnectorError::BadPosition {
+            source_name: "generator".into(),
+            message,
+        };
+        let (Some(next), Some(step)) = (
+            position.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes),
+            position.get(8..16).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes),
+        ) else {
+            return Err(bad(format!("a generator position is 16 bytes, not {}", position.len())));
+        };
+        if step != self.step || next % step != self.next % self.step {
+            return Err(bad(format!(
+                "the checkpoint was taken with parallelism {step}, the source now has {}",
+                self.step
+            )));
+        }
+        self.next = next;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -70,33 +70,38 @@ fn push_json_value(out: &mut Vec<u8>, bytes: &[u8]) {
     }
 }
 
+/// Append the records of `batch` to `line` as JSON lines in `format`.
+pub(crate) fn format_batch(format: SinkFormat, batch: &RecordBatch, line: &mut Vec<u8>) {
+    for r in batch.records() {
+        match format {
+            SinkFormat::Value => push_json_value(line, r.value),
+            SinkFormat::Envelope => {
+                line.extend_from_slice(b"{\"key\":");
+                match r.key {
+                    Some(k) => {
+                        let _ = serde_json::to_writer(&mut *line, &String::from_utf8_lossy(k));
+                    }
+                    None => line.extend_from_slice(b"null"),
+                }
+                line.extend_from_slice(b",\"value\":");
+                push_json_value(line, r.value);
+                line.extend_from_slice(b",\"timestamp\":");
+                match r.timestamp {
+                    Some(t) => line.extend_from_slice(t.to_string().as_bytes()),
+                    None => line.extend_from_slice(b"null"),
+                }
+                line.push(b'}');
+            }
+        }
+        line.push(b'\n');
+    }
+}
+
 impl SinkWriter for JsonLinesSink {
     fn write(&mut self, batch: &RecordBatch) -> Result<(), ConnectorError> {
         let mut line = std::mem::take(&mut self.line);
         line.clear();
-        for r in batch.records() {
-            match self.format {
-                SinkFormat::Value => push_json_value(&mut line, r.value),
-                SinkFormat::Envelope => {
-                    line.extend_from_slice(b"{\"key\":");
-                    match r.key {
-                        Some(k) => {
-                            let _ = serde_json::to_writer(&mut line, &String::from_utf8_lossy(k));
-                        }
-                        None => line.extend_from_slice(b"null"),
-                    }
-                    line.extend_from_slice(b",\"value\":");
-                    push_json_value(&mut line, r.value);
-                    line.extend_from_slice(b",\"timestamp\":");
-                    match r.timestamp {
-                        Some(t) => line.extend_from_slice(t.to_string().as_bytes()),
-                        None => line.extend_from_slice(b"null"),
-                    }
-                    line.push(b'}');
-                }
-            }
-            line.push(b'\n');
-        }
+        format_batch(self.format, batch, &mut line);
         let r = self.write_all(&line);
         self.line = line;
         r

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use super::JobError;
 use super::spec::{
-    FileFormat, JobSpec, OperatorKind, OperatorSpec, OutputTag, Partition, SinkKind, SinkSpec, SourceKind, SourceSpec, WatermarkSpec,
-    WatermarkStrategy,
+    FileFormat, JobSpec, OperatorKind, OperatorSpec, OutputTag, Partition, RestartSpec, SinkKind, SinkSpec, SourceKind, SourceSpec,
+    WatermarkSpec, WatermarkStrategy,
 };
 use crate::wasm::{LoadedComponent, WasmEngine};
 
@@ -97,6 +97,7 @@ impl JobGraph {
                 format!("batch_size {} must be between 1 and 1048576", spec.batch_size),
             ));
         }
+        check_recovery(&spec)?;
         let mut nodes = Vec::new();
         for s in &spec.sources {
             check_source(s)?;
@@ -115,9 +116,15 @@ impl JobGraph {
                 parallelism: o.parallelism,
             });
         }
-        for s in &spec.sinks {
+        for (i, s) in spec.sinks.iter().enumerate() {
             if s.kind == SinkKind::File && s.path.as_deref().is_none_or(str::is_empty) {
                 return Err(invalid(&s.name, "a file sink needs `path`".into()));
+            }
+            if s.kind == SinkKind::File && spec.sinks[..i].iter().any(|o| o.kind == SinkKind::File && o.path == s.path) {
+                return Err(invalid(
+                    &s.name,
+                    format!("another sink already writes to {:?}", s.path.as_deref().unwrap_or_default()),
+                ));
             }
             nodes.push(Node {
                 name: s.name.clone(),
@@ -388,11 +395,43 @@ fn check_operator(o: &OperatorSpec) -> Result<(), JobError> {
     Ok(())
 }
 
+fn check_recovery(spec: &JobSpec) -> Result<(), JobError> {
+    let invalid = |message: String| JobError::Invalid {
+        node: "job".into(),
+        message,
+    };
+    if let Some(c) = &spec.checkpoints {
+        if c.interval_ms == 0 {
+            return Err(invalid("checkpoints.interval_ms must be at least 1".into()));
+        }
+        if c.timeout_ms == 0 {
+            return Err(invalid("checkpoints.timeout_ms must be at least 1".into()));
+        }
+        if c.dir.is_empty() {
+            return Err(invalid("checkpoints.dir must name a directory".into()));
+        }
+        if c.retain == 0 {
+            return Err(invalid("checkpoints.retain must be at least 1".into()));
+        }
+    }
+    match &spec.restart {
+        Some(RestartSpec::FailureRate { interval_ms: 0, .. }) => Err(invalid("restart.interval_ms must be at least 1".into())),
+        Some(RestartSpec::None) | None => Ok(()),
+        Some(_) if spec.checkpoints.is_none() => Err(invalid(
+            "a restart strategy needs `[checkpoints]`: without them a restarted job would start over and duplicate its output".into(),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
 fn check_source(s: &SourceSpec) -> Result<(), JobError> {
     let invalid = |message: &str| JobError::Invalid {
         node: s.name.clone(),
         message: message.to_owned(),
     };
+    if s.records_per_second == Some(0) {
+        return Err(invalid("records_per_second must be at least 1 (leave it out for no limit)"));
+    }
     match s.kind {
         SourceKind::File => {
             if s.path.as_deref().is_none_or(str::is_empty) {

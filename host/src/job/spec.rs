@@ -65,6 +65,107 @@ pub struct JobSpec {
     /// How nodes connect.
     #[serde(default)]
     pub edges: Vec<EdgeSpec>,
+    /// Periodic checkpoints; none: the job is not checkpointed.
+    pub checkpoints: Option<CheckpointSpec>,
+    /// What to do when a task fails. Default: with checkpoints, restart up
+    /// to 3 times, 1 s apart; without, fail.
+    pub restart: Option<RestartSpec>,
+}
+
+/// Checkpointing of a job.
+///
+/// ```toml
+/// [checkpoints]
+/// interval_ms = 1000
+/// mode = "exactly-once"     # or "at-least-once"
+/// dir = "../checkpoints/wordcount"
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSpec {
+    /// Time between checkpoint starts (ms).
+    pub interval_ms: u64,
+    /// Barrier handling. Default exactly-once.
+    #[serde(default)]
+    pub mode: CheckpointMode,
+    /// A checkpoint not complete after this long is aborted. Default 10 min.
+    #[serde(default = "default_checkpoint_timeout")]
+    pub timeout_ms: u64,
+    /// Least time between the end of one checkpoint and the start of the next. Default 0.
+    #[serde(default)]
+    pub min_pause_ms: u64,
+    /// Where checkpoints and savepoints are stored (relative to the spec).
+    pub dir: String,
+    /// Complete checkpoints kept. Default 3.
+    #[serde(default = "default_retain")]
+    pub retain: usize,
+}
+
+fn default_checkpoint_timeout() -> u64 {
+    600_000
+}
+
+fn default_retain() -> usize {
+    3
+}
+
+/// How barriers are handled at tasks with several input channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckpointMode {
+    /// Align barriers: an input that delivered barrier n waits for the
+    /// others. Recovery replays every record exactly once.
+    #[default]
+    ExactlyOnce,
+    /// Do not hold inputs: lower latency; recovery may replay records the
+    /// state already reflects.
+    AtLeastOnce,
+}
+
+impl CheckpointMode {
+    /// The spec's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckpointMode::ExactlyOnce => "exactly-once",
+            CheckpointMode::AtLeastOnce => "at-least-once",
+        }
+    }
+}
+
+/// A restart strategy (Flink's).
+///
+/// ```toml
+/// restart = { strategy = "fixed-delay", attempts = 3, delay_ms = 1000 }
+/// restart = { strategy = "failure-rate", max_failures = 3, interval_ms = 60000, delay_ms = 1000 }
+/// restart = { strategy = "none" }
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "strategy", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum RestartSpec {
+    /// Fail on the first failure.
+    None,
+    /// Restart up to `attempts` times, `delay_ms` apart.
+    FixedDelay {
+        /// Restarts allowed.
+        attempts: u32,
+        /// Wait before each restart (ms).
+        #[serde(default = "default_restart_delay")]
+        delay_ms: u64,
+    },
+    /// Restart unless more than `max_failures` happen within `interval_ms`.
+    FailureRate {
+        /// Failures tolerated within the interval.
+        max_failures: u32,
+        /// The interval (ms).
+        interval_ms: u64,
+        /// Wait before each restart (ms).
+        #[serde(default = "default_restart_delay")]
+        delay_ms: u64,
+    },
+}
+
+fn default_restart_delay() -> u64 {
+    1000
 }
 
 fn default_max_parallelism() -> u32 {
@@ -205,6 +306,9 @@ pub struct SourceSpec {
     pub events_per_second: Option<u64>,
     /// generator: the event time of the first record, with `events_per_second`.
     pub start_time_ms: Option<i64>,
+    /// Emit at most this many records per second of wall time (per
+    /// subtask); none: as fast as downstream takes them.
+    pub records_per_second: Option<u64>,
 }
 
 /// How watermarks are generated, at a source or after a stateless operator

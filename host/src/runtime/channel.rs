@@ -32,6 +32,8 @@ pub enum StreamElement {
     /// The upstream became idle (true: it sends no records for a while and
     /// must not hold back the watermark) or active again (false).
     Idle(bool),
+    /// Checkpoint barrier: everything before it belongs to checkpoint n.
+    Barrier(crate::checkpoint::Barrier),
     /// The upstream subtask has no more data.
     EndOfData,
 }
@@ -65,6 +67,9 @@ pub trait InputGate: Send {
     /// delivered `EndOfData`; an error when a channel closed without it (its
     /// upstream failed).
     fn next(&mut self, timeout: Duration) -> Result<GateEvent, ChannelClosed>;
+    /// Hold back (or release) one channel: `next` does not read a blocked
+    /// channel. Used to align checkpoint barriers.
+    fn set_blocked(&mut self, channel: usize, blocked: bool);
 }
 
 struct LocalSender(Sender<StreamElement>);
@@ -85,6 +90,7 @@ pub fn local_channel(capacity: usize) -> (Box<dyn ElementSender>, Receiver<Strea
 pub struct LocalInputGate {
     receivers: Vec<Receiver<StreamElement>>,
     ended: Vec<bool>,
+    blocked: Vec<bool>,
     open: usize,
 }
 
@@ -95,6 +101,7 @@ impl LocalInputGate {
         LocalInputGate {
             receivers,
             ended: vec![false; n],
+            blocked: vec![false; n],
             open: n,
         }
     }
@@ -108,10 +115,14 @@ impl InputGate for LocalInputGate {
         let mut sel = Select::new();
         let mut index = Vec::with_capacity(self.open);
         for (i, r) in self.receivers.iter().enumerate() {
-            if !self.ended[i] {
+            if !self.ended[i] && !self.blocked[i] {
                 sel.recv(r);
                 index.push(i);
             }
+        }
+        if index.is_empty() {
+            std::thread::sleep(timeout);
+            return Ok(GateEvent::Timeout);
         }
         let Ok(op) = sel.select_timeout(timeout) else {
             return Ok(GateEvent::Timeout);
@@ -125,6 +136,12 @@ impl InputGate for LocalInputGate {
             }
             Ok(e) => Ok(GateEvent::Element(i, e)),
             Err(_) => Err(ChannelClosed),
+        }
+    }
+
+    fn set_blocked(&mut self, channel: usize, blocked: bool) {
+        if let Some(b) = self.blocked.get_mut(channel) {
+            *b = blocked;
         }
     }
 }

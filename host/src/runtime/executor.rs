@@ -14,27 +14,37 @@
 //! and end too; sources also watch the job's cancel flag. The first error is
 //! the job's error; the knock-on "channel closed" errors are not.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
 use sluice_guest::batch::BatchWriter;
 
 use super::channel::{GateEvent, InputGate, LocalInputGate, RecordBatch, StreamElement, local_channel};
 use super::operator::{Emit, GuestOutputs, KeyedOperator, Operator, SinkOperator, StatelessOperator, WatermarkAssigner};
 use super::partition::EdgeWriter;
+use crate::checkpoint::coordinator::{
+    CheckpointStats, Coordinator, CoordinatorEvent, OperatorInfo, Report, RestartPolicy, WriteJob, commit_sinks, spawn_writer,
+};
+use crate::checkpoint::{
+    Barrier, BarrierKind, CheckpointStorage, LoadedCheckpoint, NodeSnapshot, OperatorSnapshot, SnapshotWriter, load_path,
+};
 use crate::connectors::generator::GeneratorConfig;
-use crate::connectors::{ConnectorError, FileOptions, FileSource, Generator, JsonLinesSink, SinkWriter, SourceReader};
+use crate::connectors::{
+    ConnectorError, FileOptions, FileSource, Generator, JsonLinesSink, SinkWriter, SourceReader, TransactionalFileSink, file_sink,
+};
 use crate::job::graph::{JobGraph, NodeId, NodeKind};
-use crate::job::spec::{OutputTag, SinkKind, SourceKind, WatermarkSpec, WatermarkStrategy};
+use crate::job::spec::{OutputTag, RestartSpec, SinkKind, SourceKind, WatermarkSpec, WatermarkStrategy};
 use crate::job::{JobError, OperatorKind, Partition};
 use crate::state::{HeapKeyedState, KeyGroupRange};
 use crate::tenancy::InstanceLimits;
 use crate::time::watermarks::ValveOutput;
 use crate::time::{Clock, IdleTracker, PeriodicWatermarks, SystemClock, WatermarkValve};
-use crate::wasm::{GuestError, GuestInstance, WasmEngine, World};
+use crate::wasm::{GuestError, GuestInstance, LoadedComponent, WasmEngine, World};
 use crate::window::{Builtin, WindowConfig, WindowFunction, WindowOperator};
 
 /// Why a task failed.
@@ -138,6 +148,16 @@ impl OperatorMetrics {
     }
 }
 
+/// Where to restore a job from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Restore {
+    /// The newest complete checkpoint in the job's checkpoint directory
+    /// (start from the beginning when there is none).
+    Latest,
+    /// A checkpoint or savepoint directory.
+    Path(PathBuf),
+}
+
 /// How to run a job.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -145,6 +165,11 @@ pub struct RunOptions {
     pub clock: Arc<dyn Clock>,
     /// Batches a channel holds before its producer blocks. Default 8.
     pub channel_capacity: usize,
+    /// Resume from a checkpoint or savepoint.
+    pub restore: Option<Restore>,
+    /// Restore even when the checkpoint has state of operators the job no
+    /// longer has (that state is dropped).
+    pub allow_non_restored_state: bool,
 }
 
 impl Default for RunOptions {
@@ -152,6 +177,8 @@ impl Default for RunOptions {
         RunOptions {
             clock: Arc::new(SystemClock),
             channel_capacity: 8,
+            restore: None,
+            allow_non_restored_state: false,
         }
     }
 }
@@ -163,44 +190,51 @@ pub struct JobSummary {
     pub metrics: Vec<Arc<OperatorMetrics>>,
     /// Wall time.
     pub duration: Duration,
+    /// Restarts after failures.
+    pub restarts: u32,
+    /// Checkpoints and savepoints completed.
+    pub checkpoints: u64,
+    /// The savepoint the job stopped with, if it was stopped with one.
+    pub savepoint: Option<PathBuf>,
 }
 
 /// A running job.
 pub struct JobHandle {
-    threads: Vec<JoinHandle<()>>,
+    supervisor: Option<JoinHandle<Result<Option<PathBuf>, JobError>>>,
     cancel: Arc<AtomicBool>,
-    error: Arc<Mutex<Option<TaskError>>>,
     /// Per node, in spec order.
     pub metrics: Vec<Arc<OperatorMetrics>>,
+    /// Checkpoint figures.
+    pub checkpoints: Arc<CheckpointStats>,
+    /// Restarts so far.
+    pub restarts: Arc<AtomicU32>,
     started: Instant,
 }
 
 impl JobHandle {
-    /// True when every task has ended.
+    /// True when the job has ended.
     pub fn is_finished(&self) -> bool {
-        self.threads.iter().all(JoinHandle::is_finished)
+        self.supervisor.as_ref().is_none_or(JoinHandle::is_finished)
     }
 
     /// Ask every task to stop; `wait` then reports the job as cancelled.
     pub fn cancel(&self) {
         self.cancel.store(true, Ordering::SeqCst);
-        record(&self.error, TaskError::Cancelled);
     }
 
     /// Wait for the job to end.
-    pub fn wait(self) -> Result<JobSummary, JobError> {
-        for t in self.threads {
-            if t.join().is_err() {
-                record(&self.error, TaskError::Internal("a task panicked".into()));
-            }
-        }
-        match self.error.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            Some(e) => Err(JobError::Failed(e)),
-            None => Ok(JobSummary {
-                metrics: self.metrics,
-                duration: self.started.elapsed(),
-            }),
-        }
+    pub fn wait(mut self) -> Result<JobSummary, JobError> {
+        let result = match self.supervisor.take().map(JoinHandle::join) {
+            Some(Ok(r)) => r,
+            _ => Err(JobError::Failed(TaskError::Internal("the job supervisor panicked".into()))),
+        };
+        result.map(|savepoint| JobSummary {
+            metrics: self.metrics,
+            duration: self.started.elapsed(),
+            restarts: self.restarts.load(Ordering::Relaxed),
+            checkpoints: self.checkpoints.completed.load(Ordering::Relaxed),
+            savepoint,
+        })
     }
 }
 
@@ -229,6 +263,8 @@ enum Input {
 struct OpSlot {
     op: Box<dyn Operator>,
     metrics: Arc<OperatorMetrics>,
+    /// The node it runs (none for helpers such as watermark assigners).
+    node: Option<String>,
 }
 
 /// The rest of a chain, seen from the operator before it.
@@ -329,14 +365,51 @@ type InputChannel = (Receiver<StreamElement>, usize);
 /// How long a task waits for input before it looks at the clock again.
 const POLL: Duration = Duration::from_millis(10);
 
+/// A task's part in checkpointing.
+struct TaskCheckpoints {
+    attempt: u32,
+    /// Barriers to inject (source tasks).
+    triggers: Option<Receiver<Barrier>>,
+    writer: Sender<WriteJob>,
+    reports: Sender<Report>,
+    last_barrier: u64,
+    /// The barrier being aligned, and which channels delivered it.
+    aligning: Option<(Barrier, Vec<bool>)>,
+    /// Channels that ended.
+    ended: Vec<bool>,
+    /// A source after a stop-with-savepoint barrier: reads nothing more.
+    stopped: bool,
+}
+
+/// Caps a source at `rate` records per second of wall time.
+struct Throttle {
+    rate: u64,
+    start: Instant,
+    emitted: u64,
+}
+
+impl Throttle {
+    /// How many records may be read now (0: wait).
+    fn permit(&self, batch: usize) -> usize {
+        let allowed = (self.rate as f64 * self.start.elapsed().as_secs_f64()) as u64 + (self.rate / 100).max(1);
+        allowed.saturating_sub(self.emitted).min(batch as u64) as usize
+    }
+}
+
 struct Task {
+    index: usize,
+    subtask: u32,
     input: Input,
+    /// The head source's name, for its position in checkpoints.
+    source_node: Option<String>,
     head_metrics: Option<Arc<OperatorMetrics>>,
     ops: Vec<OpSlot>,
     writers: Vec<EdgeWriter>,
     batch_size: usize,
     cancel: Arc<AtomicBool>,
     clock: Arc<dyn Clock>,
+    ckpt: Option<TaskCheckpoints>,
+    throttle: Option<Throttle>,
 }
 
 impl Task {
@@ -383,32 +456,160 @@ impl Task {
         Ok(())
     }
 
+    /// Copy the state of every node of the chain.
+    fn snapshot(&mut self, checkpoint: u64, last: bool) -> Result<Vec<NodeSnapshot>, TaskError> {
+        let mut parts = Vec::new();
+        if let (Input::Source { reader, .. }, Some(name)) = (&self.input, &self.source_node) {
+            let mut w = SnapshotWriter::new();
+            w.operator_state("position", reader.position());
+            parts.push(NodeSnapshot {
+                node: name.clone(),
+                subtask: self.subtask,
+                state: OperatorSnapshot {
+                    payload: Some(w.finish()),
+                    sink: None,
+                },
+            });
+        }
+        for slot in &mut self.ops {
+            if let Some(node) = &slot.node
+                && let Some(state) = slot.op.snapshot(checkpoint, last)?
+            {
+                parts.push(NodeSnapshot {
+                    node: node.clone(),
+                    subtask: self.subtask,
+                    state,
+                });
+            }
+        }
+        Ok(parts)
+    }
+
+    /// Barrier `barrier` has arrived on every input: snapshot, hand the
+    /// copy to the writer, pass the barrier on.
+    fn checkpoint(&mut self, barrier: Barrier) -> Result<(), TaskError> {
+        let parts = self.snapshot(barrier.id, false)?;
+        let is_source = matches!(self.input, Input::Source { .. });
+        if let Some(ck) = &mut self.ckpt {
+            ck.last_barrier = barrier.id;
+            let _ = ck.writer.send(WriteJob {
+                attempt: ck.attempt,
+                barrier,
+                task: self.index,
+                parts: Arc::new(parts),
+            });
+            if is_source && barrier.kind == (BarrierKind::Savepoint { stop: true }) {
+                ck.stopped = true;
+            }
+        }
+        for w in &mut self.writers {
+            w.broadcast(StreamElement::Barrier(barrier))?;
+        }
+        Ok(())
+    }
+
+    /// A barrier from channel `channel` of the input gate.
+    fn on_barrier(&mut self, channel: usize, barrier: Barrier) -> Result<(), TaskError> {
+        let Input::Gate { gate, .. } = &mut self.input else {
+            return Ok(());
+        };
+        let Some(ck) = &mut self.ckpt else { return Ok(()) };
+        if barrier.id <= ck.last_barrier {
+            return Ok(());
+        }
+        match &ck.aligning {
+            Some((b, _)) if b.id == barrier.id => {}
+            Some((b, _)) if b.id > barrier.id => return Ok(()),
+            _ => {
+                // A newer barrier abandons an older alignment (its checkpoint was aborted).
+                for i in 0..ck.ended.len() {
+                    gate.set_blocked(i, false);
+                }
+                ck.aligning = Some((barrier, vec![false; ck.ended.len()]));
+            }
+        }
+        if let Some((_, arrived)) = &mut ck.aligning {
+            arrived[channel] = true;
+        }
+        if barrier.aligned {
+            gate.set_blocked(channel, true);
+        }
+        self.complete_alignment()
+    }
+
+    /// Snapshot once every channel has delivered the barrier or ended.
+    fn complete_alignment(&mut self) -> Result<(), TaskError> {
+        let Input::Gate { gate, .. } = &mut self.input else {
+            return Ok(());
+        };
+        let Some(ck) = &mut self.ckpt else { return Ok(()) };
+        let done = ck
+            .aligning
+            .as_ref()
+            .is_some_and(|(_, arrived)| arrived.iter().zip(&ck.ended).all(|(a, e)| *a || *e));
+        if !done {
+            return Ok(());
+        }
+        let Some((barrier, _)) = ck.aligning.take() else { return Ok(()) };
+        for i in 0..ck.ended.len() {
+            gate.set_blocked(i, false);
+        }
+        self.checkpoint(barrier)
+    }
+
+    /// Barriers the coordinator asked a source task to inject.
+    fn triggered(&mut self) -> Vec<Barrier> {
+        match self.ckpt.as_ref().and_then(|c| c.triggers.as_ref()) {
+            Some(rx) => rx.try_iter().collect(),
+            None => Vec::new(),
+        }
+    }
+
     fn run(&mut self) -> Result<(), TaskError> {
         loop {
             if self.cancel.load(Ordering::Relaxed) {
                 return Err(TaskError::Cancelled);
             }
+            for b in self.triggered() {
+                self.checkpoint(b)?;
+            }
+            let stopped = self.ckpt.as_ref().is_some_and(|c| c.stopped);
             match &mut self.input {
-                Input::Source { reader, idle } => match reader.next_batch(self.batch_size)? {
-                    Some(b) if b.len > 0 => {
-                        let resumed = idle.on_records(self.clock.now_ms());
-                        if resumed {
-                            self.downstream().idle(false)?;
+                Input::Source { .. } if stopped => std::thread::sleep(POLL),
+                Input::Source { reader, idle } => {
+                    let max = match &self.throttle {
+                        Some(t) => t.permit(self.batch_size),
+                        None => self.batch_size,
+                    };
+                    if max == 0 {
+                        std::thread::sleep(Duration::from_millis(2));
+                        self.tick()?;
+                        continue;
+                    }
+                    match reader.next_batch(max)? {
+                        Some(b) if b.len > 0 => {
+                            if let Some(t) = &mut self.throttle {
+                                t.emitted += b.len as u64;
+                            }
+                            let resumed = idle.on_records(self.clock.now_ms());
+                            if resumed {
+                                self.downstream().idle(false)?;
+                            }
+                            self.downstream().emit(b)?;
                         }
-                        self.downstream().emit(b)?;
-                    }
-                    Some(_) => {
-                        let went_idle = idle.poll(self.clock.now_ms());
-                        if went_idle {
-                            self.downstream().idle(true)?;
+                        Some(_) => {
+                            let went_idle = idle.poll(self.clock.now_ms());
+                            if went_idle {
+                                self.downstream().idle(true)?;
+                            }
+                            std::thread::sleep(POLL);
                         }
-                        std::thread::sleep(POLL);
+                        None => {
+                            self.downstream().watermark(i64::MAX)?;
+                            break;
+                        }
                     }
-                    None => {
-                        self.downstream().watermark(i64::MAX)?;
-                        break;
-                    }
-                },
+                }
                 Input::Gate { gate, valve, input_of } => match gate.next(POLL).map_err(|_| TaskError::UpstreamClosed)? {
                     GateEvent::Element(i, StreamElement::Records(b)) => {
                         let (out, input) = (valve.on_records(i), input_of[i]);
@@ -423,9 +624,14 @@ impl Task {
                         let out = valve.on_idle(i, idle);
                         self.valve(out)?;
                     }
+                    GateEvent::Element(i, StreamElement::Barrier(b)) => self.on_barrier(i, b)?,
                     GateEvent::Element(i, StreamElement::EndOfData) => {
                         let out = valve.on_end(i);
                         self.valve(out)?;
+                        if let Some(ck) = &mut self.ckpt {
+                            ck.ended[i] = true;
+                        }
+                        self.complete_alignment()?;
                     }
                     GateEvent::Timeout => {}
                     GateEvent::Ended => break,
@@ -437,20 +643,72 @@ impl Task {
         for w in &mut self.writers {
             w.end()?;
         }
+        if let Some(last_barrier) = self.ckpt.as_ref().map(|c| c.last_barrier) {
+            let parts = self.snapshot(last_barrier + 1, true)?;
+            if let Some(ck) = &self.ckpt {
+                let _ = ck.reports.send(Report::Finished {
+                    attempt: ck.attempt,
+                    task: self.index,
+                    last_barrier,
+                    parts: Arc::new(parts),
+                });
+            }
+        }
         Ok(())
     }
 }
 
+/// Everything an attempt is built from.
+struct JobContext {
+    graph: JobGraph,
+    components: Vec<Option<Arc<LoadedComponent>>>,
+    engine: Arc<WasmEngine>,
+    options: RunOptions,
+    metrics: Vec<Arc<OperatorMetrics>>,
+}
+
+/// One run of the job's tasks: the first, or one after a restart.
+struct Attempt {
+    threads: Vec<JoinHandle<()>>,
+    cancel: Arc<AtomicBool>,
+    error: Arc<Mutex<Option<TaskError>>>,
+}
+
+impl Attempt {
+    /// The first real (not knock-on) error, if a task failed.
+    fn failed(&self) -> bool {
+        self.error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|e| !e.is_knock_on())
+    }
+
+    /// Stop every task and wait for them; the attempt's error, if any.
+    fn shutdown(self) -> Option<TaskError> {
+        self.cancel.store(true, Ordering::SeqCst);
+        for t in self.threads {
+            if t.join().is_err() {
+                record(&self.error, TaskError::Internal("a task panicked".into()));
+            }
+        }
+        self.error.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// Checkpointing plumbing handed to an attempt's tasks.
+struct AttemptCheckpoints {
+    writer: Sender<WriteJob>,
+    reports: Sender<Report>,
+    completed: Arc<AtomicU64>,
+}
+
 /// Validate, load and start `graph`. Fails before anything runs if a
-/// component is missing, of the wrong world, or fails to open.
+/// component is missing, of the wrong world, or fails to open, or if the
+/// checkpoint to restore does not fit the job.
 pub fn run_job(graph: &JobGraph, engine: &Arc<WasmEngine>, options: RunOptions) -> Result<JobHandle, JobError> {
     let components = graph.load_components(engine)?;
     let spec = &graph.spec;
-    let limits = InstanceLimits {
-        memory_bytes: (spec.limits.memory_mb.saturating_mul(1 << 20)).min(usize::MAX as u64) as usize,
-        call_timeout: Duration::from_millis(spec.limits.call_timeout_ms.max(1)),
-        log_lines_per_sec: spec.limits.log_lines_per_sec,
-    };
     let metrics: Vec<Arc<OperatorMetrics>> = graph
         .nodes
         .iter()
@@ -462,6 +720,235 @@ pub fn run_job(graph: &JobGraph, engine: &Arc<WasmEngine>, options: RunOptions) 
             })
         })
         .collect();
+    let storage = match &spec.checkpoints {
+        Some(c) => Some(Arc::new(
+            CheckpointStorage::open(&graph.base_dir.join(&c.dir)).map_err(|e| JobError::Restore(e.to_string()))?,
+        )),
+        None => None,
+    };
+    let restored: Option<Arc<LoadedCheckpoint>> = match (&options.restore, &storage) {
+        (None, _) => None,
+        (Some(Restore::Path(p)), _) => Some(Arc::new(load_path(p).map_err(|e| JobError::Restore(e.to_string()))?)),
+        (Some(Restore::Latest), None) => {
+            return Err(JobError::Restore(
+                "`--restore latest` needs `[checkpoints]` in the job spec: they say where checkpoints are".into(),
+            ));
+        }
+        (Some(Restore::Latest), Some(st)) => {
+            let c = st.load_latest(0);
+            if c.is_none() {
+                tracing::warn!(dir = %st.path().display(), "no complete checkpoint to restore; starting from the beginning");
+            }
+            c.map(Arc::new)
+        }
+    };
+    if let Some(c) = &restored {
+        check_restore(graph, c, options.allow_non_restored_state)?;
+        tracing::info!(checkpoint = c.meta.checkpoint, path = %c.path.display(), "restoring");
+    }
+    let stats = Arc::new(CheckpointStats::default());
+    let mut coordinator = match (&spec.checkpoints, storage) {
+        (Some(cfg), Some(st)) => Some(Coordinator::new(
+            st,
+            cfg.clone(),
+            spec.name.clone(),
+            spec.max_parallelism,
+            operator_infos(graph, &components),
+            sink_dirs(graph),
+            restored.as_ref().map(|c| c.meta.checkpoint),
+            stats.clone(),
+        )),
+        _ => None,
+    };
+    if coordinator.is_some() {
+        prepare_sinks(graph, restored.as_deref())?;
+    }
+    let ctx = JobContext {
+        graph: graph.clone(),
+        components,
+        engine: engine.clone(),
+        options,
+        metrics: metrics.clone(),
+    };
+    let (reports_tx, reports_rx) = crossbeam_channel::unbounded();
+    let first = start_attempt(&ctx, 0, restored.as_deref(), coordinator.as_mut(), &reports_tx)?;
+    let default_restart = if spec.checkpoints.is_some() {
+        RestartSpec::FixedDelay {
+            attempts: 3,
+            delay_ms: 1000,
+        }
+    } else {
+        RestartSpec::None
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    let restarts = Arc::new(AtomicU32::new(0));
+    let supervisor = Supervisor {
+        policy: RestartPolicy::new(spec.restart.clone().unwrap_or(default_restart)),
+        ctx,
+        coordinator,
+        reports_rx,
+        reports_tx,
+        initial: restored,
+        cancel: cancel.clone(),
+        restarts: restarts.clone(),
+    };
+    let thread = std::thread::Builder::new()
+        .name(format!("{}-supervisor", spec.name))
+        .spawn(move || supervisor.run(first))
+        .map_err(|e| JobError::Failed(TaskError::Internal(format!("spawning the job supervisor: {e}"))))?;
+    Ok(JobHandle {
+        supervisor: Some(thread),
+        cancel,
+        metrics,
+        checkpoints: stats,
+        restarts,
+        started: Instant::now(),
+    })
+}
+
+/// How an attempt ended.
+enum AttemptEnd {
+    Finished,
+    Stopped(PathBuf),
+    Cancelled,
+    Failed(TaskError),
+}
+
+/// Watches attempts, runs the checkpoint coordinator, restarts on failure.
+struct Supervisor {
+    ctx: JobContext,
+    coordinator: Option<Coordinator>,
+    reports_rx: Receiver<Report>,
+    reports_tx: Sender<Report>,
+    policy: RestartPolicy,
+    initial: Option<Arc<LoadedCheckpoint>>,
+    cancel: Arc<AtomicBool>,
+    restarts: Arc<AtomicU32>,
+}
+
+impl Supervisor {
+    fn run(mut self, first: Attempt) -> Result<Option<PathBuf>, JobError> {
+        let mut attempt = first;
+        let mut number = 0;
+        loop {
+            let end = self.watch(&attempt);
+            let error = attempt.shutdown();
+            if let Some(c) = &mut self.coordinator {
+                c.end_attempt();
+            }
+            let error = match end {
+                AttemptEnd::Finished => match error {
+                    None => {
+                        if let Some(c) = &mut self.coordinator {
+                            c.finish()
+                                .map_err(|e| JobError::Failed(TaskError::Internal(format!("final checkpoint: {e}"))))?;
+                        }
+                        return Ok(None);
+                    }
+                    Some(e) => e,
+                },
+                AttemptEnd::Stopped(path) => return Ok(Some(path)),
+                AttemptEnd::Cancelled => return Err(JobError::Failed(TaskError::Cancelled)),
+                AttemptEnd::Failed(e) => error.filter(|e| !e.is_knock_on()).unwrap_or(e),
+            };
+            let delay = match &self.coordinator {
+                Some(_) => self.policy.on_failure(),
+                None => None,
+            };
+            let Some(delay) = delay else {
+                return Err(JobError::Failed(error));
+            };
+            number += 1;
+            self.restarts.store(number, Ordering::Relaxed);
+            tracing::warn!(error = %error, restart = number, "job failed; restarting from the latest checkpoint in {} ms", delay.as_millis());
+            let until = Instant::now() + delay;
+            while Instant::now() < until {
+                if self.cancel.load(Ordering::SeqCst) {
+                    return Err(JobError::Failed(TaskError::Cancelled));
+                }
+                std::thread::sleep(POLL);
+            }
+            let Some(coord) = &mut self.coordinator else {
+                return Err(JobError::Failed(error));
+            };
+            let restore = coord
+                .storage
+                .load_latest(coord.first_id)
+                .map(Arc::new)
+                .or_else(|| self.initial.clone());
+            match &restore {
+                Some(c) => tracing::info!(checkpoint = c.meta.checkpoint, "restoring"),
+                None => tracing::info!("no checkpoint yet; starting from the beginning"),
+            }
+            coord
+                .completed
+                .store(restore.as_ref().map_or(0, |c| c.meta.checkpoint), Ordering::SeqCst);
+            prepare_sinks(&self.ctx.graph, restore.as_deref())?;
+            attempt = start_attempt(&self.ctx, number, restore.as_deref(), self.coordinator.as_mut(), &self.reports_tx)?;
+        }
+    }
+
+    /// Run the coordinator until the attempt ends.
+    fn watch(&mut self, attempt: &Attempt) -> AttemptEnd {
+        loop {
+            if self.cancel.load(Ordering::SeqCst) {
+                return AttemptEnd::Cancelled;
+            }
+            if attempt.failed() {
+                return AttemptEnd::Failed(TaskError::Internal("a task failed".into()));
+            }
+            let finished = attempt.threads.iter().all(JoinHandle::is_finished);
+            match &mut self.coordinator {
+                Some(c) => {
+                    let first = self.reports_rx.recv_timeout(POLL).ok();
+                    for r in first.into_iter().chain(std::iter::from_fn(|| self.reports_rx.try_recv().ok())) {
+                        match c.on_report(r) {
+                            Some(CoordinatorEvent::Stopped(path)) => return AttemptEnd::Stopped(path),
+                            Some(CoordinatorEvent::Failed(e)) => return AttemptEnd::Failed(TaskError::Internal(e)),
+                            None => {}
+                        }
+                    }
+                    if !finished {
+                        c.tick();
+                    }
+                }
+                None => std::thread::sleep(POLL),
+            }
+            if finished {
+                return AttemptEnd::Finished;
+            }
+        }
+    }
+}
+
+/// Build and start the tasks of one attempt.
+fn start_attempt(
+    ctx: &JobContext,
+    attempt: u32,
+    restore: Option<&LoadedCheckpoint>,
+    coordinator: Option<&mut Coordinator>,
+    reports: &Sender<Report>,
+) -> Result<Attempt, JobError> {
+    let graph = &ctx.graph;
+    let spec = &graph.spec;
+    let engine = &ctx.engine;
+    let components = &ctx.components;
+    let metrics = &ctx.metrics;
+    let limits = InstanceLimits {
+        memory_bytes: (spec.limits.memory_mb.saturating_mul(1 << 20)).min(usize::MAX as u64) as usize,
+        call_timeout: Duration::from_millis(spec.limits.call_timeout_ms.max(1)),
+        log_lines_per_sec: spec.limits.log_lines_per_sec,
+    };
+    let plumbing = match &coordinator {
+        Some(c) => Some(AttemptCheckpoints {
+            writer: spawn_writer(c.storage.clone(), reports.clone())
+                .map_err(|e| JobError::Failed(TaskError::Internal(format!("spawning the checkpoint writer: {e}"))))?,
+            reports: reports.clone(),
+            completed: c.completed.clone(),
+        }),
+        None => None,
+    };
+    let ck = plumbing.as_ref();
     let chains = graph.chains();
 
     // Channels of every edge that crosses tasks: receivers (with the input
@@ -484,7 +971,7 @@ pub fn run_job(graph: &JobGraph, engine: &Arc<WasmEngine>, options: RunOptions) 
                     if e.partition == Partition::Forward && a != b {
                         continue;
                     }
-                    let (tx, rx) = local_channel(options.channel_capacity.max(1));
+                    let (tx, rx) = local_channel(ctx.options.channel_capacity.max(1));
                     row.push(tx);
                     receivers[e.to][b as usize].push((rx, e.input as usize));
                 }
@@ -497,12 +984,16 @@ pub fn run_job(graph: &JobGraph, engine: &Arc<WasmEngine>, options: RunOptions) 
     let cancel = Arc::new(AtomicBool::new(false));
     let error = Arc::new(Mutex::new(None));
     let mut tasks = Vec::new();
+    let mut triggers: Vec<Option<Sender<Barrier>>> = Vec::new();
     let guest = |n: NodeId, name: &str, world: World, s: u32, state: Option<HeapKeyedState>, config: &Option<serde_json::Value>| {
         let Some(component) = &components[n] else {
             return Err(JobError::Failed(TaskError::Internal(format!("component of `{name}` not loaded"))));
         };
         let config = config.as_ref().map_or_else(|| "{}".to_owned(), |c| c.to_string());
-        GuestInstance::new(component, world, name, s, limits, options.clock.clone(), state, &config).map_err(|e| JobError::Failed(e.into()))
+        let mut g = GuestInstance::new(component, world, name, s, limits, ctx.options.clock.clone(), state, &config)
+            .map_err(|e| JobError::Failed(e.into()))?;
+        g.set_attempt(attempt);
+        Ok(g)
     };
     let assigner = |wm: &WatermarkSpec, node: &str, s: u32| -> Result<OpSlot, JobError> {
         let punctuated = match &wm.component {
@@ -517,10 +1008,19 @@ pub fn run_job(graph: &JobGraph, engine: &Arc<WasmEngine>, options: RunOptions) 
                     source,
                 })?;
                 let config = wm.config.as_ref().map_or_else(|| "{}".to_owned(), |c| c.to_string());
-                Some(
-                    GuestInstance::new(&loaded, World::Punctuated, node, s, limits, options.clock.clone(), None, &config)
-                        .map_err(|e| JobError::Failed(e.into()))?,
+                let mut g = GuestInstance::new(
+                    &loaded,
+                    World::Punctuated,
+                    node,
+                    s,
+                    limits,
+                    ctx.options.clock.clone(),
+                    None,
+                    &config,
                 )
+                .map_err(|e| JobError::Failed(e.into()))?;
+                g.set_attempt(attempt);
+                Some(g)
             }
             _ => None,
         };
@@ -528,7 +1028,7 @@ pub fn run_job(graph: &JobGraph, engine: &Arc<WasmEngine>, options: RunOptions) 
             op: Box::new(WatermarkAssigner {
                 periodic: PeriodicWatermarks::new(wm),
                 punctuated,
-                clock: options.clock.clone(),
+                clock: ctx.options.clock.clone(),
                 emitted: None,
             }),
             metrics: Arc::new(OperatorMetrics {
@@ -536,6 +1036,7 @@ pub fn run_job(graph: &JobGraph, engine: &Arc<WasmEngine>, options: RunOptions) 
                 parallelism: 1,
                 ..Default::default()
             }),
+            node: None,
         })
     };
     for chain in &chains {
@@ -549,8 +1050,21 @@ pub fn run_job(graph: &JobGraph, engine: &Arc<WasmEngine>, options: RunOptions) 
                     if let Some(wm) = &src.watermarks {
                         ops.push(assigner(wm, &src.name, s)?);
                     }
+                    let mut reader = open_source(graph, src, s)?;
+                    if let Some(snaps) = restore.and_then(|r| r.states.get(&src.name)) {
+                        let position = snaps.get(s as usize).and_then(|snap| snap.operator_state("position"));
+                        match position {
+                            Some(p) => reader.seek(p).map_err(|e| JobError::Restore(e.to_string()))?,
+                            None => {
+                                return Err(JobError::Restore(format!(
+                                    "the checkpoint has no position for subtask {s} of source `{}`",
+                                    src.name
+                                )));
+                            }
+                        }
+                    }
                     Input::Source {
-                        reader: open_source(graph, src, s)?,
+                        reader,
                         idle: IdleTracker::new(src.watermarks.as_ref().and_then(|w| w.idle_timeout_ms)),
                     }
                 }
@@ -568,7 +1082,7 @@ pub fn run_job(graph: &JobGraph, engine: &Arc<WasmEngine>, options: RunOptions) 
                 let op: Box<dyn Operator> = match &node.kind {
                     NodeKind::Source(_) => continue,
                     NodeKind::Sink(sink) => Box::new(SinkOperator {
-                        writer: open_sink(graph, sink, s)?,
+                        writer: open_sink(graph, sink, s, ck.map(|c| c.completed.clone()))?,
                         last_flush: Instant::now(),
                     }),
                     NodeKind::Operator(o, _) => {
@@ -612,7 +1126,7 @@ pub fn run_job(graph: &JobGraph, engine: &Arc<WasmEngine>, options: RunOptions) 
                                         cfg,
                                         function,
                                         HeapKeyedState::new(range),
-                                        options.clock.clone(),
+                                        ctx.options.clock.clone(),
                                         spec.max_parallelism,
                                         outputs,
                                     )
@@ -626,9 +1140,14 @@ pub fn run_job(graph: &JobGraph, engine: &Arc<WasmEngine>, options: RunOptions) 
                         }
                     }
                 };
+                let mut op = op;
+                if let Some(snaps) = restore.and_then(|r| r.states.get(&node.name)) {
+                    op.restore(snaps).map_err(JobError::Failed)?;
+                }
                 ops.push(OpSlot {
                     op,
                     metrics: metrics[n].clone(),
+                    node: Some(node.name.clone()),
                 });
                 if let NodeKind::Operator(o, _) = &node.kind
                     && let Some(wm) = &o.watermarks
@@ -661,16 +1180,53 @@ pub fn run_job(graph: &JobGraph, engine: &Arc<WasmEngine>, options: RunOptions) 
                     .collect::<Vec<_>>()
                     .join("+")
             );
+            let head_source = match &graph.nodes[head].kind {
+                NodeKind::Source(src) => Some(src),
+                _ => None,
+            };
+            let channels = match &input {
+                Input::Gate { input_of, .. } => input_of.len(),
+                Input::Source { .. } => 0,
+            };
+            let task_ckpt = ck.map(|c| {
+                let rx = head_source.map(|_| {
+                    let (tx, rx) = crossbeam_channel::unbounded();
+                    triggers.push(Some(tx));
+                    rx
+                });
+                if rx.is_none() {
+                    triggers.push(None);
+                }
+                TaskCheckpoints {
+                    attempt,
+                    triggers: rx,
+                    writer: c.writer.clone(),
+                    reports: c.reports.clone(),
+                    last_barrier: 0,
+                    aligning: None,
+                    ended: vec![false; channels],
+                    stopped: false,
+                }
+            });
             tasks.push((
                 name,
                 Task {
+                    index: tasks.len(),
+                    subtask: s,
                     input,
+                    source_node: head_source.map(|src| src.name.clone()),
                     head_metrics,
                     ops,
                     writers,
                     batch_size: spec.batch_size,
                     cancel: cancel.clone(),
-                    clock: options.clock.clone(),
+                    clock: ctx.options.clock.clone(),
+                    ckpt: task_ckpt,
+                    throttle: head_source.and_then(|src| src.records_per_second).map(|rate| Throttle {
+                        rate,
+                        start: Instant::now(),
+                        emitted: 0,
+                    }),
                 },
             ));
         }
@@ -700,13 +1256,115 @@ pub fn run_job(graph: &JobGraph, engine: &Arc<WasmEngine>, options: RunOptions) 
             }
         }
     }
-    Ok(JobHandle {
-        threads,
-        cancel,
-        error,
-        metrics,
-        started: Instant::now(),
-    })
+    if let (Some(c), Some(p)) = (coordinator, plumbing) {
+        c.start_attempt(attempt, triggers, p.writer);
+    }
+    Ok(Attempt { threads, cancel, error })
+}
+
+/// The kind of state an operator keeps in checkpoints, if any.
+fn state_kind(node: &crate::job::graph::Node) -> Option<&'static str> {
+    match &node.kind {
+        NodeKind::Source(_) => Some("source"),
+        NodeKind::Operator(o, _) if o.kind == OperatorKind::KeyedProcess => Some("keyed-process"),
+        NodeKind::Operator(o, _) if o.kind == OperatorKind::Window => Some("window"),
+        _ => None,
+    }
+}
+
+fn operator_infos(graph: &JobGraph, components: &[Option<Arc<LoadedComponent>>]) -> HashMap<String, OperatorInfo> {
+    graph
+        .nodes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| {
+            let kind = state_kind(n)?;
+            Some((
+                n.name.clone(),
+                OperatorInfo {
+                    kind: kind.into(),
+                    parallelism: n.parallelism,
+                    component: components[i].as_ref().map(|c| c.digest.to_string()),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Directories of the job's file sinks.
+fn sink_dirs(graph: &JobGraph) -> HashMap<String, PathBuf> {
+    graph
+        .nodes
+        .iter()
+        .filter_map(|n| match &n.kind {
+            NodeKind::Sink(s) if s.kind == SinkKind::File => {
+                Some((n.name.clone(), graph.base_dir.join(s.path.as_deref().unwrap_or_default())))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Before an attempt of a checkpointed job: commit the output the restored
+/// checkpoint sealed, discard every other uncommitted file, and on a fresh
+/// start remove earlier runs' output.
+fn prepare_sinks(graph: &JobGraph, restore: Option<&LoadedCheckpoint>) -> Result<(), JobError> {
+    let dirs = sink_dirs(graph);
+    if let Some(c) = restore {
+        commit_sinks(&c.meta, &dirs).map_err(JobError::Restore)?;
+    }
+    for dir in dirs.values() {
+        file_sink::clean(dir, &[], restore.is_none()).map_err(|e| JobError::Restore(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Does the checkpoint fit the job? Operators are matched by name; a
+/// keyed operator may change its parallelism (key groups are reassigned), a
+/// source may not.
+fn check_restore(graph: &JobGraph, c: &LoadedCheckpoint, allow_non_restored: bool) -> Result<(), JobError> {
+    let spec = &graph.spec;
+    let err = |m: String| JobError::Restore(format!("{}: {m}", c.path.display()));
+    if c.meta.max_parallelism != spec.max_parallelism {
+        return Err(err(format!(
+            "it was taken with max_parallelism {}, the job has {}: key groups would not match",
+            c.meta.max_parallelism, spec.max_parallelism
+        )));
+    }
+    for op in &c.meta.operators {
+        match graph.nodes.iter().find(|n| n.name == op.name) {
+            None if allow_non_restored => {
+                tracing::warn!(operator = %op.name, "dropping the state of an operator the job no longer has");
+            }
+            None => {
+                return Err(err(format!(
+                    "it has state of operator `{}`, which the job does not have; pass --allow-non-restored-state to drop that state",
+                    op.name
+                )));
+            }
+            Some(n) => {
+                let kind = state_kind(n).unwrap_or("stateless operator");
+                if kind != op.kind {
+                    return Err(err(format!("`{}` was a {} and is now a {kind}", op.name, op.kind)));
+                }
+                if kind == "source" && n.parallelism != op.parallelism {
+                    return Err(err(format!(
+                        "source `{}` had parallelism {} and now has {}: source positions cannot be redistributed",
+                        op.name, op.parallelism, n.parallelism
+                    )));
+                }
+                if op.files.len() as u32 != op.parallelism {
+                    return Err(err(format!(
+                        "`{}` has {} state files for parallelism {}",
+                        op.name,
+                        op.files.len(),
+                        op.parallelism
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn open_source(graph: &JobGraph, src: &crate::job::SourceSpec, subtask: u32) -> Result<Box<dyn SourceReader>, JobError> {
@@ -743,9 +1401,19 @@ fn open_source(graph: &JobGraph, src: &crate::job::SourceSpec, subtask: u32) -> 
     })
 }
 
-fn open_sink(graph: &JobGraph, sink: &crate::job::SinkSpec, subtask: u32) -> Result<Box<dyn SinkWriter>, JobError> {
+fn open_sink(
+    graph: &JobGraph,
+    sink: &crate::job::SinkSpec,
+    subtask: u32,
+    completed: Option<Arc<AtomicU64>>,
+) -> Result<Box<dyn SinkWriter>, JobError> {
     Ok(match sink.kind {
         SinkKind::Stdout => Box::new(JsonLinesSink::stdout(sink.format)),
+        SinkKind::File if completed.is_some() => {
+            let dir = graph.base_dir.join(sink.path.as_deref().unwrap_or_default());
+            let completed = completed.unwrap_or_default();
+            Box::new(TransactionalFileSink::new(&dir, subtask, sink.format, completed).map_err(|e| JobError::Failed(e.into()))?)
+        }
         SinkKind::File => {
             let mut path = graph.base_dir.join(sink.path.as_deref().unwrap_or_default());
             if sink.parallelism > 1 {

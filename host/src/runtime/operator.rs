@@ -11,6 +11,7 @@ use xxhash_rust::xxh3::Xxh3Builder;
 use super::channel::RecordBatch;
 use super::executor::{OperatorMetrics, TaskError};
 use super::partition::preview;
+use crate::checkpoint::{DecodedSnapshot, OperatorSnapshot, SnapshotWriter};
 use crate::connectors::SinkWriter;
 use crate::job::ErrorPolicy;
 use crate::state::KeyGroup;
@@ -52,6 +53,43 @@ pub trait Operator: Send {
     fn finish(&mut self, _out: &mut dyn Emit) -> Result<(), TaskError> {
         Ok(())
     }
+    /// Copy the operator's state at checkpoint barrier `checkpoint` (or,
+    /// with `last`, after the end of input); none when it has no state.
+    fn snapshot(&mut self, _checkpoint: u64, _last: bool) -> Result<Option<OperatorSnapshot>, TaskError> {
+        Ok(None)
+    }
+    /// Take over the key groups this subtask owns from the snapshots of
+    /// every subtask of the operator in a restored checkpoint.
+    fn restore(&mut self, _snapshots: &[Arc<DecodedSnapshot>]) -> Result<(), TaskError> {
+        Ok(())
+    }
+}
+
+/// The snapshot payload of keyed state and timers.
+pub(crate) fn keyed_snapshot(
+    state: &crate::state::HeapKeyedState,
+    timers: &crate::time::TimerService,
+    max_parallelism: u32,
+) -> OperatorSnapshot {
+    let mut w = SnapshotWriter::new();
+    w.keyed_state(state);
+    w.timers(timers, max_parallelism);
+    OperatorSnapshot {
+        payload: Some(w.finish()),
+        sink: None,
+    }
+}
+
+/// Restore keyed state and timers of this subtask's key groups.
+pub(crate) fn keyed_restore(
+    snapshots: &[Arc<DecodedSnapshot>],
+    state: &mut crate::state::HeapKeyedState,
+    timers: &mut crate::time::TimerService,
+    outputs: &GuestOutputs,
+) -> Result<(), TaskError> {
+    let range = state.key_group_range();
+    crate::checkpoint::format::restore_keyed(snapshots, range, state, Some(timers))
+        .map_err(|e| outputs.internal(format!("restoring state: {e}")))
 }
 
 /// Shared handling of a guest's output: record errors by policy, then emit.
@@ -195,6 +233,21 @@ impl Operator for KeyedOperator {
         self.fire_timers(TimeDomain::ProcessingTime, now, out)
     }
 
+    fn snapshot(&mut self, _checkpoint: u64, _last: bool) -> Result<Option<OperatorSnapshot>, TaskError> {
+        let max = self.max_parallelism;
+        match self.guest.keyed_scope_mut() {
+            Some(scope) => Ok(Some(keyed_snapshot(&scope.backend, &scope.timers, max))),
+            None => Err(self.outputs.internal("keyed operator without keyed state")),
+        }
+    }
+
+    fn restore(&mut self, snapshots: &[Arc<DecodedSnapshot>]) -> Result<(), TaskError> {
+        let Some(scope) = self.guest.keyed_scope_mut() else {
+            return Err(self.outputs.internal("keyed operator without keyed state"));
+        };
+        keyed_restore(snapshots, &mut scope.backend, &mut scope.timers, &self.outputs)
+    }
+
     fn process(&mut self, input: usize, batch: RecordBatch, out: &mut dyn Emit) -> Result<(), TaskError> {
         let records: Vec<RecordRef<'_>> = batch.records().collect();
         let mut run_of: HashMap<&[u8], u32, Xxh3Builder> = HashMap::with_capacity_and_hasher(records.len(), Xxh3Builder::new());
@@ -272,6 +325,15 @@ impl Operator for SinkOperator {
 
     fn finish(&mut self, _out: &mut dyn Emit) -> Result<(), TaskError> {
         self.writer.finish().map_err(TaskError::Connector)
+    }
+
+    fn snapshot(&mut self, checkpoint: u64, last: bool) -> Result<Option<OperatorSnapshot>, TaskError> {
+        let pending = self.writer.prepare_commit(checkpoint, last)?;
+        self.last_flush = Instant::now();
+        Ok(Some(OperatorSnapshot {
+            payload: None,
+            sink: Some(pending),
+        }))
     }
 }
 

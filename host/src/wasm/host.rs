@@ -99,6 +99,7 @@ pub struct HostState {
     pub(crate) log: GuestLogger,
     clock: Arc<dyn Clock>,
     pub(crate) watermark: Option<i64>,
+    pub(crate) attempt: u32,
 }
 
 impl HostState {
@@ -119,6 +120,7 @@ impl HostState {
             log,
             clock,
             watermark: None,
+            attempt: 0,
         }
     }
 
@@ -193,6 +195,10 @@ impl context::Host for HostState {
 
     fn watermark(&mut self) -> Option<i64> {
         self.watermark
+    }
+
+    fn attempt(&mut self) -> u32 {
+        self.attempt
     }
 }
 

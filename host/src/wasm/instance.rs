@@ -447,7 +447,12 @@ impl GuestInstance {
         }
     }
 
-    /// Set the watermark guests see through `context.watermark`.
+    /// Set the attempt number guests see through `context.attempt`.
+    pub fn set_attempt(&mut self, attempt: u32) {
+        self.store.data_mut().attempt = attempt;
+    }
+
+    /// Tell the guest the current watermark (`context.watermark`).
     pub fn set_watermark(&mut self, watermark: Option<i64>) {
         self.store.data_mut().watermark = watermark;
     }

@@ -24,7 +24,8 @@ use xxhash_rust::xxh3::Xxh3Builder;
 
 use super::builtin::Builtin;
 use super::{TriggerKind, Window, WindowConfig};
-use crate::runtime::operator::{Emit, GuestOutputs, Operator};
+use crate::checkpoint::{DecodedSnapshot, OperatorSnapshot};
+use crate::runtime::operator::{Emit, GuestOutputs, Operator, keyed_restore, keyed_snapshot};
 use crate::runtime::partition::preview;
 use crate::runtime::{RecordBatch, TaskError};
 use crate::state::{HeapKeyedState, KeyGroup, StateId};
@@ -817,5 +818,13 @@ impl Operator for WindowOperator {
     /// processing-time window is left unfired.
     fn finish(&mut self, out: &mut dyn Emit) -> Result<(), TaskError> {
         self.on_timers(TimeDomain::ProcessingTime, i64::MAX, out)
+    }
+
+    fn snapshot(&mut self, _checkpoint: u64, _last: bool) -> Result<Option<OperatorSnapshot>, TaskError> {
+        Ok(Some(keyed_snapshot(&self.state, &self.timers, self.max_parallelism)))
+    }
+
+    fn restore(&mut self, snapshots: &[Arc<DecodedSnapshot>]) -> Result<(), TaskError> {
+        keyed_restore(snapshots, &mut self.state, &mut self.timers, &self.outputs)
     }
 }

@@ -1,0 +1,78 @@
+//! Checkpoints: barriers, snapshots, storage, the coordinator, recovery and
+//! savepoints.
+//!
+//! ```text
+//! coordinator ──trigger n──► sources: record position, send barrier n in-band
+//! task: barrier n on every input (aligned in exactly-once mode)
+//!       ─► copy state (SnapshotWriter) ─► forward barrier n ─► keep going
+//! writer thread: compress, checksum, write ─► ack n to the coordinator
+//! coordinator: all acks ─► _metadata.json (atomic) ─► sinks commit n
+//! ```
+//!
+//! A task that has finished (its input ended) reports its final state once;
+//! the coordinator uses it for every later checkpoint, and writes a last
+//! checkpoint when every task has finished, so a bounded job's output is
+//! committed exactly once too. The format is described in
+//! `docs/checkpoints.md`.
+
+pub mod coordinator;
+pub mod format;
+pub mod storage;
+
+pub use format::{DecodedSnapshot, SnapshotWriter};
+pub use storage::{CheckpointError, CheckpointStorage, LoadedCheckpoint, Metadata, load_path};
+
+/// What a barrier asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BarrierKind {
+    /// A periodic checkpoint.
+    Checkpoint,
+    /// A savepoint; with `stop`, sources stop after it and the job ends
+    /// once it is complete.
+    Savepoint {
+        /// Stop the job after the savepoint.
+        stop: bool,
+    },
+}
+
+/// Barrier `id`, injected by sources and carried in-band.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Barrier {
+    /// The checkpoint id.
+    pub id: u64,
+    /// Checkpoint or savepoint.
+    pub kind: BarrierKind,
+    /// Whether tasks align their inputs on it (exactly-once, and always for
+    /// savepoints).
+    pub aligned: bool,
+}
+
+impl Barrier {
+    /// The storage directory of the checkpoint.
+    pub fn dir(&self) -> String {
+        match self.kind {
+            BarrierKind::Checkpoint => storage::checkpoint_dir(self.id),
+            BarrierKind::Savepoint { .. } => storage::savepoint_dir(self.id),
+        }
+    }
+}
+
+/// The state of one operator at a barrier, copied and not yet written.
+#[derive(Debug, Clone, Default)]
+pub struct OperatorSnapshot {
+    /// The uncompressed snapshot payload, if the operator has state.
+    pub payload: Option<Vec<u8>>,
+    /// For a transactional sink: sealed files the checkpoint must commit.
+    pub sink: Option<Vec<String>>,
+}
+
+/// The state of one operator subtask at a barrier.
+#[derive(Debug, Clone)]
+pub struct NodeSnapshot {
+    /// The operator's name.
+    pub node: String,
+    /// The subtask.
+    pub subtask: u32,
+    /// Its state.
+    pub state: OperatorSnapshot,
+}

@@ -1,0 +1,213 @@
+//! The exactly-once file sink: JSON lines into a directory, published by a
+//! two-phase commit tied to checkpoints.
+//!
+//! ```text
+//! write            ─► .part-<subtask>.inprogress          (hidden)
+//! barrier n        ─► flush, fsync, rename to .part-<subtask>-<n>.pending
+//! checkpoint n done ─► the coordinator renames it to part-<subtask>-<n>.jsonl
+//! end of input     ─► sealed as part-<subtask>-<n>-end, committed by the final checkpoint
+//! ```
+//!
+//! Readers of the directory see only `part-*.jsonl` files, each complete and
+//! committed exactly once. On recovery the restored checkpoint's sealed
+//! files are committed and every other hidden file is discarded.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::json_sink::format_batch;
+use super::{ConnectorError, SinkWriter};
+use crate::job::spec::SinkFormat;
+use crate::runtime::RecordBatch;
+
+/// A transactional file sink subtask.
+pub struct TransactionalFileSink {
+    dir: PathBuf,
+    subtask: u32,
+    format: SinkFormat,
+    current: Option<BufWriter<File>>,
+    /// Sealed files not yet known to be committed: (checkpoint, name).
+    pending: Vec<(u64, String)>,
+    /// The newest completed checkpoint (shared with the coordinator).
+    completed: Arc<AtomicU64>,
+    line: Vec<u8>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ConnectorError + '_ {
+    move |source| ConnectorError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn pending_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!(".{name}.pending"))
+}
+
+fn committed_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.jsonl"))
+}
+
+impl TransactionalFileSink {
+    /// A sink subtask writing into `dir`.
+    pub fn new(dir: &Path, subtask: u32, format: SinkFormat, completed: Arc<AtomicU64>) -> Result<Self, ConnectorError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        Ok(TransactionalFileSink {
+            dir: dir.to_owned(),
+            subtask,
+            format,
+            current: None,
+            pending: Vec::new(),
+            completed,
+            line: Vec::new(),
+        })
+    }
+
+    fn in_progress(&self) -> PathBuf {
+        self.dir.join(format!(".part-{}.inprogress", self.subtask))
+    }
+}
+
+impl SinkWriter for TransactionalFileSink {
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), ConnectorError> {
+        if self.current.is_none() {
+            let path = self.in_progress();
+            let f = File::create(&path).map_err(io(&path))?;
+            self.current = Some(BufWriter::with_capacity(256 << 10, f));
+        }
+        let mut line = std::mem::take(&mut self.line);
+        line.clear();
+        format_batch(self.format, batch, &mut line);
+        let path = self.in_progress();
+        let r = match &mut self.current {
+            Some(w) => w.write_all(&line).map_err(io(&path)),
+            None => Ok(()),
+        };
+        self.line = line;
+        r
+    }
+
+    fn flush(&mut self) -> Result<(), ConnectorError> {
+        // Nothing becomes visible before its checkpoint completes.
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
+    fn prepare_commit(&mut self, checkpoint: u64, last: bool) -> Result<Vec<String>, ConnectorError> {
+        let done = self.completed.load(Ordering::SeqCst);
+        self.pending.retain(|(id, _)| *id > done);
+        if let Some(mut w) = self.current.take() {
+            let path = self.in_progress();
+            w.flush().map_err(io(&path))?;
+            let f = w.into_inner().map_err(|e| io(&path)(e.into_error()))?;
+            f.sync_all().map_err(io(&path))?;
+            let name = format!("part-{}-{checkpoint:08}{}", self.subtask, if last { "-end" } else { "" });
+            std::fs::rename(&path, pending_path(&self.dir, &name)).map_err(io(&path))?;
+            self.pending.push((checkpoint, name));
+        }
+        Ok(self.pending.iter().map(|(_, n)| n.clone()).collect())
+    }
+}
+
+/// Publish sealed files of a completed checkpoint (idempotent: a file
+/// already published is fine).
+pub fn commit(dir: &Path, names: &[String]) -> Result<(), ConnectorError> {
+    for name in names {
+        let (from, to) = (pending_path(dir, name), committed_path(dir, name));
+        match std::fs::rename(&from, &to) {
+            Ok(()) => {}
+            Err(_) if to.exists() => {}
+            Err(e) => {
+                return Err(ConnectorError::Io {
+                    path: from,
+                    source: std::io::Error::new(e.kind(), format!("sealed output `{name}` cannot be committed: {e}")),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Before a run: discard hidden in-progress and sealed files other than
+/// `keep` (those are committed by the caller); on a fresh start (no
+/// restore) also remove the output of earlier runs.
+pub fn clean(dir: &Path, keep: &[String], fresh: bool) -> Result<(), ConnectorError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let hidden = name.starts_with(".part-") && (name.ends_with(".inprogress") || name.ends_with(".pending"));
+        let kept = name
+            .strip_prefix('.')
+            .and_then(|n| n.strip_suffix(".pending"))
+            .is_some_and(|n| keep.iter().any(|k| k == n));
+        let old_output = fresh && name.starts_with("part-") && name.ends_with(".jsonl");
+        if (hidden && !kept) || old_output {
+            std::fs::remove_file(e.path()).map_err(io(&e.path()))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_guest::batch::BatchWriter;
+
+    fn batch(values: &[&str]) -> RecordBatch {
+        let mut w = BatchWriter::new();
+        for v in values {
+            w.push(None, v.as_bytes(), None);
+        }
+        let len = w.len();
+        RecordBatch { bytes: w.finish(), len }
+    }
+
+    fn visible(dir: &Path) -> Vec<String> {
+        let mut lines: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .flat_map(|e| {
+                std::fs::read_to_string(e.path())
+                    .unwrap()
+                    .lines()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    #[test]
+    fn output_becomes_visible_only_when_committed() {
+        let dir = std::env::temp_dir().join(format!("sluice-2pc-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let done = Arc::new(AtomicU64::new(0));
+        let mut s = TransactionalFileSink::new(&dir, 0, SinkFormat::Value, done.clone()).unwrap();
+        s.write(&batch(&["a", "b"])).unwrap();
+        assert!(visible(&dir).is_empty());
+        let p1 = s.prepare_commit(1, false).unwrap();
+        s.write(&batch(&["c"])).unwrap();
+        assert!(visible(&dir).is_empty());
+        commit(&dir, &p1).unwrap();
+        commit(&dir, &p1).unwrap();
+        done.store(1, Ordering::SeqCst);
+        assert_eq!(visible(&dir), ["\"a\"", "\"b\""]);
+        // Checkpoint 2 is sealed but never completes; a restore from 1 discards it.
+        let p2 = s.prepare_commit(2, false).unwrap();
+        assert_eq!(p2, ["part-0-00000002"]);
+        clean(&dir, &[], false).unwrap();
+        assert_eq!(visible(&dir), ["\"a\"", "\"b\""]);
+        assert!(commit(&dir, &p2).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
