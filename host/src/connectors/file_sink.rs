@@ -134,6 +134,28 @@ pub fn commit(dir: &Path, names: &[String]) -> Result<(), ConnectorError> {
     Ok(())
 }
 
+/// Restoring checkpoint `restored`: remove committed files sealed after it
+/// (their records are replayed), except `keep` (sealed for it). Readers
+/// may have seen them: this happens only when recovery falls back past a
+/// damaged checkpoint, or when an older savepoint is restored.
+pub fn rollback(dir: &Path, restored: u64, keep: &[String]) -> Result<(), ConnectorError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(".jsonl").filter(|n| n.starts_with("part-")) else {
+            continue;
+        };
+        let id = stem.trim_end_matches("-end").rsplit('-').next().and_then(|n| n.parse::<u64>().ok());
+        if id.is_some_and(|id| id > restored) && !keep.iter().any(|k| k == stem) {
+            tracing::warn!(file = %e.path().display(), checkpoint = restored, "removing output committed after the restored checkpoint");
+            std::fs::remove_file(e.path()).map_err(io(&e.path()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Before a run: discard hidden in-progress and sealed files other than
 /// `keep` (those are committed by the caller); on a fresh start (no
 /// restore) also remove the output of earlier runs.

@@ -1312,6 +1312,10 @@ fn prepare_sinks(graph: &JobGraph, restore: Option<&LoadedCheckpoint>) -> Result
     let dirs = sink_dirs(graph);
     if let Some(c) = restore {
         commit_sinks(&c.meta, &dirs).map_err(JobError::Restore)?;
+        for (name, dir) in &dirs {
+            let keep = c.meta.sinks.iter().find(|s| &s.name == name).map_or(&[][..], |s| &s.pending[..]);
+            file_sink::rollback(dir, c.meta.checkpoint, keep).map_err(|e| JobError::Restore(e.to_string()))?;
+        }
     }
     for dir in dirs.values() {
         file_sink::clean(dir, &[], restore.is_none()).map_err(|e| JobError::Restore(e.to_string()))?;
