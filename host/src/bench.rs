@@ -17,6 +17,11 @@
 //!   timers, firing on watermarks) over a Zipf stream of 10,000 distinct
 //!   words, 100,000 per event-time second. Its input is generated on another
 //!   thread while it runs, so memory shows the engine's, not the input's.
+//! - `checkpoint`: snapshot size, time to take (the synchronous copy, then
+//!   the asynchronous compress + write) and to restore (read, verify,
+//!   decode, rebuild) 1,000,000 keys of keyed state; then the keyed count
+//!   job (generator → `count` UDF → file sink) with a checkpoint every
+//!   second and without, in events per CPU-second of the whole process.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -170,7 +175,8 @@ pub fn run(engine: &Arc<WasmEngine>, name: &str, events: Option<u64>, udfs: &Pat
         "map" => bench_map(engine, events.unwrap_or(5_000_000), udfs),
         "keyed-count" => bench_keyed_count(engine, events.unwrap_or(3_000_000), udfs),
         "window-count" => bench_window_count(engine, events.unwrap_or(10_000_000), udfs),
-        other => bail!("unknown benchmark `{other}`: choose map, keyed-count or window-count"),
+        "checkpoint" => bench_checkpoint(engine, events.unwrap_or(3_000_000), udfs),
+        other => bail!("unknown benchmark `{other}`: choose map, keyed-count, window-count or checkpoint"),
     }
 }
 
@@ -373,5 +379,135 @@ fn bench_window_count(engine: &WasmEngine, events: u64, udfs: &Path) -> anyhow::
         "{} host_builtin_events_per_cpu_s={:.0}",
         line("window-count", events, wasm, native)?,
         events as f64 / builtin.1
+    ))
+}
+
+/// CPU time of the whole process (all threads), in seconds.
+fn process_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which is in parentheses): state is
+    // the first, utime the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    match (
+        f.get(11).and_then(|x| x.parse::<u64>().ok()),
+        f.get(12).and_then(|x| x.parse::<u64>().ok()),
+    ) {
+        (Some(u), Some(s)) => (u + s) as f64 / 100.0,
+        _ => 0.0,
+    }
+}
+
+fn bench_checkpoint(engine: &Arc<WasmEngine>, events: u64, udfs: &Path) -> anyhow::Result<String> {
+    use crate::checkpoint::format::{encode_file, restore_keyed};
+    use crate::checkpoint::storage::{CheckpointStorage, state_file_name};
+    use crate::checkpoint::{DecodedSnapshot, SnapshotWriter};
+    use crate::state::KeyGroup;
+
+    const KEYS: u64 = 1_000_000;
+    let dir = std::env::temp_dir().join(format!("sluice-bench-checkpoint-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let range = KeyGroupRange::for_subtask(DEFAULT_MAX_PARALLELISM, 1, 0);
+    let mut state = HeapKeyedState::new(range);
+    let id = state.declare("count")?;
+    for i in 0..KEYS {
+        let key = format!("key-{i}");
+        state.put(
+            KeyGroup::of(key.as_bytes(), DEFAULT_MAX_PARALLELISM),
+            key.as_bytes(),
+            id,
+            b"",
+            &i.to_le_bytes(),
+        )?;
+    }
+    let t = Instant::now();
+    let mut w = SnapshotWriter::new();
+    w.keyed_state(&state);
+    let payload = w.finish();
+    let sync_ms = t.elapsed().as_secs_f64() * 1e3;
+    let raw_bytes = payload.len();
+    let t = Instant::now();
+    let storage = CheckpointStorage::open(&dir)?;
+    let file = encode_file(&payload);
+    let handle = storage.write_state("chk-00000001", &state_file_name("count", 0), 0, &file)?;
+    let async_ms = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    let bytes = std::fs::read(dir.join("chk-00000001").join(&handle.file))?;
+    use sha2::Digest;
+    if hex::encode(sha2::Sha256::digest(&bytes)) != handle.sha256 {
+        bail!("checksum mismatch reading back the snapshot");
+    }
+    let decoded = Arc::new(DecodedSnapshot::decode(&bytes)?);
+    let mut restored = HeapKeyedState::new(range);
+    restore_keyed(&[decoded], range, &mut restored, None)?;
+    let restore_ms = t.elapsed().as_secs_f64() * 1e3;
+    if restored.key_count() as u64 != KEYS {
+        bail!("restored {} keys of {KEYS}", restored.key_count());
+    }
+    drop((state, restored, payload, file, bytes));
+
+    let count = std::path::absolute(udfs.join("count.wasm"))?;
+    let job = |checkpoints: bool| {
+        let ck = if checkpoints {
+            format!(
+                "[checkpoints]\ninterval_ms = 1000\ndir = {:?}\n",
+                dir.join("job").display().to_string()
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            r#"name = "bench-checkpoint"
+{ck}
+[[sources]]
+name = "gen"
+kind = "generator"
+count = {events}
+keys = 10000
+distribution = "zipf"
+value_size = 8
+[[operators]]
+name = "count"
+kind = "keyed-process"
+component = {count:?}
+[[sinks]]
+name = "out"
+kind = "file"
+path = {out:?}
+[[edges]]
+from = "gen"
+to = "count"
+partition = "hash"
+[[edges]]
+from = "count"
+to = "out"
+"#,
+            count = count.display().to_string(),
+            out = dir.join(if checkpoints { "out-ckpt" } else { "out.jsonl" }).display().to_string(),
+        )
+    };
+    let rate = |checkpoints: bool| -> anyhow::Result<(f64, u64)> {
+        let graph = crate::job::JobGraph::build(crate::job::JobSpec::from_toml(&job(checkpoints))?, &dir)?;
+        let cpu = process_cpu_seconds();
+        let summary = crate::runtime::run_job(&graph, engine, crate::runtime::RunOptions::default())?.wait()?;
+        let secs = (process_cpu_seconds() - cpu).max(1e-3);
+        let out = summary.metrics.iter().find(|m| m.name == "count").map_or(0, |m| m.records_out());
+        if out != events {
+            bail!("the keyed count emitted {out} updates for {events} events");
+        }
+        Ok((events as f64 / secs, summary.checkpoints))
+    };
+    let (plain, _) = rate(false)?;
+    let (with, checkpoints) = rate(true)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(format!(
+        "bench=checkpoint keys={KEYS} snapshot_bytes={} raw_bytes={} take_sync_ms={sync_ms:.0} take_async_ms={async_ms:.0} restore_ms={restore_ms:.0} \
+         events={events} events_per_cpu_s_no_checkpoints={plain:.0} events_per_cpu_s_checkpoint_1s={with:.0} checkpoints={checkpoints} slowdown_pct={:.1} peak_rss_mb={:.1}",
+        handle.bytes,
+        raw_bytes,
+        (1.0 - with / plain) * 100.0,
+        peak_rss_mb()
     ))
 }

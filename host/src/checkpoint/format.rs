@@ -55,40 +55,43 @@ impl SnapshotWriter {
         Self::default()
     }
 
-    fn name_index(&mut self, name: &str) -> u32 {
-        match self.names.iter().position(|n| n == name) {
-            Some(i) => i as u32,
-            None => {
-                self.names.push(name.to_owned());
-                (self.names.len() - 1) as u32
-            }
-        }
-    }
-
     /// Copy every entry of `backend`, group by group.
     pub fn keyed_state(&mut self, backend: &HeapKeyedState) {
         let range = backend.key_group_range();
-        let mut index: Vec<(String, u32)> = Vec::new();
+        if range.is_empty() {
+            return;
+        }
+        // Backend state id -> index in this snapshot's names.
+        let mut index: Vec<Option<u32>> = Vec::new();
         for g in range.start..=range.end {
-            if range.is_empty() {
-                break;
-            }
             let mut block = self.groups.remove(&g).unwrap_or_default();
-            for e in backend.entries_in_group(KeyGroup(g)) {
-                let i = match index.iter().find(|(n, _)| n == e.state) {
-                    Some((_, i)) => *i,
+            backend.for_each_in_group(KeyGroup(g), |key, id, user_key, value| {
+                let slot = id as usize;
+                if index.len() <= slot {
+                    index.resize(slot + 1, None);
+                }
+                let i = match index[slot] {
+                    Some(i) => i,
                     None => {
-                        let i = self.name_index(e.state);
-                        index.push((e.state.to_owned(), i));
+                        let name = backend.state_name(id).unwrap_or_default();
+                        let i = match self.names.iter().position(|n| n == name) {
+                            Some(i) => i as u32,
+                            None => {
+                                self.names.push(name.to_owned());
+                                (self.names.len() - 1) as u32
+                            }
+                        };
+                        index[slot] = Some(i);
                         i
                     }
                 };
+                block.reserve(17 + key.len() + user_key.len() + value.len());
                 block.push(TAG_STATE);
                 block.extend_from_slice(&i.to_le_bytes());
-                put_bytes(&mut block, e.key);
-                put_bytes(&mut block, e.user_key);
-                put_bytes(&mut block, e.value);
-            }
+                put_bytes(&mut block, key);
+                put_bytes(&mut block, user_key);
+                put_bytes(&mut block, value);
+            });
             if !block.is_empty() {
                 self.groups.insert(g, block);
             }

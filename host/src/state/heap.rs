@@ -379,6 +379,27 @@ impl HeapKeyedState {
         })
     }
 
+    /// Call `f(key, state id, user key, value)` for every entry of one key
+    /// group: the snapshot path, without an iterator per key.
+    pub fn for_each_in_group(&self, group: KeyGroup, mut f: impl FnMut(&[u8], StateId, &[u8], &[u8])) {
+        if !self.range.contains(group) {
+            return;
+        }
+        for (key, states) in &self.groups[(group.0 - self.range.start) as usize] {
+            for (id, entries) in &states.states {
+                match entries {
+                    Entries::Empty => {}
+                    Entries::One(k, v) => f(key, *id, k, v),
+                    Entries::Many(m) => {
+                        for (k, v) in m {
+                            f(key, *id, k, v);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Number of keys with any state.
     pub fn key_count(&self) -> usize {
         self.groups.iter().map(HashMap::len).sum()
