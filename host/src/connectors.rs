@@ -52,6 +52,13 @@ pub enum ConnectorError {
     Stdout(std::io::Error),
 }
 
+/// Two little-endian `u64`s: how sources encode their positions.
+pub(crate) fn position_pair(position: &[u8]) -> Option<(u64, u64)> {
+    let a = u64::from_le_bytes(position.get(..8)?.try_into().ok()?);
+    let b = u64::from_le_bytes(position.get(8..16)?.try_into().ok()?);
+    (position.len() == 16).then_some((a, b))
+}
+
 /// One subtask of a source.
 pub trait SourceReader: Send {
     /// The next batch of at most `max_records`, or `None` at the end. An

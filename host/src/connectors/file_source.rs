@@ -181,10 +181,7 @@ impl SourceReader for FileSource {
             source_name: self.path.display().to_string(),
             message,
         };
-        let (Some(offset), Some(line)) = (
-            position.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes),
-            position.get(8..16).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes),
-        ) else {
+        let Some((offset, line)) = super::position_pair(position) else {
             return Err(bad(format!("a file position is 16 bytes, not {}", position.len())));
         };
         let len = self.reader.get_ref().metadata().map(|m| m.len()).unwrap_or(0);

@@ -155,10 +155,7 @@ impl SourceReader for Generator {
             source_name: "generator".into(),
             message,
         };
-        let (Some(next), Some(step)) = (
-            position.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes),
-            position.get(8..16).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes),
-        ) else {
+        let Some((next, step)) = super::position_pair(position) else {
             return Err(bad(format!("a generator position is 16 bytes, not {}", position.len())));
         };
         if step != self.step || next % step != self.next % self.step {
