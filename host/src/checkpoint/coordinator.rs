@@ -164,6 +164,9 @@ pub(crate) struct Coordinator {
     last_poll: Instant,
     requests: VecDeque<(PathBuf, bool)>,
     pub stats: Arc<CheckpointStats>,
+    /// Set when a stop-with-savepoint failed: its sources have stopped, so
+    /// the attempt must restart from the latest checkpoint.
+    failure: Option<String>,
     // Per attempt.
     attempt: u32,
     triggers: Vec<Option<Sender<Barrier>>>,
@@ -200,6 +203,7 @@ impl Coordinator {
             last_poll: Instant::now(),
             requests: VecDeque::new(),
             stats,
+            failure: None,
             attempt: 0,
             triggers: Vec::new(),
             finals: Vec::new(),
@@ -231,6 +235,7 @@ impl Coordinator {
         if let Some(p) = self.pending.take() {
             self.abort(p, "the attempt ended");
         }
+        self.failure = None;
         self.writer = None;
         self.triggers.clear();
     }
@@ -242,7 +247,15 @@ impl Coordinator {
         if let Some(req) = p.request {
             respond(&req, Err(format!("savepoint {} aborted: {why}", p.barrier.id)));
         }
+        if p.barrier.kind == (BarrierKind::Savepoint { stop: true }) && self.writer.is_some() {
+            self.failure = Some(format!("stop with savepoint {} failed: {why}", p.barrier.id));
+        }
         self.last_end = Some(Instant::now());
+    }
+
+    /// A failure the attempt must restart for, once.
+    pub fn take_failure(&mut self) -> Option<String> {
+        self.failure.take()
     }
 
     fn write(&self, barrier: Barrier, task: usize, parts: Arc<Vec<NodeSnapshot>>) {

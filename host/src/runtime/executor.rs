@@ -911,6 +911,9 @@ impl Supervisor {
                     if !finished {
                         c.tick();
                     }
+                    if let Some(e) = c.take_failure() {
+                        return AttemptEnd::Failed(TaskError::Internal(e));
+                    }
                 }
                 None => std::thread::sleep(POLL),
             }
