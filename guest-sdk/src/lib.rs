@@ -111,6 +111,26 @@ pub mod __private {
     pub use crate::watermark::PunctuatedExport;
     pub use crate::window::{AggregateExport, WindowProcessExport};
 
+    /// The export glue of a world that imports only `log` and `context`.
+    macro_rules! world_glue {
+        ($module:ident, $world:tt, $macro_name:tt, $bindings:tt) => {
+            pub mod $module {
+                wit_bindgen::generate!({
+                    world: $world,
+                    path: "../wit/sluice-udf@0.1.0",
+                    with: {
+                        "sluice:udf/log@0.1.0": crate::__private::imports::sluice::udf::log,
+                        "sluice:udf/context@0.1.0": crate::__private::imports::sluice::udf::context,
+                    },
+                    generate_all,
+                    pub_export_macro: true,
+                    export_macro_name: $macro_name,
+                    default_bindings_module: $bindings,
+                });
+            }
+        };
+    }
+
     /// Imports only: a component imports only what it calls.
     pub mod imports {
         wit_bindgen::generate!({
@@ -122,20 +142,7 @@ pub mod __private {
     /// The `stateless` world's export glue. Kept apart from the keyed world's
     /// so that a component links in the type section of the world it exports
     /// and no other.
-    pub mod stateless {
-        wit_bindgen::generate!({
-            world: "stateless",
-            path: "../wit/sluice-udf@0.1.0",
-            with: {
-                "sluice:udf/log@0.1.0": crate::__private::imports::sluice::udf::log,
-                "sluice:udf/context@0.1.0": crate::__private::imports::sluice::udf::context,
-            },
-            generate_all,
-            pub_export_macro: true,
-            export_macro_name: "__export_stateless",
-            default_bindings_module: "sluice_guest::__private::stateless",
-        });
-    }
+    world_glue!(stateless, "stateless", "__export_stateless", "sluice_guest::__private::stateless");
 
     /// The `keyed-process` world's export glue.
     pub mod keyed {
@@ -157,52 +164,42 @@ pub mod __private {
     }
 
     /// The `window-aggregate` world's export glue.
-    pub mod aggregate {
-        wit_bindgen::generate!({
-            world: "window-aggregate",
-            path: "../wit/sluice-udf@0.1.0",
-            with: {
-                "sluice:udf/log@0.1.0": crate::__private::imports::sluice::udf::log,
-                "sluice:udf/context@0.1.0": crate::__private::imports::sluice::udf::context,
-            },
-            generate_all,
-            pub_export_macro: true,
-            export_macro_name: "__export_aggregate",
-            default_bindings_module: "sluice_guest::__private::aggregate",
-        });
-    }
+    world_glue!(
+        aggregate,
+        "window-aggregate",
+        "__export_aggregate",
+        "sluice_guest::__private::aggregate"
+    );
 
     /// The `window-process` world's export glue.
-    pub mod window_process {
-        wit_bindgen::generate!({
-            world: "window-process",
-            path: "../wit/sluice-udf@0.1.0",
-            with: {
-                "sluice:udf/log@0.1.0": crate::__private::imports::sluice::udf::log,
-                "sluice:udf/context@0.1.0": crate::__private::imports::sluice::udf::context,
-            },
-            generate_all,
-            pub_export_macro: true,
-            export_macro_name: "__export_window_process",
-            default_bindings_module: "sluice_guest::__private::window_process",
-        });
-    }
+    world_glue!(
+        window_process,
+        "window-process",
+        "__export_window_process",
+        "sluice_guest::__private::window_process"
+    );
 
     /// The `punctuated-watermarks` world's export glue.
-    pub mod punctuated {
-        wit_bindgen::generate!({
-            world: "punctuated-watermarks",
-            path: "../wit/sluice-udf@0.1.0",
-            with: {
-                "sluice:udf/log@0.1.0": crate::__private::imports::sluice::udf::log,
-                "sluice:udf/context@0.1.0": crate::__private::imports::sluice::udf::context,
-            },
-            generate_all,
-            pub_export_macro: true,
-            export_macro_name: "__export_punctuated",
-            default_bindings_module: "sluice_guest::__private::punctuated",
-        });
-    }
+    world_glue!(
+        punctuated,
+        "punctuated-watermarks",
+        "__export_punctuated",
+        "sluice_guest::__private::punctuated"
+    );
+}
+
+/// The body of every `export_*!` macro: wrap `$ty` in its export adapter
+/// and hand it to the world's generated export macro. Not public API.
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __sluice_export {
+    ($adapter:ident, $world:ident :: $export:ident, $ty:ty) => {
+        const _: () = {
+            type __SluiceOperator = $crate::__private::$adapter<$ty>;
+            $crate::__private::$world::$export!(__SluiceOperator);
+        };
+    };
 }
 
 /// Export a [`Map`] implementation as this component's operator.
@@ -210,10 +207,7 @@ pub mod __private {
 #[macro_export]
 macro_rules! export_map {
     ($ty:ty) => {
-        const _: () = {
-            type __SluiceOperator = $crate::__private::MapExport<$ty>;
-            $crate::__private::stateless::__export_stateless!(__SluiceOperator);
-        };
+        $crate::__sluice_export!(MapExport, stateless::__export_stateless, $ty);
     };
 }
 
@@ -222,10 +216,7 @@ macro_rules! export_map {
 #[macro_export]
 macro_rules! export_filter {
     ($ty:ty) => {
-        const _: () = {
-            type __SluiceOperator = $crate::__private::FilterExport<$ty>;
-            $crate::__private::stateless::__export_stateless!(__SluiceOperator);
-        };
+        $crate::__sluice_export!(FilterExport, stateless::__export_stateless, $ty);
     };
 }
 
@@ -234,10 +225,7 @@ macro_rules! export_filter {
 #[macro_export]
 macro_rules! export_flat_map {
     ($ty:ty) => {
-        const _: () = {
-            type __SluiceOperator = $crate::__private::FlatMapExport<$ty>;
-            $crate::__private::stateless::__export_stateless!(__SluiceOperator);
-        };
+        $crate::__sluice_export!(FlatMapExport, stateless::__export_stateless, $ty);
     };
 }
 
@@ -246,10 +234,7 @@ macro_rules! export_flat_map {
 #[macro_export]
 macro_rules! export_keyed_process {
     ($ty:ty) => {
-        const _: () = {
-            type __SluiceOperator = $crate::__private::KeyedExport<$ty>;
-            $crate::__private::keyed::__export_keyed!(__SluiceOperator);
-        };
+        $crate::__sluice_export!(KeyedExport, keyed::__export_keyed, $ty);
     };
 }
 
@@ -260,10 +245,7 @@ macro_rules! export_keyed_process {
 #[macro_export]
 macro_rules! export_co_keyed_process {
     ($ty:ty) => {
-        const _: () = {
-            type __SluiceOperator = $crate::__private::CoKeyedExport<$ty>;
-            $crate::__private::keyed::__export_keyed!(__SluiceOperator);
-        };
+        $crate::__sluice_export!(CoKeyedExport, keyed::__export_keyed, $ty);
     };
 }
 
@@ -273,10 +255,7 @@ macro_rules! export_co_keyed_process {
 #[macro_export]
 macro_rules! export_aggregate {
     ($ty:ty) => {
-        const _: () = {
-            type __SluiceOperator = $crate::__private::AggregateExport<$ty>;
-            $crate::__private::aggregate::__export_aggregate!(__SluiceOperator);
-        };
+        $crate::__sluice_export!(AggregateExport, aggregate::__export_aggregate, $ty);
     };
 }
 
@@ -286,10 +265,7 @@ macro_rules! export_aggregate {
 #[macro_export]
 macro_rules! export_window_process {
     ($ty:ty) => {
-        const _: () = {
-            type __SluiceOperator = $crate::__private::WindowProcessExport<$ty>;
-            $crate::__private::window_process::__export_window_process!(__SluiceOperator);
-        };
+        $crate::__sluice_export!(WindowProcessExport, window_process::__export_window_process, $ty);
     };
 }
 
@@ -299,9 +275,6 @@ macro_rules! export_window_process {
 #[macro_export]
 macro_rules! export_punctuated {
     ($ty:ty) => {
-        const _: () = {
-            type __SluiceOperator = $crate::__private::PunctuatedExport<$ty>;
-            $crate::__private::punctuated::__export_punctuated!(__SluiceOperator);
-        };
+        $crate::__sluice_export!(PunctuatedExport, punctuated::__export_punctuated, $ty);
     };
 }

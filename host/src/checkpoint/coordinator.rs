@@ -51,25 +51,11 @@ pub(crate) fn spawn_writer(storage: Arc<CheckpointStorage>, reports: Sender<Repo
     std::thread::Builder::new().name("checkpoint-writer".into()).spawn(move || {
         let delay = fault_delay();
         for job in rx {
-            let dir = job.barrier.dir();
             let mut files = Vec::new();
             let mut sinks = Vec::new();
-            let mut failed = None;
-            for p in job.parts.iter() {
-                if let Some(payload) = &p.state.payload {
-                    let bytes = encode_file(payload);
-                    match storage.write_state(&dir, &state_file_name(&p.node, p.subtask), p.subtask, &bytes) {
-                        Ok(f) => files.push((p.node.clone(), f)),
-                        Err(e) => {
-                            failed = Some(e.to_string());
-                            break;
-                        }
-                    }
-                }
-                if let Some(pending) = &p.state.sink {
-                    sinks.push((p.node.clone(), pending.clone()));
-                }
-            }
+            let failed = write_parts(&storage, &job.barrier.dir(), &job.parts, &mut files, &mut sinks)
+                .err()
+                .map(|e| e.to_string());
             if let Some(d) = delay {
                 std::thread::sleep(d);
             }
@@ -93,6 +79,27 @@ pub(crate) fn spawn_writer(storage: Arc<CheckpointStorage>, reports: Sender<Repo
         }
     })?;
     Ok(tx)
+}
+
+/// Write the state files of `parts` into `dir`, collecting their handles
+/// and the sinks' sealed files.
+fn write_parts(
+    storage: &CheckpointStorage,
+    dir: &str,
+    parts: &[NodeSnapshot],
+    files: &mut Vec<(String, StateFile)>,
+    sinks: &mut Vec<(String, Vec<String>)>,
+) -> Result<(), CheckpointError> {
+    for p in parts {
+        if let Some(payload) = &p.state.payload {
+            let f = storage.write_state(dir, &state_file_name(&p.node, p.subtask), p.subtask, &encode_file(payload))?;
+            files.push((p.node.clone(), f));
+        }
+        if let Some(pending) = &p.state.sink {
+            sinks.push((p.node.clone(), pending.clone()));
+        }
+    }
+    Ok(())
 }
 
 /// Fault injection for crash tests: `SLUICE_FAULT_CHECKPOINT_DELAY_MS`
@@ -410,17 +417,7 @@ impl Coordinator {
         let mut files = Vec::new();
         let mut sinks = Vec::new();
         for (_, parts) in self.finals.iter().flatten() {
-            for p in parts.iter() {
-                if let Some(payload) = &p.state.payload {
-                    let f = self
-                        .storage
-                        .write_state(&dir, &state_file_name(&p.node, p.subtask), p.subtask, &encode_file(payload))?;
-                    files.push((p.node.clone(), f));
-                }
-                if let Some(pending) = &p.state.sink {
-                    sinks.push((p.node.clone(), pending.clone()));
-                }
-            }
+            write_parts(&self.storage, &dir, parts, &mut files, &mut sinks)?;
         }
         let p = Pending {
             barrier,
@@ -444,9 +441,9 @@ impl Coordinator {
         let dir = p.barrier.dir();
         let mut by_op: HashMap<String, Vec<StateFile>> = HashMap::new();
         let mut bytes = 0;
-        for (node, f) in p.files {
+        for (node, f) in &p.files {
             bytes += f.bytes;
-            by_op.entry(node).or_default().push(f);
+            by_op.entry(node.clone()).or_default().push(f.clone());
         }
         let mut operators: Vec<OperatorMeta> = by_op
             .into_iter()
@@ -468,8 +465,8 @@ impl Coordinator {
             .collect();
         operators.sort_by(|a, b| a.name.cmp(&b.name));
         let mut sinks: HashMap<String, Vec<String>> = HashMap::new();
-        for (node, pending) in p.sinks {
-            sinks.entry(node).or_default().extend(pending);
+        for (node, pending) in &p.sinks {
+            sinks.entry(node.clone()).or_default().extend(pending.iter().cloned());
         }
         let mut sinks: Vec<SinkMeta> = sinks.into_iter().map(|(name, pending)| SinkMeta { name, pending }).collect();
         sinks.sort_by(|a, b| a.name.cmp(&b.name));
@@ -487,7 +484,7 @@ impl Coordinator {
         };
         if let Err(e) = self.storage.write_metadata(&dir, &meta) {
             let reason = e.to_string();
-            self.abort(p_shell(p.barrier, p.request), &reason);
+            self.abort(p, &reason);
             return None;
         }
         self.completed.store(id, Ordering::SeqCst);
@@ -531,17 +528,6 @@ impl Coordinator {
                 self.requests.push_back((path, stop));
             }
         }
-    }
-}
-
-fn p_shell(barrier: Barrier, request: Option<PathBuf>) -> Pending {
-    Pending {
-        barrier,
-        started: Instant::now(),
-        acks: Vec::new(),
-        files: Vec::new(),
-        sinks: Vec::new(),
-        request,
     }
 }
 

@@ -162,6 +162,8 @@ pub fn encode_file(payload: &[u8]) -> Vec<u8> {
 pub enum Item<'a> {
     /// A keyed state entry.
     State {
+        /// The state's index in the snapshot's names.
+        index: usize,
         /// The state's name.
         state: &'a str,
         /// The record key.
@@ -312,6 +314,7 @@ impl DecodedSnapshot {
                     .get(i)
                     .ok_or_else(|| FormatError(format!("state index {i} out of range")))?;
                 Ok(Item::State {
+                    index: i,
                     state,
                     key: r.bytes()?,
                     user_key: r.bytes()?,
@@ -353,12 +356,12 @@ pub fn restore_keyed(
             for item in snap.items(g) {
                 match item? {
                     Item::State {
+                        index: i,
                         state,
                         key,
                         user_key,
                         value,
                     } => {
-                        let i = snap.names.iter().position(|n| n == state).unwrap_or(0);
                         let id = match ids[i] {
                             Some(id) => id,
                             None => {

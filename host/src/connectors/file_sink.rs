@@ -26,6 +26,8 @@ use crate::runtime::RecordBatch;
 /// A transactional file sink subtask.
 pub struct TransactionalFileSink {
     dir: PathBuf,
+    /// `.part-<subtask>.inprogress` in `dir`.
+    in_progress: PathBuf,
     subtask: u32,
     format: SinkFormat,
     current: Option<BufWriter<File>>,
@@ -57,6 +59,7 @@ impl TransactionalFileSink {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         Ok(TransactionalFileSink {
             dir: dir.to_owned(),
+            in_progress: dir.join(format!(".part-{subtask}.inprogress")),
             subtask,
             format,
             current: None,
@@ -65,29 +68,20 @@ impl TransactionalFileSink {
             line: Vec::new(),
         })
     }
-
-    fn in_progress(&self) -> PathBuf {
-        self.dir.join(format!(".part-{}.inprogress", self.subtask))
-    }
 }
 
 impl SinkWriter for TransactionalFileSink {
     fn write(&mut self, batch: &RecordBatch) -> Result<(), ConnectorError> {
-        if self.current.is_none() {
-            let path = self.in_progress();
-            let f = File::create(&path).map_err(io(&path))?;
-            self.current = Some(BufWriter::with_capacity(256 << 10, f));
-        }
-        let mut line = std::mem::take(&mut self.line);
-        line.clear();
-        format_batch(self.format, batch, &mut line);
-        let path = self.in_progress();
-        let r = match &mut self.current {
-            Some(w) => w.write_all(&line).map_err(io(&path)),
-            None => Ok(()),
+        let path = &self.in_progress;
+        let w = match &mut self.current {
+            Some(w) => w,
+            None => self
+                .current
+                .insert(BufWriter::with_capacity(256 << 10, File::create(path).map_err(io(path))?)),
         };
-        self.line = line;
-        r
+        self.line.clear();
+        format_batch(self.format, batch, &mut self.line);
+        w.write_all(&self.line).map_err(io(path))
     }
 
     fn flush(&mut self) -> Result<(), ConnectorError> {
@@ -103,12 +97,12 @@ impl SinkWriter for TransactionalFileSink {
         let done = self.completed.load(Ordering::SeqCst);
         self.pending.retain(|(id, _)| *id > done);
         if let Some(mut w) = self.current.take() {
-            let path = self.in_progress();
-            w.flush().map_err(io(&path))?;
-            let f = w.into_inner().map_err(|e| io(&path)(e.into_error()))?;
-            f.sync_all().map_err(io(&path))?;
+            let path = &self.in_progress;
+            w.flush().map_err(io(path))?;
+            let f = w.into_inner().map_err(|e| io(path)(e.into_error()))?;
+            f.sync_all().map_err(io(path))?;
             let name = format!("part-{}-{checkpoint:08}{}", self.subtask, if last { "-end" } else { "" });
-            std::fs::rename(&path, pending_path(&self.dir, &name)).map_err(io(&path))?;
+            std::fs::rename(path, pending_path(&self.dir, &name)).map_err(io(path))?;
             self.pending.push((checkpoint, name));
         }
         Ok(self.pending.iter().map(|(_, n)| n.clone()).collect())

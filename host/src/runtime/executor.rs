@@ -381,6 +381,13 @@ struct TaskCheckpoints {
     stopped: bool,
 }
 
+/// Read every channel of a gate again after an alignment.
+fn unblock_all(gate: &mut dyn InputGate, channels: usize) {
+    for i in 0..channels {
+        gate.set_blocked(i, false);
+    }
+}
+
 /// Caps a source at `rate` records per second of wall time.
 struct Throttle {
     rate: u64,
@@ -522,9 +529,7 @@ impl Task {
             Some((b, _)) if b.id > barrier.id => return Ok(()),
             _ => {
                 // A newer barrier abandons an older alignment (its checkpoint was aborted).
-                for i in 0..ck.ended.len() {
-                    gate.set_blocked(i, false);
-                }
+                unblock_all(gate.as_mut(), ck.ended.len());
                 ck.aligning = Some((barrier, vec![false; ck.ended.len()]));
             }
         }
@@ -551,9 +556,7 @@ impl Task {
             return Ok(());
         }
         let Some((barrier, _)) = ck.aligning.take() else { return Ok(()) };
-        for i in 0..ck.ended.len() {
-            gate.set_blocked(i, false);
-        }
+        unblock_all(gate.as_mut(), ck.ended.len());
         self.checkpoint(barrier)
     }
 
@@ -1414,14 +1417,13 @@ fn open_sink(
     subtask: u32,
     completed: Option<Arc<AtomicU64>>,
 ) -> Result<Box<dyn SinkWriter>, JobError> {
-    Ok(match sink.kind {
-        SinkKind::Stdout => Box::new(JsonLinesSink::stdout(sink.format)),
-        SinkKind::File if completed.is_some() => {
+    Ok(match (sink.kind, completed) {
+        (SinkKind::Stdout, _) => Box::new(JsonLinesSink::stdout(sink.format)),
+        (SinkKind::File, Some(completed)) => {
             let dir = graph.base_dir.join(sink.path.as_deref().unwrap_or_default());
-            let completed = completed.unwrap_or_default();
             Box::new(TransactionalFileSink::new(&dir, subtask, sink.format, completed).map_err(|e| JobError::Failed(e.into()))?)
         }
-        SinkKind::File => {
+        (SinkKind::File, None) => {
             let mut path = graph.base_dir.join(sink.path.as_deref().unwrap_or_default());
             if sink.parallelism > 1 {
                 path = path.join(format!("part-{subtask}.jsonl"));
