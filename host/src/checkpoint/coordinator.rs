@@ -313,7 +313,8 @@ impl Coordinator {
                 }
                 if p.acks.iter().all(|a| *a) {
                     let p = self.pending.take()?;
-                    return self.complete(p);
+                    // A failed metadata write aborts the checkpoint (and says so); the job goes on.
+                    return self.complete(p).unwrap_or(None);
                 }
                 None
             }
@@ -427,7 +428,7 @@ impl Coordinator {
             sinks,
             request: None,
         };
-        match self.complete(p) {
+        match self.complete(p)? {
             Some(CoordinatorEvent::Failed(e)) => Err(CheckpointError::Io {
                 path: self.storage.path().join(dir),
                 source: std::io::Error::other(e),
@@ -436,7 +437,9 @@ impl Coordinator {
         }
     }
 
-    fn complete(&mut self, p: Pending) -> Option<CoordinatorEvent> {
+    /// Write the metadata (the checkpoint is then complete) and commit the
+    /// sinks' output. A metadata failure aborts the checkpoint.
+    fn complete(&mut self, p: Pending) -> Result<Option<CoordinatorEvent>, CheckpointError> {
         let id = p.barrier.id;
         let dir = p.barrier.dir();
         let mut by_op: HashMap<String, Vec<StateFile>> = HashMap::new();
@@ -485,7 +488,7 @@ impl Coordinator {
         if let Err(e) = self.storage.write_metadata(&dir, &meta) {
             let reason = e.to_string();
             self.abort(p, &reason);
-            return None;
+            return Err(e);
         }
         self.completed.store(id, Ordering::SeqCst);
         self.last_end = Some(Instant::now());
@@ -509,12 +512,12 @@ impl Coordinator {
             respond(req, Ok(path.clone()));
         }
         if let Err(e) = commit_sinks(&meta, &self.sink_dirs) {
-            return Some(CoordinatorEvent::Failed(e));
+            return Ok(Some(CoordinatorEvent::Failed(e)));
         }
-        match p.barrier.kind {
+        Ok(match p.barrier.kind {
             BarrierKind::Savepoint { stop: true } => Some(CoordinatorEvent::Stopped(path)),
             _ => None,
-        }
+        })
     }
 
     /// Read `sluice savepoint` requests from the requests directory.
