@@ -40,7 +40,7 @@ use crate::runtime::{KeyedOperator, StatelessOperator};
 use crate::state::{DEFAULT_MAX_PARALLELISM, HeapKeyedState, KeyGroupRange};
 use crate::tenancy::InstanceLimits;
 use crate::time::{SystemClock, TimeDomain};
-use crate::wasm::{GuestInstance, WasmEngine, World};
+use crate::wasm::{GuestEnv, GuestInstance, WasmEngine, World};
 use crate::window::{Assigner, Builtin, Trigger, TriggerKind, WindowConfig, WindowFunction, WindowOperator};
 
 const BATCH: usize = 1024;
@@ -162,8 +162,12 @@ fn guest(engine: &WasmEngine, udfs: &Path, name: &str, world: World, state: Opti
         world,
         name,
         0,
-        InstanceLimits::default(),
-        Arc::new(SystemClock),
+        &GuestEnv {
+            limits: InstanceLimits::default(),
+            clock: Arc::new(SystemClock),
+            meter: None,
+            logs: None,
+        },
         state,
         "{}",
     )?)

@@ -7,16 +7,18 @@
 //! dependencies pointing down:
 //!
 //! ```text
+//! api          the HTTP server and its client (`sluice serve`)
 //! job          spec (TOML/JSON), validation, logical graph, physical plan
 //! runtime      tasks, channels, partitioners, operators, the executor
 //! connectors   sources and sinks
 //! wasm         engine, component cache, host interfaces, guest instances
 //! state        key groups, the heap backend
-//! tenancy      per-instance limits
+//! tenancy      tenants, quotas, per-instance limits, usage meters
 //! time         clocks, watermarks, timers
 //! window       window assigners, triggers and the window operator
 //! ```
 
+pub mod api;
 pub mod bench;
 pub mod checkpoint;
 pub mod connectors;

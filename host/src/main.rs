@@ -11,6 +11,8 @@ use sluice::job::JobGraph;
 use sluice::runtime::{Restore, RunOptions, run_job};
 use sluice::wasm::WasmEngine;
 
+mod remote;
+
 #[derive(Parser)]
 #[command(
     name = "sluice",
@@ -21,6 +23,9 @@ struct Cli {
     /// Where compiled components are cached (default: $SLUICE_CACHE_DIR, or ~/.cache/sluice/components).
     #[arg(long, global = true)]
     cache_dir: Option<PathBuf>,
+    /// The server client commands talk to.
+    #[arg(long, global = true, env = "SLUICE_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -43,17 +48,57 @@ enum Command {
         #[arg(long)]
         allow_non_restored_state: bool,
     },
-    /// Take a savepoint of a running job (found by its checkpoint directory)
-    /// and print its path.
+    /// Take a savepoint of a running job and print its path: of a local job
+    /// (found by its spec's checkpoint directory), or of a server's job (by
+    /// id, with `--server` and $SLUICE_TOKEN).
     Savepoint {
-        /// The job spec (its `[checkpoints] dir` names the job's directory).
-        job: PathBuf,
+        /// The job spec file of a local job, or a server job's id.
+        job: String,
         /// Stop the job once the savepoint is complete.
         #[arg(long)]
         stop: bool,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 60)]
         timeout_s: u64,
+    },
+    /// Run the HTTP API server (tenants, components, jobs, savepoints,
+    /// metrics) until Ctrl-C or SIGTERM.
+    Serve {
+        /// The server's config file (listen address, data directory, tenants).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print the SHA-256 of a bearer token, for a tenant's `token_sha256`.
+    HashToken {
+        /// The token.
+        token: String,
+    },
+    /// Upload a component to the server; prints its digest.
+    Upload {
+        /// The component file.
+        component: PathBuf,
+    },
+    /// Submit a job spec to the server (local component files are uploaded
+    /// first); prints the job id.
+    Submit {
+        /// The job spec (TOML, or JSON with a .json extension).
+        job: PathBuf,
+        /// Start from a savepoint (`<job id>/savepoint-<n>`).
+        #[arg(long)]
+        savepoint: Option<String>,
+        /// Restore even if the savepoint has state of operators the job no longer has.
+        #[arg(long)]
+        allow_non_restored_state: bool,
+    },
+    /// List the server's jobs of your tenant, or show one in full.
+    Jobs {
+        /// A job id.
+        id: Option<String>,
+    },
+    /// Cancel a job on the server.
+    Cancel {
+        /// The job id.
+        id: String,
     },
     /// Validate a job spec and its components without running it.
     Check {
@@ -98,8 +143,31 @@ fn main() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let engine = WasmEngine::new(cache_dir(cli.cache_dir))?;
+    let engine = || WasmEngine::new(cache_dir(cli.cache_dir.clone()));
     match cli.command {
+        Command::Serve { config } => remote::serve(&config),
+        Command::HashToken { token } => {
+            println!("{}", sluice::tenancy::token_hash(&token));
+            Ok(())
+        }
+        Command::Upload { component } => {
+            println!("{}", remote::upload(&remote::client(&cli.server)?, &component)?);
+            Ok(())
+        }
+        Command::Submit {
+            job,
+            savepoint,
+            allow_non_restored_state,
+        } => {
+            let id = remote::submit(&remote::client(&cli.server)?, &job, savepoint, allow_non_restored_state)?;
+            println!("{id}");
+            Ok(())
+        }
+        Command::Jobs { id } => remote::jobs(&remote::client(&cli.server)?, id.as_deref()),
+        Command::Cancel { id } => remote::cancel(&remote::client(&cli.server)?, &id),
+        Command::Savepoint { job, stop, .. } if !std::path::Path::new(&job).is_file() => {
+            remote::savepoint(&remote::client(&cli.server)?, &job, stop)
+        }
         Command::Run {
             job,
             quiet,
@@ -115,9 +183,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 allow_non_restored_state,
                 ..RunOptions::default()
             };
-            run_command(&engine, &job, quiet, options)
+            run_command(&engine()?, &job, quiet, options)
         }
         Command::Savepoint { job, stop, timeout_s } => {
+            let job = PathBuf::from(job);
             let graph = JobGraph::from_file(&job)?;
             let Some(c) = &graph.spec.checkpoints else {
                 anyhow::bail!("{}: the job has no `[checkpoints]`, so it cannot take savepoints", job.display());
@@ -129,7 +198,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Check { job } => {
             let graph = JobGraph::from_file(&job)?;
-            graph.load_components(&engine)?;
+            graph.load_components(&*engine()?)?;
             println!(
                 "{}: ok ({} nodes, {} tasks per run)",
                 job.display(),
@@ -139,7 +208,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Inspect { component } => {
-            let c = engine.load_file(&component)?;
+            let c = engine()?.load_file(&component)?;
             match c.info.world {
                 Some(w) => println!("world: {w}"),
                 None => println!("world: none (exports no sluice:udf operator interface)"),
@@ -156,7 +225,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench { name, events, udfs } => {
-            let line = sluice::bench::run(&engine, &name, events, &udfs)?;
+            let line = sluice::bench::run(&engine()?, &name, events, &udfs)?;
             println!("{line}");
             Ok(())
         }

@@ -1,6 +1,14 @@
-//! Tenancy policy: what each guest instance may use. (Tenants, tokens and
-//! quotas arrive with the HTTP API.)
+//! Tenancy policy: who may use the server ([`TenantConfig`]), how much
+//! ([`Quotas`]), what each guest instance may use ([`InstanceLimits`]), and
+//! what a tenant is using now ([`TenantMeter`]). The mechanism (wasmtime's
+//! `ResourceLimiter`, epoch deadlines, fuel) is wired in `wasm/`.
 
 pub mod limits;
+pub mod logs;
+pub mod meter;
+pub mod tenant;
 
 pub use limits::{InstanceLimits, LogRateLimiter, MemoryLimiter};
+pub use logs::{GuestLogBuffer, LogLine, LogSnapshot};
+pub use meter::{StateGauge, StateLimitExceeded, TenantMeter};
+pub use tenant::{Quotas, TenantConfig, TenantId, token_hash};

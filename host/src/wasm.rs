@@ -19,5 +19,5 @@ mod world;
 
 pub use engine::{ComponentDigest, LoadedComponent, WasmEngine, WasmError};
 pub use host::{KeyedScope, RunKeys};
-pub use instance::{GuestError, GuestFailure, GuestInstance, GuestOutput, RecordError, WindowBounds};
-pub use world::{ComponentInfo, World};
+pub use instance::{GuestEnv, GuestError, GuestFailure, GuestInstance, GuestOutput, RecordError, WindowBounds, live_instances};
+pub use world::{ComponentInfo, WORLDS, World};

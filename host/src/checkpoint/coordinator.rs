@@ -559,6 +559,12 @@ fn respond(request: &Path, result: Result<PathBuf, String>) {
 /// Ask the job whose checkpoints live in `dir` for a savepoint (the job
 /// polls for requests), and wait for its path.
 pub fn request_savepoint(dir: &Path, stop: bool, timeout: Duration) -> anyhow::Result<PathBuf> {
+    request_savepoint_while(dir, stop, timeout, || true)
+}
+
+/// Like [`request_savepoint`], but give up as soon as `alive` says the job
+/// has ended.
+pub fn request_savepoint_while(dir: &Path, stop: bool, timeout: Duration, alive: impl Fn() -> bool) -> anyhow::Result<PathBuf> {
     let requests = dir.join("requests");
     std::fs::create_dir_all(&requests)?;
     let name = format!(
@@ -580,6 +586,10 @@ pub fn request_savepoint(dir: &Path, stop: bool, timeout: Duration) -> anyhow::R
                 Some((_, e)) => Err(anyhow::anyhow!("{e}")),
                 None => Err(anyhow::anyhow!("malformed answer {text:?}")),
             };
+        }
+        if !alive() && !done.exists() {
+            let _ = std::fs::remove_file(&req);
+            anyhow::bail!("the job ended before the savepoint completed");
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -95,6 +95,8 @@ pub struct CheckpointSpec {
     #[serde(default)]
     pub min_pause_ms: u64,
     /// Where checkpoints and savepoints are stored (relative to the spec).
+    /// Required for `sluice run`; a server chooses it and ignores this.
+    #[serde(default)]
     pub dir: String,
     /// Complete checkpoints kept. Default 3.
     #[serde(default = "default_retain")]
@@ -204,6 +206,10 @@ pub struct LimitsSpec {
     /// Guest log lines per second per instance. Default 100.
     #[serde(default = "default_log_rate")]
     pub log_lines_per_sec: u32,
+    /// Fuel one call may burn, when the engine meters fuel (a server
+    /// tenant with `fuel_metering`). Default: unlimited.
+    #[serde(default)]
+    pub fuel_per_call: Option<u64>,
 }
 
 impl Default for LimitsSpec {
@@ -212,6 +218,7 @@ impl Default for LimitsSpec {
             memory_mb: default_memory_mb(),
             call_timeout_ms: default_call_timeout_ms(),
             log_lines_per_sec: default_log_rate(),
+            fuel_per_call: None,
         }
     }
 }

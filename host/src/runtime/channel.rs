@@ -58,6 +58,8 @@ pub struct ChannelClosed;
 pub trait ElementSender: Send {
     /// Send, waiting for room. Fails when the receiver is gone.
     fn send(&self, element: StreamElement) -> Result<(), ChannelClosed>;
+    /// Send if there is room now; otherwise give the element back.
+    fn try_send(&self, element: StreamElement) -> Result<Option<StreamElement>, ChannelClosed>;
 }
 
 /// The inputs of one subtask: many channels, read as they have data.
@@ -77,6 +79,14 @@ struct LocalSender(Sender<StreamElement>);
 impl ElementSender for LocalSender {
     fn send(&self, element: StreamElement) -> Result<(), ChannelClosed> {
         self.0.send(element).map_err(|_| ChannelClosed)
+    }
+
+    fn try_send(&self, element: StreamElement) -> Result<Option<StreamElement>, ChannelClosed> {
+        match self.0.try_send(element) {
+            Ok(()) => Ok(None),
+            Err(crossbeam_channel::TrySendError::Full(e)) => Ok(Some(e)),
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => Err(ChannelClosed),
+        }
     }
 }
 

@@ -14,9 +14,9 @@
 //! and end too; sources also watch the job's cancel flag. The first error is
 //! the job's error; the knock-on "channel closed" errors are not.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -41,10 +41,10 @@ use crate::job::graph::{JobGraph, NodeId, NodeKind};
 use crate::job::spec::{OutputTag, RestartSpec, SinkKind, SourceKind, WatermarkSpec, WatermarkStrategy};
 use crate::job::{JobError, OperatorKind, Partition};
 use crate::state::{HeapKeyedState, KeyGroupRange};
-use crate::tenancy::InstanceLimits;
+use crate::tenancy::{GuestLogBuffer, InstanceLimits, TenantMeter};
 use crate::time::watermarks::ValveOutput;
 use crate::time::{Clock, IdleTracker, PeriodicWatermarks, SystemClock, WatermarkValve};
-use crate::wasm::{GuestError, GuestInstance, LoadedComponent, WasmEngine, World};
+use crate::wasm::{GuestEnv, GuestError, GuestInstance, LoadedComponent, WasmEngine, World};
 use crate::window::{Builtin, WindowConfig, WindowFunction, WindowOperator};
 
 /// Why a task failed.
@@ -114,9 +114,43 @@ pub struct OperatorMetrics {
     failed: AtomicU64,
     late: AtomicU64,
     late_dropped: AtomicU64,
+    busy_ns: AtomicU64,
+    backpressured_ns: AtomicU64,
+    /// The output watermark of each subtask (`i64::MIN`: none yet).
+    watermarks: Vec<AtomicI64>,
 }
 
 impl OperatorMetrics {
+    /// Counters of a node with `parallelism` subtasks.
+    pub fn new(name: &str, parallelism: u32) -> Self {
+        OperatorMetrics {
+            name: name.to_owned(),
+            parallelism,
+            watermarks: (0..parallelism).map(|_| AtomicI64::new(i64::MIN)).collect(),
+            ..Default::default()
+        }
+    }
+    /// Time its subtasks spent working (not waiting for input, not blocked
+    /// on a full output), summed over subtasks. Nodes chained into one task
+    /// share their task's figure, as in Flink.
+    pub fn busy(&self) -> Duration {
+        Duration::from_nanos(self.busy_ns.load(Ordering::Relaxed))
+    }
+    /// Time its subtasks were blocked because a downstream channel was full.
+    pub fn backpressured(&self) -> Duration {
+        Duration::from_nanos(self.backpressured_ns.load(Ordering::Relaxed))
+    }
+    /// The lowest output watermark over its subtasks, once every subtask
+    /// has one.
+    pub fn watermark(&self) -> Option<i64> {
+        let min = self.watermarks.iter().map(|w| w.load(Ordering::Relaxed)).min()?;
+        (min != i64::MIN).then_some(min)
+    }
+    fn set_watermark(&self, subtask: u32, watermark: i64) {
+        if let Some(w) = self.watermarks.get(subtask as usize) {
+            w.store(watermark, Ordering::Relaxed);
+        }
+    }
     /// Records received.
     pub fn records_in(&self) -> u64 {
         self.records_in.load(Ordering::Relaxed)
@@ -170,6 +204,11 @@ pub struct RunOptions {
     /// Restore even when the checkpoint has state of operators the job no
     /// longer has (that state is dropped).
     pub allow_non_restored_state: bool,
+    /// The tenant's meter (guest CPU, memory, state, instances) and its
+    /// state ceiling; none outside a server.
+    pub meter: Option<Arc<TenantMeter>>,
+    /// Where guest log lines are kept for the API; none: `tracing` only.
+    pub logs: Option<Arc<GuestLogBuffer>>,
 }
 
 impl Default for RunOptions {
@@ -179,6 +218,8 @@ impl Default for RunOptions {
             channel_capacity: 8,
             restore: None,
             allow_non_restored_state: false,
+            meter: None,
+            logs: None,
         }
     }
 }
@@ -208,8 +249,15 @@ pub struct JobHandle {
     pub checkpoints: Arc<CheckpointStats>,
     /// Restarts so far.
     pub restarts: Arc<AtomicU32>,
+    restarting: Arc<AtomicBool>,
+    /// The newest failures that restarted the job (oldest first, at most
+    /// [`MAX_EXCEPTIONS`]), with the Unix time in ms they happened.
+    pub exceptions: Arc<Mutex<VecDeque<(i64, String)>>>,
     started: Instant,
 }
+
+/// Failures a job handle remembers.
+pub const MAX_EXCEPTIONS: usize = 10;
 
 impl JobHandle {
     /// True when the job has ended.
@@ -220,6 +268,23 @@ impl JobHandle {
     /// Ask every task to stop; `wait` then reports the job as cancelled.
     pub fn cancel(&self) {
         self.cancel.store(true, Ordering::SeqCst);
+    }
+
+    /// A flag that cancels the job when set (for whoever does not own the
+    /// handle, such as an API waiting on another thread).
+    pub fn cancel_token(&self) -> Arc<AtomicBool> {
+        self.cancel.clone()
+    }
+
+    /// True while the job waits to restart after a failure (a flag shared
+    /// with the supervisor; see [`restarting_flag`](Self::restarting_flag)).
+    pub fn is_restarting(&self) -> bool {
+        self.restarting.load(Ordering::Relaxed)
+    }
+
+    /// The shared flag behind [`is_restarting`](Self::is_restarting).
+    pub fn restarting_flag(&self) -> Arc<AtomicBool> {
+        self.restarting.clone()
     }
 
     /// Wait for the job to end.
@@ -272,6 +337,35 @@ struct Downstream<'a> {
     from: Option<&'a OperatorMetrics>,
     ops: &'a mut [OpSlot],
     writers: &'a mut [EdgeWriter],
+    gauges: &'a TaskGauges,
+}
+
+/// Where a task reports its time and output watermark: every node of its
+/// chain.
+struct TaskGauges {
+    subtask: u32,
+    nodes: Vec<Arc<OperatorMetrics>>,
+    /// Nanoseconds the task's writers spent blocked on full channels.
+    blocked_ns: Arc<AtomicU64>,
+}
+
+impl TaskGauges {
+    fn watermark(&self, watermark: i64) {
+        for n in &self.nodes {
+            n.set_watermark(self.subtask, watermark);
+        }
+    }
+
+    /// Account one unit of work that started at `started`, during which
+    /// the writers were blocked for `blocked` ns in all.
+    fn work(&self, started: Instant, blocked_before: u64) {
+        let blocked = self.blocked_ns.load(Ordering::Relaxed).saturating_sub(blocked_before);
+        let busy = (started.elapsed().as_nanos() as u64).saturating_sub(blocked);
+        for n in &self.nodes {
+            n.busy_ns.fetch_add(busy, Ordering::Relaxed);
+            n.backpressured_ns.fetch_add(blocked, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Downstream<'_> {
@@ -294,6 +388,7 @@ impl Downstream<'_> {
                         from: Some(&first.metrics),
                         ops: rest,
                         writers: self.writers,
+                        gauges: self.gauges,
                     },
                 )
             }
@@ -347,9 +442,11 @@ impl Emit for Downstream<'_> {
                     from: Some(&first.metrics),
                     ops: rest,
                     writers: self.writers,
+                    gauges: self.gauges,
                 },
             ),
             None => {
+                self.gauges.watermark(watermark);
                 for w in self.writers.iter_mut() {
                     w.broadcast(StreamElement::Watermark(watermark))?;
                 }
@@ -417,6 +514,7 @@ struct Task {
     clock: Arc<dyn Clock>,
     ckpt: Option<TaskCheckpoints>,
     throttle: Option<Throttle>,
+    gauges: TaskGauges,
 }
 
 impl Task {
@@ -425,6 +523,7 @@ impl Task {
             from: self.head_metrics.as_deref(),
             ops: &mut self.ops,
             writers: &mut self.writers,
+            gauges: &self.gauges,
         }
     }
 
@@ -440,6 +539,7 @@ impl Task {
                     from: Some(&slot.metrics),
                     ops: rest,
                     writers: &mut self.writers,
+                    gauges: &self.gauges,
                 },
             )?;
         }
@@ -589,6 +689,7 @@ impl Task {
                         self.tick()?;
                         continue;
                     }
+                    let (started, blocked) = (Instant::now(), self.gauges.blocked_ns.load(Ordering::Relaxed));
                     match reader.next_batch(max)? {
                         Some(b) if b.len > 0 => {
                             if let Some(t) = &mut self.throttle {
@@ -599,6 +700,7 @@ impl Task {
                                 self.downstream().idle(false)?;
                             }
                             self.downstream().emit(b)?;
+                            self.gauges.work(started, blocked);
                         }
                         Some(_) => {
                             let went_idle = idle.poll(self.clock.now_ms());
@@ -615,9 +717,11 @@ impl Task {
                 }
                 Input::Gate { gate, valve, input_of } => match gate.next(POLL).map_err(|_| TaskError::UpstreamClosed)? {
                     GateEvent::Element(i, StreamElement::Records(b)) => {
+                        let (started, blocked) = (Instant::now(), self.gauges.blocked_ns.load(Ordering::Relaxed));
                         let (out, input) = (valve.on_records(i), input_of[i]);
                         self.valve(out)?;
                         self.downstream().push(input, b)?;
+                        self.gauges.work(started, blocked);
                     }
                     GateEvent::Element(i, StreamElement::Watermark(w)) => {
                         let out = valve.on_watermark(i, w);
@@ -715,13 +819,7 @@ pub fn run_job(graph: &JobGraph, engine: &Arc<WasmEngine>, options: RunOptions) 
     let metrics: Vec<Arc<OperatorMetrics>> = graph
         .nodes
         .iter()
-        .map(|n| {
-            Arc::new(OperatorMetrics {
-                name: n.name.clone(),
-                parallelism: n.parallelism,
-                ..Default::default()
-            })
-        })
+        .map(|n| Arc::new(OperatorMetrics::new(&n.name, n.parallelism)))
         .collect();
     let storage = match &spec.checkpoints {
         Some(c) => Some(Arc::new(
@@ -785,7 +883,11 @@ pub fn run_job(graph: &JobGraph, engine: &Arc<WasmEngine>, options: RunOptions) 
     };
     let cancel = Arc::new(AtomicBool::new(false));
     let restarts = Arc::new(AtomicU32::new(0));
+    let restarting = Arc::new(AtomicBool::new(false));
+    let exceptions = Arc::new(Mutex::new(VecDeque::new()));
     let supervisor = Supervisor {
+        exceptions: exceptions.clone(),
+        restarting: restarting.clone(),
         policy: RestartPolicy::new(spec.restart.clone().unwrap_or(default_restart)),
         ctx,
         coordinator,
@@ -805,6 +907,8 @@ pub fn run_job(graph: &JobGraph, engine: &Arc<WasmEngine>, options: RunOptions) 
         metrics,
         checkpoints: stats,
         restarts,
+        restarting,
+        exceptions,
         started: Instant::now(),
     })
 }
@@ -827,6 +931,8 @@ struct Supervisor {
     initial: Option<Arc<LoadedCheckpoint>>,
     cancel: Arc<AtomicBool>,
     restarts: Arc<AtomicU32>,
+    restarting: Arc<AtomicBool>,
+    exceptions: Arc<Mutex<VecDeque<(i64, String)>>>,
 }
 
 impl Supervisor {
@@ -862,7 +968,15 @@ impl Supervisor {
                 return Err(JobError::Failed(error));
             };
             number += 1;
+            {
+                let mut ex = self.exceptions.lock().unwrap_or_else(|p| p.into_inner());
+                if ex.len() == MAX_EXCEPTIONS {
+                    ex.pop_front();
+                }
+                ex.push_back((self.ctx.options.clock.now_ms(), error.to_string()));
+            }
             self.restarts.store(number, Ordering::Relaxed);
+            self.restarting.store(true, Ordering::Relaxed);
             tracing::warn!(error = %error, restart = number, "job failed; restarting from the latest checkpoint in {} ms", delay.as_millis());
             let until = Instant::now() + delay;
             while Instant::now() < until {
@@ -888,6 +1002,7 @@ impl Supervisor {
                 .store(restore.as_ref().map_or(0, |c| c.meta.checkpoint), Ordering::SeqCst);
             prepare_sinks(&self.ctx.graph, restore.as_deref())?;
             attempt = start_attempt(&self.ctx, number, restore.as_deref(), self.coordinator.as_mut(), &self.reports_tx)?;
+            self.restarting.store(false, Ordering::Relaxed);
         }
     }
 
@@ -944,6 +1059,13 @@ fn start_attempt(
         memory_bytes: (spec.limits.memory_mb.saturating_mul(1 << 20)).min(usize::MAX as u64) as usize,
         call_timeout: Duration::from_millis(spec.limits.call_timeout_ms.max(1)),
         log_lines_per_sec: spec.limits.log_lines_per_sec,
+        fuel_per_call: spec.limits.fuel_per_call,
+    };
+    let env = GuestEnv {
+        limits,
+        clock: ctx.options.clock.clone(),
+        meter: ctx.options.meter.clone(),
+        logs: ctx.options.logs.clone(),
     };
     let plumbing = match &coordinator {
         Some(c) => Some(AttemptCheckpoints {
@@ -996,8 +1118,7 @@ fn start_attempt(
             return Err(JobError::Failed(TaskError::Internal(format!("component of `{name}` not loaded"))));
         };
         let config = config.as_ref().map_or_else(|| "{}".to_owned(), |c| c.to_string());
-        let mut g = GuestInstance::new(component, world, name, s, limits, ctx.options.clock.clone(), state, &config)
-            .map_err(|e| JobError::Failed(e.into()))?;
+        let mut g = GuestInstance::new(component, world, name, s, &env, state, &config).map_err(|e| JobError::Failed(e.into()))?;
         g.set_attempt(attempt);
         Ok(g)
     };
@@ -1014,17 +1135,8 @@ fn start_attempt(
                     source,
                 })?;
                 let config = wm.config.as_ref().map_or_else(|| "{}".to_owned(), |c| c.to_string());
-                let mut g = GuestInstance::new(
-                    &loaded,
-                    World::Punctuated,
-                    node,
-                    s,
-                    limits,
-                    ctx.options.clock.clone(),
-                    None,
-                    &config,
-                )
-                .map_err(|e| JobError::Failed(e.into()))?;
+                let mut g =
+                    GuestInstance::new(&loaded, World::Punctuated, node, s, &env, None, &config).map_err(|e| JobError::Failed(e.into()))?;
                 g.set_attempt(attempt);
                 Some(g)
             }
@@ -1037,11 +1149,7 @@ fn start_attempt(
                 clock: ctx.options.clock.clone(),
                 emitted: None,
             }),
-            metrics: Arc::new(OperatorMetrics {
-                name: format!("{node} (watermarks)"),
-                parallelism: 1,
-                ..Default::default()
-            }),
+            metrics: Arc::new(OperatorMetrics::new(&format!("{node} (watermarks)"), 0)),
             node: None,
         })
     };
@@ -1162,10 +1270,12 @@ fn start_attempt(
                 }
             }
             let mut writers = Vec::new();
+            let blocked_ns = Arc::new(AtomicU64::new(0));
             for (ei, e) in graph.edges.iter().enumerate().filter(|(_, e)| e.from == tail) {
                 let row = std::mem::take(&mut senders[ei][s as usize]);
                 let targets = row.len();
                 writers.push(EdgeWriter {
+                    blocked_ns: blocked_ns.clone(),
                     partition: e.partition,
                     senders: row,
                     own_index: 0,
@@ -1233,6 +1343,11 @@ fn start_attempt(
                         start: Instant::now(),
                         emitted: 0,
                     }),
+                    gauges: TaskGauges {
+                        subtask: s,
+                        nodes: chain.nodes.iter().map(|&n| metrics[n].clone()).collect(),
+                        blocked_ns,
+                    },
                 },
             ));
         }

@@ -1,5 +1,9 @@
 //! Partitioners: which downstream subtask gets which records.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
 use sluice_guest::batch::BatchWriter;
 
 use super::channel::{ElementSender, RecordBatch, StreamElement};
@@ -21,13 +25,21 @@ pub(crate) struct EdgeWriter {
     pub target: String,
     /// Which output of the upstream operator the edge carries.
     pub output: OutputTag,
+    /// Nanoseconds spent waiting for room in full channels (the task's
+    /// backpressure), shared by the task's writers.
+    pub blocked_ns: Arc<AtomicU64>,
 }
 
 impl EdgeWriter {
     fn send(&self, i: usize, element: StreamElement) -> Result<(), TaskError> {
-        self.senders[i]
-            .send(element)
-            .map_err(|_| TaskError::DownstreamClosed(self.target.clone()))
+        let closed = |_| TaskError::DownstreamClosed(self.target.clone());
+        let Some(element) = self.senders[i].try_send(element).map_err(closed)? else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let sent = self.senders[i].send(element).map_err(closed);
+        self.blocked_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        sent
     }
 
     pub fn write(&mut self, batch: RecordBatch) -> Result<(), TaskError> {

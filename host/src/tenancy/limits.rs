@@ -1,9 +1,13 @@
-//! Per-instance resource policy: the memory cap and the guest-log rate limit.
+//! Per-instance resource policy: the memory cap, the call deadline, the fuel
+//! budget and the guest-log rate limit.
 //!
 //! Policy lives here; the mechanism (wasmtime's `ResourceLimiter`, the epoch
 //! deadline) is wired in `wasm/`.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use super::TenantMeter;
 
 /// Limits applied to every guest instance of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +19,9 @@ pub struct InstanceLimits {
     /// Guest log lines allowed per second per instance (a burst of the same
     /// size is allowed). Default 100.
     pub log_lines_per_sec: u32,
+    /// Fuel a single call may burn, when the engine meters fuel. Default:
+    /// unlimited.
+    pub fuel_per_call: Option<u64>,
 }
 
 impl Default for InstanceLimits {
@@ -23,27 +30,40 @@ impl Default for InstanceLimits {
             memory_bytes: 256 << 20,
             call_timeout: Duration::from_secs(10),
             log_lines_per_sec: 100,
+            fuel_per_call: None,
         }
     }
 }
 
 /// Caps linear-memory growth of one store and remembers whether the cap was
 /// hit, so a trap can be reported as "memory limit" rather than a bare trap.
+/// With a tenant meter, the memory it grants is counted there until the
+/// limiter (the store) is dropped.
 #[derive(Debug)]
 pub struct MemoryLimiter {
     max_bytes: usize,
     used: usize,
+    meter: Option<Arc<TenantMeter>>,
     /// The size a guest asked for beyond the cap, if it ever did.
     pub exceeded: Option<usize>,
 }
 
 impl MemoryLimiter {
-    /// A limiter allowing `max_bytes` of linear memory.
-    pub fn new(max_bytes: usize) -> Self {
+    /// A limiter allowing `max_bytes` of linear memory, counted in `meter`.
+    pub fn new(max_bytes: usize, meter: Option<Arc<TenantMeter>>) -> Self {
         MemoryLimiter {
             max_bytes,
             used: 0,
+            meter,
             exceeded: None,
+        }
+    }
+}
+
+impl Drop for MemoryLimiter {
+    fn drop(&mut self) {
+        if let Some(m) = &self.meter {
+            m.add_memory(-(self.used as i64));
         }
     }
 }
@@ -57,6 +77,9 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
                 "memory limit exceeded: the guest asked for {desired} bytes of linear memory; the limit is {} bytes",
                 self.max_bytes
             ));
+        }
+        if let Some(m) = &self.meter {
+            m.add_memory(after as i64 - self.used as i64);
         }
         self.used = after;
         Ok(true)
@@ -111,12 +134,16 @@ mod tests {
 
     #[test]
     fn memory_cap_refuses_and_remembers() {
-        let mut l = MemoryLimiter::new(1 << 20);
+        let meter = TenantMeter::new(None);
+        let mut l = MemoryLimiter::new(1 << 20, Some(meter.clone()));
         assert!(l.memory_growing(0, 1 << 19, None).unwrap());
         assert!(l.memory_growing(1 << 19, 1 << 20, None).unwrap());
         let err = l.memory_growing(1 << 20, 2 << 20, None).unwrap_err();
         assert!(err.to_string().contains("memory limit"), "{err}");
         assert_eq!(l.exceeded, Some(2 << 20));
+        assert_eq!(meter.memory_bytes.load(std::sync::atomic::Ordering::Relaxed), 1 << 20);
+        drop(l);
+        assert_eq!(meter.memory_bytes.load(std::sync::atomic::Ordering::Relaxed), 0);
     }
 
     #[test]

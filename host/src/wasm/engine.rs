@@ -76,6 +76,8 @@ pub struct LoadedComponent {
     /// What it imports, exports and targets.
     pub info: ComponentInfo,
     pub(crate) pre: InstancePre<HostState>,
+    /// Whether its engine meters fuel.
+    pub(crate) fuel: bool,
 }
 
 impl fmt::Debug for LoadedComponent {
@@ -93,6 +95,7 @@ pub struct WasmEngine {
     linker: Linker<HostState>,
     cache_dir: Option<PathBuf>,
     engine_hash: String,
+    fuel: bool,
     loaded: Mutex<HashMap<ComponentDigest, Arc<LoadedComponent>>>,
 }
 
@@ -106,8 +109,17 @@ impl WasmEngine {
     /// An engine whose compiled components are cached in `cache_dir` (none:
     /// memory only). Fails only if wasmtime rejects the configuration.
     pub fn new(cache_dir: Option<PathBuf>) -> Result<Arc<Self>, WasmError> {
+        Self::with_fuel(cache_dir, false)
+    }
+
+    /// Like [`new`](Self::new); with `fuel`, every guest instruction is
+    /// metered (a few percent slower), so usage can be reported and a call
+    /// can be given a fuel budget. Code compiled for one setting is not
+    /// used by the other (the cache key includes it).
+    pub fn with_fuel(cache_dir: Option<PathBuf>, fuel: bool) -> Result<Arc<Self>, WasmError> {
         let mut config = Config::new();
         config.epoch_interruption(true);
+        config.consume_fuel(fuel);
         config.wasm_component_model(true);
         config.max_wasm_stack(1 << 20);
         let engine = Engine::new(&config).map_err(|e| WasmError::Engine(format!("{e:#}")))?;
@@ -127,8 +139,23 @@ impl WasmEngine {
             linker,
             cache_dir,
             engine_hash,
+            fuel,
             loaded: Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// Whether guests of this engine are fuel-metered.
+    pub fn meters_fuel(&self) -> bool {
+        self.fuel
+    }
+
+    /// Forget a component: its compiled form in memory and in the disk
+    /// cache (it is compiled again if it is ever loaded again).
+    pub fn forget(&self, digest: &ComponentDigest) {
+        self.loaded.lock().unwrap_or_else(|p| p.into_inner()).remove(digest);
+        if let Some(path) = self.cache_path(digest) {
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     /// The wasmtime engine.
@@ -163,6 +190,7 @@ impl WasmEngine {
             digest: digest.clone(),
             info,
             pre,
+            fuel: self.fuel,
         });
         self.loaded.lock().unwrap_or_else(|p| p.into_inner()).insert(digest, loaded.clone());
         Ok(loaded)

@@ -3,7 +3,8 @@
 //! Every store carries a [`HostState`]. WASI is linked (a `wasm32-wasip2`
 //! guest imports it even when it does no I/O) but grants nothing: no
 //! preopened directories, no environment, no network, stdin empty, stdout
-//! discarded and stderr kept in a small bounded buffer for error reports.
+//! discarded and stderr kept in a small bounded buffer for error reports;
+//! its clocks are the job's processing-time clock.
 //! State calls are scoped to the key of the run the guest entered; a guest
 //! cannot name a key itself.
 
@@ -16,7 +17,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{self, context, keyed_context, log, state, timers};
 use crate::state::{HeapKeyedState, KeyGroup, StateError as BackendError};
-use crate::tenancy::{LogRateLimiter, MemoryLimiter};
+use crate::tenancy::{GuestLogBuffer, LogLine, LogRateLimiter, MemoryLimiter, TenantMeter};
 use crate::time::Clock;
 use crate::time::{TimeDomain, Timer, TimerService};
 
@@ -87,6 +88,10 @@ pub(crate) struct GuestLogger {
     pub subtask: u32,
     pub rate: LogRateLimiter,
     pub recent_errors: VecDeque<String>,
+    /// The job's log, when it keeps one.
+    pub buffer: Option<Arc<GuestLogBuffer>>,
+    /// The tenant's meter, counting dropped lines.
+    pub meter: Option<Arc<TenantMeter>>,
 }
 
 /// The data of every guest store.
@@ -106,6 +111,8 @@ impl HostState {
     pub(crate) fn new(log: GuestLogger, limiter: MemoryLimiter, clock: Arc<dyn Clock>, keyed: Option<KeyedScope>) -> Self {
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
         let wasi = wasmtime_wasi::WasiCtxBuilder::new()
+            .wall_clock(HostClock(clock.clone()))
+            .monotonic_clock(HostClock(clock.clone()))
             .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
@@ -129,6 +136,30 @@ impl HostState {
         let run = scope.current.ok_or(state::StateError::NoCurrentKey)?;
         let (key, group) = scope.runs.get(run).ok_or(state::StateError::NoCurrentKey)?;
         Ok((&mut scope.backend, key, group))
+    }
+}
+
+/// The job's processing-time clock, as WASI's wall and monotonic clocks:
+/// a guest sees no time but the host's.
+struct HostClock(Arc<dyn Clock>);
+
+impl wasmtime_wasi::HostWallClock for HostClock {
+    fn resolution(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(1)
+    }
+
+    fn now(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(u64::try_from(self.0.now_ms()).unwrap_or(0))
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for HostClock {
+    fn resolution(&self) -> u64 {
+        1_000_000
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.0.now_ms()).unwrap_or(0).saturating_mul(1_000_000)
     }
 }
 
@@ -174,10 +205,31 @@ impl log::Host for HostState {
             l.recent_errors.push_back(message.clone());
         }
         if !l.rate.allow() {
+            if let Some(m) = &l.meter {
+                m.log_lines_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            if let Some(b) = &l.buffer {
+                b.rate_limited(1);
+            }
             return;
         }
         let dropped = std::mem::take(&mut l.rate.dropped);
         let (op, st) = (&*l.operator, l.subtask);
+        if let Some(b) = &l.buffer {
+            b.push(LogLine {
+                time_ms: self.clock.now_ms(),
+                level: match level {
+                    log::Level::Trace => "trace",
+                    log::Level::Debug => "debug",
+                    log::Level::Info => "info",
+                    log::Level::Warn => "warn",
+                    log::Level::Error => "error",
+                },
+                operator: op.to_owned(),
+                subtask: st,
+                message: message.clone(),
+            });
+        }
         match level {
             log::Level::Trace => tracing::trace!(target: "guest", operator = op, subtask = st, dropped, "{message}"),
             log::Level::Debug => tracing::debug!(target: "guest", operator = op, subtask = st, dropped, "{message}"),

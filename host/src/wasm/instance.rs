@@ -16,7 +16,8 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
 
 use sluice_guest::batch::{Batch, BatchError};
 use wasmtime::Store;
@@ -28,7 +29,7 @@ use super::engine::{EPOCH_TICK, LoadedComponent};
 use super::host::{GuestLogger, HostState, KeyedScope, RunKeys};
 use super::world::World;
 use crate::state::HeapKeyedState;
-use crate::tenancy::{InstanceLimits, LogRateLimiter, MemoryLimiter};
+use crate::tenancy::{GuestLogBuffer, InstanceLimits, LogRateLimiter, MemoryLimiter, StateGauge, StateLimitExceeded, TenantMeter};
 use crate::time::{Clock, TimeDomain, TimerService};
 
 /// What went wrong inside a guest.
@@ -54,6 +55,10 @@ pub enum GuestFailure {
         /// What it asked for.
         asked: usize,
     },
+    /// A call burned more fuel than its budget.
+    FuelLimit(u64),
+    /// The tenant's keyed state would exceed its quota.
+    StateLimit(StateLimitExceeded),
     /// The guest's stack overflowed (for example unbounded recursion).
     StackOverflow,
     /// Any other trap: a panic, `unreachable`, an out-of-bounds access…
@@ -81,6 +86,10 @@ impl fmt::Display for GuestFailure {
                     "memory limit exceeded: the guest asked for {asked} bytes, the limit is {limit} bytes"
                 )
             }
+            GuestFailure::FuelLimit(budget) => {
+                write!(f, "CPU time limit exceeded: a call burned more than {budget} fuel")
+            }
+            GuestFailure::StateLimit(e) => write!(f, "{e}"),
             GuestFailure::StackOverflow => write!(f, "trap: stack overflow (unbounded recursion?)"),
             GuestFailure::Trap(t) => write!(f, "trap: {t}"),
             GuestFailure::BadOutput(e) => write!(f, "the guest returned a {e}"),
@@ -141,6 +150,65 @@ pub struct GuestInstance {
     subtask: u32,
     limits: InstanceLimits,
     poisoned: bool,
+    fuel: bool,
+    call_started: Option<Instant>,
+    meter: Option<Arc<TenantMeter>>,
+    state_gauge: Option<StateGauge>,
+    _live: LiveInstance,
+}
+
+/// Fuel given to a call when fuel is metered but not capped.
+const UNMETERED_FUEL: u64 = 1 << 62;
+
+/// Guest instances alive in this process.
+static LIVE_INSTANCES: AtomicI64 = AtomicI64::new(0);
+
+/// Guest instances alive in this process now (the `/metrics` gauge, and
+/// what leak checks look at).
+pub fn live_instances() -> i64 {
+    LIVE_INSTANCES.load(Ordering::Relaxed)
+}
+
+/// Counts one live instance, process-wide and in its tenant's meter.
+struct LiveInstance(Option<Arc<TenantMeter>>);
+
+impl LiveInstance {
+    fn new(meter: Option<Arc<TenantMeter>>) -> Self {
+        LIVE_INSTANCES.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &meter {
+            m.instances.fetch_add(1, Ordering::Relaxed);
+        }
+        LiveInstance(meter)
+    }
+}
+
+impl Drop for LiveInstance {
+    fn drop(&mut self) {
+        LIVE_INSTANCES.fetch_sub(1, Ordering::Relaxed);
+        if let Some(m) = &self.0 {
+            m.instances.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What a guest instance runs with besides its component: its limits, the
+/// processing-time clock, and where its usage and log lines are counted.
+#[derive(Clone)]
+pub struct GuestEnv {
+    /// Memory, deadline, fuel and log limits.
+    pub limits: InstanceLimits,
+    /// Processing time for `context.processing-time` and WASI clocks.
+    pub clock: Arc<dyn Clock>,
+    /// The tenant's meter; none outside a server.
+    pub meter: Option<Arc<TenantMeter>>,
+    /// The job's guest log; none: lines go to `tracing` only.
+    pub logs: Option<Arc<GuestLogBuffer>>,
+}
+
+impl fmt::Debug for GuestEnv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GuestEnv").field("limits", &self.limits).finish_non_exhaustive()
+    }
 }
 
 impl fmt::Debug for GuestInstance {
@@ -162,11 +230,11 @@ impl GuestInstance {
         world: World,
         operator: &str,
         subtask: u32,
-        limits: InstanceLimits,
-        clock: Arc<dyn Clock>,
+        env: &GuestEnv,
         state: Option<HeapKeyedState>,
         config: &str,
     ) -> Result<Self, GuestError> {
+        let limits = env.limits;
         let fail = |failure| GuestError {
             operator: operator.to_owned(),
             subtask,
@@ -184,6 +252,8 @@ impl GuestInstance {
             subtask,
             rate: LogRateLimiter::new(limits.log_lines_per_sec),
             recent_errors: Default::default(),
+            buffer: env.logs.clone(),
+            meter: env.meter.clone(),
         };
         let keyed = match world {
             World::KeyedProcess => Some(KeyedScope {
@@ -194,7 +264,13 @@ impl GuestInstance {
             }),
             _ => None,
         };
-        let data = HostState::new(logger, MemoryLimiter::new(limits.memory_bytes), clock, keyed);
+        let live = LiveInstance::new(env.meter.clone());
+        let data = HostState::new(
+            logger,
+            MemoryLimiter::new(limits.memory_bytes, env.meter.clone()),
+            env.clock.clone(),
+            keyed,
+        );
         let mut store = Store::new(component.pre.engine(), data);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
@@ -228,7 +304,16 @@ impl GuestInstance {
             subtask,
             limits,
             poisoned: false,
+            fuel: component.fuel,
+            call_started: None,
+            meter: env.meter.clone(),
+            state_gauge: match (&env.meter, world) {
+                (Some(m), World::KeyedProcess) => Some(StateGauge::new(m.clone())),
+                _ => None,
+            },
+            _live: live,
         };
+        me.publish_state()?;
         me.open(config)?;
         Ok(me)
     }
@@ -242,7 +327,7 @@ impl GuestInstance {
     }
 
     fn open(&mut self, config: &str) -> Result<(), GuestError> {
-        self.store.set_epoch_deadline(deadline_ticks(self.limits.call_timeout));
+        self.begin()?;
         let r = match &self.exports {
             Exports::Stateless(g) => g.call_open(&mut self.store, config),
             Exports::Keyed(g) => g.call_open(&mut self.store, config),
@@ -250,6 +335,7 @@ impl GuestInstance {
             Exports::WindowProcess(g) => g.call_open(&mut self.store, config),
             Exports::Punctuated(g) => g.call_open(&mut self.store, config),
         };
+        self.charge();
         match r {
             Ok(Ok(())) => Ok(()),
             Ok(Err(msg)) => Err(self.error(GuestFailure::Open(msg))),
@@ -264,7 +350,9 @@ impl GuestInstance {
         let Exports::Stateless(g) = &self.exports else {
             return Err(self.wrong_call("process"));
         };
-        match g.call_process(&mut self.store, batch) {
+        let r = g.call_process(&mut self.store, batch);
+        self.charge();
+        match r {
             Ok(out) => self.output(out, &|| count(batch)),
             Err(e) => Err(self.trapped(e)),
         }
@@ -281,12 +369,39 @@ impl GuestInstance {
         self.store.data_mut().keyed.as_mut()
     }
 
+    /// Arm the call's deadline and fuel budget.
     fn begin(&mut self) -> Result<(), GuestError> {
         if self.poisoned {
             return Err(self.error(GuestFailure::Poisoned));
         }
         self.store.set_epoch_deadline(deadline_ticks(self.limits.call_timeout));
+        if self.fuel {
+            // Cannot fail: fuel is enabled on this store's engine.
+            let _ = self.store.set_fuel(self.fuel_budget());
+        }
+        self.call_started = Some(Instant::now());
         Ok(())
+    }
+
+    fn fuel_budget(&self) -> u64 {
+        self.limits.fuel_per_call.unwrap_or(UNMETERED_FUEL)
+    }
+
+    /// Charge the call that just returned to the tenant: its time, and its
+    /// fuel when metered.
+    fn charge(&mut self) {
+        let started = self.call_started.take();
+        let Some(meter) = &self.meter else { return };
+        if let Some(t) = started {
+            meter
+                .guest_cpu_ns
+                .fetch_add(t.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
+        }
+        if self.fuel
+            && let Ok(left) = self.store.get_fuel()
+        {
+            meter.fuel.fetch_add(self.fuel_budget().saturating_sub(left), Ordering::Relaxed);
+        }
     }
 
     fn wrong_call(&self, call: &str) -> GuestError {
@@ -321,6 +436,7 @@ impl GuestInstance {
             })
             .collect();
         let r = g.call_on_timers(&mut self.store, &list);
+        self.charge();
         self.end_keyed_call();
         match r {
             Ok(out) => self.output(out, &|| fired.len()),
@@ -341,7 +457,9 @@ impl GuestInstance {
         let Exports::Aggregate(g) = &self.exports else {
             return Err(self.wrong_call("add"));
         };
-        match g.call_add(&mut self.store, records, runs, accumulators) {
+        let r = g.call_add(&mut self.store, records, runs, accumulators);
+        self.charge();
+        match r {
             Ok(out) => {
                 let errors = self.record_errors(out.errors, &|| count(records))?;
                 Ok((out.accumulators, errors))
@@ -357,7 +475,9 @@ impl GuestInstance {
         let Exports::Aggregate(g) = &self.exports else {
             return Err(self.wrong_call("merge"));
         };
-        match g.call_merge(&mut self.store, accumulators) {
+        let r = g.call_merge(&mut self.store, accumulators);
+        self.charge();
+        match r {
             Ok(Ok(acc)) => Ok(acc),
             Ok(Err(message)) => {
                 self.poisoned = true;
@@ -376,7 +496,9 @@ impl GuestInstance {
             return Err(self.wrong_call("fire"));
         };
         let list: Vec<types::Window> = windows.iter().map(|&(start, end)| types::Window { start, end }).collect();
-        match g.call_fire(&mut self.store, accumulators, &list) {
+        let r = g.call_fire(&mut self.store, accumulators, &list);
+        self.charge();
+        match r {
             Ok(out) => self.output(out, &|| windows.len()),
             Err(e) => Err(self.trapped(e)),
         }
@@ -397,7 +519,9 @@ impl GuestInstance {
                 count,
             })
             .collect();
-        match g.call_process(&mut self.store, elements, &list) {
+        let r = g.call_process(&mut self.store, elements, &list);
+        self.charge();
+        match r {
             Ok(out) => self.output(out, &|| count(elements)),
             Err(e) => Err(self.trapped(e)),
         }
@@ -411,7 +535,9 @@ impl GuestInstance {
         let Exports::Punctuated(g) = &self.exports else {
             return Err(self.wrong_call("on-batch"));
         };
-        match g.call_on_batch(&mut self.store, records) {
+        let r = g.call_on_batch(&mut self.store, records);
+        self.charge();
+        match r {
             Ok(list) => {
                 let n = count(records);
                 let mut last = None;
@@ -440,6 +566,7 @@ impl GuestInstance {
             return Err(self.wrong_call("process-runs"));
         };
         let r = g.call_process_runs(&mut self.store, input, batch);
+        self.charge();
         self.end_keyed_call();
         match r {
             Ok(out) => self.output(out, &|| count(batch)),
@@ -464,7 +591,26 @@ impl GuestInstance {
 
     /// Drop the instance, keeping the subtask's keyed state.
     pub fn into_state(self) -> Option<HeapKeyedState> {
-        self.store.into_data().keyed.map(|k| k.backend)
+        let GuestInstance { store, state_gauge, .. } = self;
+        // The state lives on (in a new instance, which publishes it again).
+        drop(state_gauge);
+        store.into_data().keyed.map(|k| k.backend)
+    }
+
+    /// Publish the size of a keyed operator's state to the tenant's meter;
+    /// over the tenant's ceiling the instance fails.
+    fn publish_state(&mut self) -> Result<(), GuestError> {
+        let size = match self.store.data().keyed.as_ref() {
+            Some(k) => k.backend.size_bytes(),
+            None => return Ok(()),
+        };
+        if let Some(g) = &mut self.state_gauge
+            && let Err(e) = g.publish(size)
+        {
+            self.poisoned = true;
+            return Err(self.error(GuestFailure::StateLimit(e)));
+        }
+        Ok(())
     }
 
     /// Validate a call's output; `inputs` is how many items the call had
@@ -477,6 +623,7 @@ impl GuestInstance {
                 return Err(self.error(GuestFailure::BadOutput(e)));
             }
         };
+        self.publish_state()?;
         let errors = self.record_errors(out.errors, inputs)?;
         Ok(GuestOutput {
             records: out.records,
@@ -513,6 +660,7 @@ impl GuestInstance {
         }
         let failure = match e.downcast_ref::<wasmtime::Trap>() {
             Some(wasmtime::Trap::Interrupt) => GuestFailure::CpuLimit(self.limits.call_timeout),
+            Some(wasmtime::Trap::OutOfFuel) => GuestFailure::FuelLimit(self.fuel_budget()),
             Some(wasmtime::Trap::StackOverflow) => GuestFailure::StackOverflow,
             _ => {
                 let mut msg = format!("{e:#}");

@@ -1,0 +1,93 @@
+//! The API's one error shape and its status codes.
+
+use serde::Serialize;
+
+/// An error answer: `{"error": {"code": "...", "message": "..."}}` with a
+/// status code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{status} {code}: {message}")]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: u16,
+    /// A stable, machine-readable code.
+    pub code: &'static str,
+    /// What went wrong, for people.
+    pub message: String,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Inner<'a>,
+}
+
+#[derive(Serialize)]
+struct Inner<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl ApiError {
+    fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 400: the request is malformed.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(400, code, message)
+    }
+    /// 401: no or an unknown bearer token.
+    pub fn unauthorized() -> Self {
+        Self::new(
+            401,
+            "unauthorized",
+            "a bearer token is required: send `Authorization: Bearer <token>`",
+        )
+    }
+    /// 403: a quota would be exceeded.
+    pub fn quota(message: impl Into<String>) -> Self {
+        Self::new(403, "quota_exceeded", message)
+    }
+    /// 404: nothing of this tenant by that name.
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Self::new(404, "not_found", format!("{} not found", what.into()))
+    }
+    /// 405: the path exists, the method does not.
+    pub fn method_not_allowed(method: &str, path: &str) -> Self {
+        Self::new(405, "method_not_allowed", format!("{path} does not accept {method}"))
+    }
+    /// 409: the request conflicts with the resource's state.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(409, "conflict", message)
+    }
+    /// 413: the body is over the tenant's upload limit.
+    pub fn too_large(limit: u64) -> Self {
+        Self::new(
+            413,
+            "payload_too_large",
+            format!("the request body is larger than the upload limit of {limit} bytes"),
+        )
+    }
+    /// 422: well-formed but unusable (an invalid job, an unknown digest).
+    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(422, code, message)
+    }
+    /// 500: a fault of the server.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(500, "internal", message)
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Vec<u8> {
+        serde_json::to_vec(&Body {
+            error: Inner {
+                code: self.code,
+                message: &self.message,
+            },
+        })
+        .unwrap_or_default()
+    }
+}
