@@ -15,13 +15,7 @@ use sluice::job::{JobGraph, JobSpec};
 use sluice::runtime::{Restore, RunOptions, run_job};
 use sluice::state::{HeapKeyedState, KeyGroup, KeyGroupRange};
 
-use crate::harness::{engine, lit, root, run_toml, temp_dir, udf};
-
-fn sluice_bin() -> PathBuf {
-    let p = root().join("target/release/sluice");
-    assert!(p.exists(), "{} is missing: scripts/test builds it", p.display());
-    p
-}
+use crate::harness::{engine, lit, root, run_toml, sluice_bin, temp_dir, udf};
 
 /// Every committed line under `dir` (files named `part-*.jsonl`), sorted.
 fn committed(dir: &Path) -> Vec<String> {

@@ -12,6 +12,13 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
 }
 
+/// The release `sluice` binary (scripts/test builds it before the tests).
+pub fn sluice_bin() -> PathBuf {
+    let p = root().join("target/release/sluice");
+    assert!(p.exists(), "{} is missing: scripts/test builds it", p.display());
+    p
+}
+
 /// A built component from `udfs/`.
 pub fn udf(name: &str) -> PathBuf {
     let p = root().join("udfs/target/wasm32-wasip2/release").join(format!("{name}.wasm"));

@@ -6,6 +6,7 @@ mod checkpoints;
 mod harness;
 mod job_spec;
 mod keyed_state;
+mod server;
 mod traps;
 mod windows;
 mod wordcount;

@@ -1,0 +1,774 @@
+//! The HTTP API: a real `sluice serve` process on 127.0.0.1, driven by a
+//! real HTTP client (`sluice::api::Client`, hyper over TCP).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sluice::api::{ApiResponse, Client};
+
+use crate::harness::{lit, root, run_toml, sluice_bin, temp_dir, udf};
+
+/// A `sluice serve` child process, killed when dropped.
+struct TestServer {
+    child: Child,
+    addr: String,
+    data: PathBuf,
+}
+
+impl TestServer {
+    /// Start a server whose tenants are `(id, quotas as TOML lines)`; tenant
+    /// `x` has the token `x-token`.
+    fn start(name: &str, tenants: &[(&str, &str)]) -> Self {
+        let dir = temp_dir(name);
+        let mut config = String::from("listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n");
+        for (id, quotas) in tenants {
+            config.push_str(&format!(
+                "[[tenants]]\nid = \"{id}\"\ntoken_sha256 = \"{}\"\n[tenants.quotas]\n{quotas}\n",
+                sluice::tenancy::token_hash(&format!("{id}-token"))
+            ));
+        }
+        std::fs::write(dir.join("sluice.toml"), config).unwrap();
+        let stderr = std::fs::File::create(dir.join("server.log")).unwrap();
+        let mut child = Command::new(sluice_bin())
+            .args(["serve", "--config"])
+            .arg(dir.join("sluice.toml"))
+            .env("SLUICE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawning sluice serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("reading the server's first line");
+        let addr = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| {
+                let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+                panic!("the server did not start: {line:?}\n{log}")
+            })
+            .to_owned();
+        TestServer {
+            child,
+            addr,
+            data: dir.join("data"),
+        }
+    }
+
+    fn client(&self, tenant: &str) -> Client {
+        Client::new(&self.addr, Some(format!("{tenant}-token"))).unwrap()
+    }
+
+    fn anonymous(&self) -> Client {
+        Client::new(&self.addr, None).unwrap()
+    }
+
+    fn tenant_dir(&self, tenant: &str) -> PathBuf {
+        self.data.join("tenants").join(tenant)
+    }
+
+    /// Still running?
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_none()
+    }
+
+    /// Resident memory, KiB.
+    fn rss_kb(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn expect(r: ApiResponse, status: u16, what: &str) -> Value {
+    assert_eq!(r.status, status, "{what}: {}", r.text());
+    r.json()
+}
+
+/// Upload a built UDF; its digest.
+fn upload(c: &Client, name: &str) -> String {
+    let r = c.post_bytes("/v1/components", std::fs::read(udf(name)).unwrap()).unwrap();
+    assert!(r.status == 201 || r.status == 200, "uploading {name}: {}", r.text());
+    r.json()["digest"].as_str().unwrap().to_owned()
+}
+
+/// The word count as a JSON spec: `lines` from `input` (rate-capped), into
+/// `output` (a directory when `checkpoints`).
+fn wordcount(tokenize: &str, count: &str, input: &str, output: &str, rate: Option<u64>, checkpoints: bool) -> Value {
+    let mut spec = json!({
+        "name": "wordcount",
+        "sources": [{"name": "lines", "kind": "file", "path": input, "records_per_second": rate}],
+        "operators": [
+            {"name": "tokenize", "kind": "flat-map", "component": tokenize, "parallelism": 2},
+            {"name": "count", "kind": "keyed-process", "component": count, "parallelism": 2}
+        ],
+        "sinks": [{"name": "out", "kind": "file", "path": output, "parallelism": 2}],
+        "edges": [
+            {"from": "lines", "to": "tokenize", "partition": "rebalance"},
+            {"from": "tokenize", "to": "count", "partition": "hash"},
+            {"from": "count", "to": "out"}
+        ]
+    });
+    if checkpoints {
+        spec["checkpoints"] = json!({"interval_ms": 150});
+    }
+    spec
+}
+
+/// Poll a job until its state is one of `states`.
+fn wait_for(c: &Client, id: &str, states: &[&str], timeout: Duration) -> Value {
+    let start = Instant::now();
+    loop {
+        let v = expect(c.get(&format!("/v1/jobs/{id}")).unwrap(), 200, "job status");
+        let state = v["state"].as_str().unwrap_or_default().to_owned();
+        if states.contains(&state.as_str()) {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "job {id} is {state}, not one of {states:?}, after {timeout:?}: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sorted lines of a file in the tenant's file area.
+fn file_lines(c: &Client, path: &str) -> Vec<String> {
+    let r = c.get(&format!("/v1/files/{path}")).unwrap();
+    assert_eq!(r.status, 200, "reading {path}: {}", r.text());
+    let body = r.text();
+    let mut lines: Vec<String> = body.lines().map(str::to_owned).collect();
+    lines.sort();
+    lines
+}
+
+/// Sorted committed lines of a two-phase-commit sink directory.
+fn committed_lines(c: &Client, dir: &str) -> Vec<String> {
+    let listing = expect(c.get(&format!("/v1/files/{dir}")).unwrap(), 200, "listing output");
+    let mut lines = Vec::new();
+    for e in listing["entries"].as_array().unwrap() {
+        let name = e["name"].as_str().unwrap();
+        if name.starts_with("part-") {
+            let body = c.get(&format!("/v1/files/{dir}/{name}")).unwrap().text();
+            lines.extend(body.lines().map(str::to_owned));
+        }
+    }
+    lines.sort();
+    lines
+}
+
+/// The word count's output from an uninterrupted in-process run.
+fn expected_wordcount() -> Vec<String> {
+    let dir = temp_dir("server-expected");
+    let toml = format!(
+        r#"
+        name = "wc"
+        [[sources]]
+        name = "lines"
+        kind = "file"
+        path = {input}
+        [[operators]]
+        name = "tokenize"
+        kind = "flat-map"
+        component = {tokenize}
+        [[operators]]
+        name = "count"
+        kind = "keyed-process"
+        component = {count}
+        [[sinks]]
+        name = "out"
+        kind = "file"
+        path = "out.jsonl"
+        [[edges]]
+        from = "lines"
+        to = "tokenize"
+        [[edges]]
+        from = "tokenize"
+        to = "count"
+        [[edges]]
+        from = "count"
+        to = "out"
+        "#,
+        input = lit(&root().join("examples/data/wordcount.txt")),
+        tokenize = lit(&udf("tokenize")),
+        count = lit(&udf("count")),
+    );
+    run_toml(&toml, &dir).unwrap();
+    let mut lines: Vec<String> = std::fs::read_to_string(dir.join("out.jsonl"))
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    lines
+}
+
+fn put_input(c: &Client, path: &str) {
+    let bytes = std::fs::read(root().join("examples/data/wordcount.txt")).unwrap();
+    expect(c.put_bytes(&format!("/v1/files/{path}"), bytes).unwrap(), 201, "uploading input");
+}
+
+#[test]
+fn the_whole_flow_upload_submit_output_savepoint_restore() {
+    let mut server = TestServer::start("api-flow", &[("acme", "")]);
+    let c = server.client("acme");
+    let expected = expected_wordcount();
+    let tokenize = upload(&c, "tokenize");
+    let count = upload(&c, "count");
+    // The same bytes again: stored once.
+    let again = c.post_bytes("/v1/components", std::fs::read(udf("count")).unwrap()).unwrap();
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(again.json()["digest"], count.as_str());
+    let listed = expect(c.get("/v1/components").unwrap(), 200, "components");
+    assert_eq!(listed["components"].as_array().unwrap().len(), 2, "{listed}");
+    assert_eq!(
+        expect(c.get(&format!("/v1/components/{count}")).unwrap(), 200, "component")["world"],
+        "sluice:udf/keyed-process@0.1.0"
+    );
+    put_input(&c, "in/words.txt");
+
+    // Submit, poll to finished, read the output.
+    let spec = wordcount(&tokenize, &count, "in/words.txt", "out/plain", None, false);
+    let job = expect(c.post_json("/v1/jobs", &json!({ "spec": spec })).unwrap(), 201, "submit");
+    let id = job["id"].as_str().unwrap().to_owned();
+    let done = wait_for(&c, &id, &["finished", "failed"], Duration::from_secs(60));
+    assert_eq!(done["state"], "finished", "{done}");
+    let count_op = done["operators"].as_array().unwrap().iter().find(|o| o["name"] == "count").unwrap();
+    assert_eq!(count_op["records_out"], expected.len() as u64, "{done}");
+    assert_eq!(count_op["parallelism"], 2);
+    let listing = expect(c.get("/v1/files/out/plain").unwrap(), 200, "output dir");
+    let mut got = Vec::new();
+    for e in listing["entries"].as_array().unwrap() {
+        got.extend(file_lines(&c, &format!("out/plain/{}", e["name"].as_str().unwrap())));
+    }
+    got.sort();
+    assert_eq!(got, expected, "the server's word count equals the in-process run");
+    assert!(expect(c.get("/v1/jobs").unwrap(), 200, "jobs")["jobs"].as_array().unwrap().len() == 1);
+
+    // A checkpointed job, savepointed while it runs, then stopped with a
+    // savepoint, then restored from it by a new submission.
+    let spec = wordcount(&tokenize, &count, "in/words.txt", "out/eo", Some(1500), true);
+    let job = expect(c.post_json("/v1/jobs", &json!({ "spec": spec })).unwrap(), 201, "submit");
+    let id = job["id"].as_str().unwrap().to_owned();
+    wait_for(&c, &id, &["running"], Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(600));
+    let sp = expect(
+        c.send("POST", &format!("/v1/jobs/{id}/savepoints"), None).unwrap(),
+        201,
+        "savepoint",
+    );
+    let first = sp["savepoint"].as_str().unwrap().to_owned();
+    assert!(first.starts_with(&format!("{id}/savepoint-")), "{sp}");
+    std::thread::sleep(Duration::from_millis(300));
+    let stopped = expect(c.send("POST", &format!("/v1/jobs/{id}/stop"), None).unwrap(), 201, "stop");
+    let savepoint = stopped["savepoint"].as_str().unwrap().to_owned();
+    let v = wait_for(&c, &id, &["finished", "failed"], Duration::from_secs(30));
+    assert_eq!(v["state"], "finished", "{v}");
+    assert_eq!(v["stopped_with_savepoint"], savepoint.as_str(), "{v}");
+    assert!(v["checkpoints"]["completed"].as_u64().unwrap() >= 2, "{v}");
+    let sps = expect(c.get(&format!("/v1/jobs/{id}/savepoints")).unwrap(), 200, "savepoints");
+    let ids: Vec<&str> = sps["savepoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["savepoint"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [first.as_str(), savepoint.as_str()], "{sps}");
+    expect(c.get(&format!("/v1/jobs/{id}/checkpoints")).unwrap(), 200, "checkpoints");
+    let partial = committed_lines(&c, "out/eo");
+    assert!(
+        !partial.is_empty() && partial.len() < expected.len(),
+        "stopped midway: {} of {} lines",
+        partial.len(),
+        expected.len()
+    );
+
+    let spec = wordcount(&tokenize, &count, "in/words.txt", "out/eo", None, true);
+    let job = expect(
+        c.post_json("/v1/jobs", &json!({ "spec": spec, "savepoint": savepoint })).unwrap(),
+        201,
+        "submit from savepoint",
+    );
+    let id2 = job["id"].as_str().unwrap().to_owned();
+    let v = wait_for(&c, &id2, &["finished", "failed"], Duration::from_secs(60));
+    assert_eq!(v["state"], "finished", "{v}");
+    assert_eq!(
+        committed_lines(&c, "out/eo"),
+        expected,
+        "stop with savepoint + restore = the uninterrupted output"
+    );
+
+    // Logs, metrics, and an unknown savepoint.
+    let logs = expect(c.get(&format!("/v1/jobs/{id2}/logs")).unwrap(), 200, "logs");
+    assert!(logs["lines"].is_array(), "{logs}");
+    let metrics = c.get("/metrics").unwrap();
+    assert_eq!(metrics.status, 200);
+    let text = metrics.text();
+    for series in [
+        format!("sluice_operator_records_out_total{{tenant=\"acme\",job=\"{id2}\",operator=\"count\"}}"),
+        "sluice_operator_busy_seconds_total".to_owned(),
+        "sluice_operator_backpressured_seconds_total".to_owned(),
+        "sluice_job_last_checkpoint_duration_seconds".to_owned(),
+        "sluice_tenant_guest_cpu_seconds_total{tenant=\"acme\"}".to_owned(),
+        "sluice_tenant_guest_memory_bytes{tenant=\"acme\"} 0".to_owned(),
+        "sluice_guest_instances 0".to_owned(),
+    ] {
+        assert!(text.contains(&series), "metrics lack {series}:\n{text}");
+    }
+    let spec = wordcount(&tokenize, &count, "in/words.txt", "out/x", None, true);
+    let r = c
+        .post_json(
+            "/v1/jobs",
+            &json!({ "spec": spec, "savepoint": format!("{id}/savepoint-00000999") }),
+        )
+        .unwrap();
+    assert_eq!(r.status, 404, "{}", r.text());
+    let openapi = expect(server.anonymous().get("/v1/openapi.json").unwrap(), 200, "openapi");
+    assert!(openapi["paths"]["/v1/jobs"]["post"].is_object());
+    assert!(server.alive());
+}
+
+#[test]
+fn tenants_cannot_see_or_touch_each_other() {
+    let mut server = TestServer::start("api-auth", &[("acme", ""), ("beta", "")]);
+    let (a, b) = (server.client("acme"), server.client("beta"));
+    let tokenize = upload(&a, "tokenize");
+    let count = upload(&a, "count");
+    put_input(&a, "in/words.txt");
+    let spec = wordcount(&tokenize, &count, "in/words.txt", "out/eo", Some(400), true);
+    let job = expect(a.post_json("/v1/jobs", &json!({ "spec": spec })).unwrap(), 201, "submit");
+    let id = job["id"].as_str().unwrap().to_owned();
+    wait_for(&a, &id, &["running"], Duration::from_secs(30));
+    let sp = expect(
+        a.send("POST", &format!("/v1/jobs/{id}/savepoints"), None).unwrap(),
+        201,
+        "savepoint",
+    );
+    let savepoint = sp["savepoint"].as_str().unwrap().to_owned();
+
+    // No token, or a wrong one: 401 everywhere but the open routes.
+    let anon = server.anonymous();
+    let wrong = Client::new(&server.addr, Some("nope".into())).unwrap();
+    for (m, p) in [
+        ("GET", "/v1/components".to_owned()),
+        ("POST", "/v1/components".to_owned()),
+        ("GET", "/v1/jobs".to_owned()),
+        ("GET", format!("/v1/jobs/{id}")),
+        ("POST", format!("/v1/jobs/{id}/cancel")),
+        ("GET", "/metrics".to_owned()),
+        ("GET", "/v1/files/in/words.txt".to_owned()),
+    ] {
+        for c in [&anon, &wrong] {
+            let r = c.send(m, &p, None).unwrap();
+            assert_eq!(r.status, 401, "{m} {p}: {}", r.text());
+            assert_eq!(r.json()["error"]["code"], "unauthorized");
+        }
+    }
+    assert_eq!(anon.get("/healthz").unwrap().status, 200);
+
+    // Tenant B gets 404 for everything of A's.
+    for (m, p) in [
+        ("GET", format!("/v1/components/{count}")),
+        ("DELETE", format!("/v1/components/{count}")),
+        ("GET", format!("/v1/jobs/{id}")),
+        ("POST", format!("/v1/jobs/{id}/cancel")),
+        ("POST", format!("/v1/jobs/{id}/stop")),
+        ("POST", format!("/v1/jobs/{id}/savepoints")),
+        ("GET", format!("/v1/jobs/{id}/savepoints")),
+        ("GET", format!("/v1/jobs/{id}/checkpoints")),
+        ("GET", format!("/v1/jobs/{id}/logs")),
+        ("DELETE", format!("/v1/jobs/{id}")),
+        ("GET", "/v1/files/in/words.txt".to_owned()),
+    ] {
+        let r = b.send(m, &p, None).unwrap();
+        assert_eq!(r.status, 404, "beta {m} {p}: {}", r.text());
+        assert_eq!(r.json()["error"]["code"], "not_found");
+    }
+    assert_eq!(expect(b.get("/v1/jobs").unwrap(), 200, "jobs")["jobs"], json!([]));
+    assert_eq!(expect(b.get("/v1/components").unwrap(), 200, "components")["components"], json!([]));
+    let metrics = b.get("/metrics").unwrap().text();
+    assert!(!metrics.contains("tenant=\"acme\""), "beta's metrics show acme:\n{metrics}");
+    // B cannot use A's components or savepoints either.
+    put_input(&b, "in/words.txt");
+    let spec = wordcount(&tokenize, &count, "in/words.txt", "out/b", None, true);
+    let r = b.post_json("/v1/jobs", &json!({ "spec": spec })).unwrap();
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.error_message().contains("no uploaded component"), "{}", r.text());
+    let (bt, bc) = (upload(&b, "tokenize"), upload(&b, "count"));
+    let spec = wordcount(&bt, &bc, "in/words.txt", "out/b", None, true);
+    let r = b.post_json("/v1/jobs", &json!({ "spec": spec, "savepoint": savepoint })).unwrap();
+    assert_eq!(r.status, 404, "{}", r.text());
+
+    // A's job is untouched by B's attempts, and A can cancel it.
+    let v = expect(a.get(&format!("/v1/jobs/{id}")).unwrap(), 200, "status");
+    assert_eq!(v["state"], "running", "{v}");
+    expect(a.send("POST", &format!("/v1/jobs/{id}/cancel"), None).unwrap(), 202, "cancel");
+    wait_for(&a, &id, &["canceled"], Duration::from_secs(30));
+    let r = a.send("POST", &format!("/v1/jobs/{id}/cancel"), None).unwrap();
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(server.alive());
+}
+
+/// A hostile job for tenant `acme`: `test_hostile` acting on record `boom`
+/// in the middle of a batch.
+fn hostile(c: &Client, digest: &str, act: &str, output: &str) -> String {
+    let spec = json!({
+        "name": format!("hostile-{act}"),
+        "batch_size": 5,
+        "sources": [{"name": "in", "kind": "file", "path": "in/hostile.txt"}],
+        "operators": [{"name": "evil", "kind": "map", "component": digest, "config": {"on": "boom", "act": act}}],
+        "sinks": [{"name": "out", "kind": "file", "path": output}],
+        "edges": [{"from": "in", "to": "evil"}, {"from": "evil", "to": "out"}]
+    });
+    let job = expect(c.post_json("/v1/jobs", &json!({ "spec": spec })).unwrap(), 201, act);
+    job["id"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn hostile_guests_fail_only_their_own_job() {
+    let mut server = TestServer::start(
+        "api-hostile",
+        &[
+            ("acme", "memory_mb = 64\ncall_timeout_ms = 1000\nlog_lines_per_sec = 20"),
+            ("beta", ""),
+        ],
+    );
+    let (a, b) = (server.client("acme"), server.client("beta"));
+    let evil = upload(&a, "test_hostile");
+    expect(
+        a.put_bytes("/v1/files/in/hostile.txt", b"a\nb\nboom\nc\nd\ne\n".to_vec()).unwrap(),
+        201,
+        "input",
+    );
+    let expected = expected_wordcount();
+    let (bt, bc) = (upload(&b, "tokenize"), upload(&b, "count"));
+    put_input(&b, "in/words.txt");
+    let spec = wordcount(&bt, &bc, "in/words.txt", "out/wc", Some(700), true);
+    let victim = expect(b.post_json("/v1/jobs", &json!({ "spec": spec })).unwrap(), 201, "beta's job")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_for(&b, &victim, &["running"], Duration::from_secs(30));
+
+    let cases = [
+        ("loop", "CPU time limit exceeded"),
+        ("alloc", "memory limit exceeded"),
+        ("recurse", "stack overflow"),
+        ("trap", "hostile guest traps on \"boom\""),
+    ];
+    let ids: Vec<(String, &str, &str)> = cases
+        .iter()
+        .map(|(act, msg)| (hostile(&a, &evil, act, &format!("out/{act}.jsonl")), *act, *msg))
+        .collect();
+    let flood = hostile(&a, &evil, "log-flood", "out/flood.jsonl");
+    for (id, act, msg) in &ids {
+        let v = wait_for(&a, id, &["failed", "finished", "canceled"], Duration::from_secs(60));
+        assert_eq!(v["state"], "failed", "{act}: {v}");
+        let err = v["error"].as_str().unwrap_or_default();
+        assert!(err.contains(msg), "{act}: expected {msg:?} in {err:?}");
+        assert!(err.contains("operator `evil`"), "{act}: {err}");
+        assert!(server.alive(), "the server survived {act}");
+    }
+    let v = wait_for(&a, &flood, &["failed", "finished"], Duration::from_secs(60));
+    assert_eq!(v["state"], "finished", "a log flood is cut, not fatal: {v}");
+    let logs = expect(a.get(&format!("/v1/jobs/{flood}/logs?tail=1000")).unwrap(), 200, "logs");
+    let (written, limited) = (logs["written"].as_u64().unwrap(), logs["rate_limited"].as_u64().unwrap());
+    assert!(written <= 60, "at 20 lines/s the flood keeps few lines: {logs}");
+    assert!(
+        limited >= 9_900,
+        "the rate limit dropped the flood: {written} written, {limited} dropped"
+    );
+    assert!(logs["lines"].as_array().unwrap().len() as u64 == written);
+    let metrics = a.get("/metrics").unwrap().text();
+    assert!(
+        metrics.contains("sluice_tenant_log_lines_dropped_total{tenant=\"acme\"} "),
+        "{metrics}"
+    );
+
+    // Beta's job ran beside all of it and is still exact.
+    let v = expect(b.get(&format!("/v1/jobs/{victim}")).unwrap(), 200, "victim");
+    assert_eq!(v["state"], "running", "beta's job outlived the hostile jobs: {v}");
+    let v = wait_for(&b, &victim, &["finished", "failed"], Duration::from_secs(60));
+    assert_eq!(v["state"], "finished", "{v}");
+    assert_eq!(committed_lines(&b, "out/wc"), expected);
+    assert!(server.alive());
+    let m = server.anonymous().get("/healthz").unwrap();
+    assert_eq!(m.status, 200);
+}
+
+#[test]
+fn bad_input_is_refused_clearly_and_nothing_is_stored() {
+    let mut server = TestServer::start(
+        "api-bad",
+        &[(
+            "gamma",
+            "max_upload_bytes = 1048576\nmax_components = 2\nmax_total_parallelism = 8\nmax_running_jobs = 1",
+        )],
+    );
+    let c = server.client("gamma");
+    let refused = |r: ApiResponse, status: u16, code: &str, text: &str| {
+        assert_eq!(r.status, status, "{}", r.text());
+        assert_eq!(r.json()["error"]["code"], code, "{}", r.text());
+        assert!(r.error_message().contains(text), "expected {text:?} in {:?}", r.error_message());
+    };
+    refused(
+        c.post_bytes("/v1/components", b"hello, not wasm".to_vec()).unwrap(),
+        400,
+        "invalid_component",
+        "not a WebAssembly component",
+    );
+    refused(
+        c.post_bytes("/v1/components", b"\0asm\x01\0\0\0".to_vec()).unwrap(),
+        400,
+        "invalid_component",
+        "core WebAssembly module",
+    );
+    refused(
+        c.post_bytes("/v1/components", std::fs::read(udf("test_not_a_udf")).unwrap())
+            .unwrap(),
+        400,
+        "invalid_component",
+        "exports no Sluice world",
+    );
+    refused(
+        c.post_bytes("/v1/components", vec![0u8; 2 << 20]).unwrap(),
+        413,
+        "payload_too_large",
+        "1048576 bytes",
+    );
+    refused(
+        c.post_bytes("/v1/components", Vec::new()).unwrap(),
+        400,
+        "invalid_component",
+        "empty",
+    );
+    let tokenize = upload(&c, "tokenize");
+    let count = upload(&c, "count");
+    refused(
+        c.post_bytes("/v1/components", std::fs::read(udf("uppercase")).unwrap()).unwrap(),
+        403,
+        "quota_exceeded",
+        "2 components",
+    );
+    put_input(&c, "in/words.txt");
+
+    // Job requests.
+    let bad_field = json!({"spec": {"name": "x", "operators": [{"name": "a", "kind": "map", "paralelism": 2}]}});
+    refused(
+        c.post_json("/v1/jobs", &bad_field).unwrap(),
+        400,
+        "invalid_job",
+        "spec.operators[0]",
+    );
+    refused(
+        c.send("POST", "/v1/jobs", Some(("application/json", b"{\"spec\": ".to_vec())))
+            .unwrap(),
+        400,
+        "invalid_job",
+        "invalid job request",
+    );
+    let unknown = format!("sha256:{}", "0".repeat(64));
+    let spec = wordcount(&tokenize, &unknown, "in/words.txt", "out/wc", None, false);
+    refused(
+        c.post_json("/v1/jobs", &json!({ "spec": spec })).unwrap(),
+        422,
+        "unknown_component",
+        &unknown,
+    );
+    let spec = wordcount(&tokenize, "../udfs/count.wasm", "in/words.txt", "out/wc", None, false);
+    refused(
+        c.post_json("/v1/jobs", &json!({ "spec": spec })).unwrap(),
+        422,
+        "invalid_job",
+        "must be the digest",
+    );
+    let spec = wordcount(&tokenize, &count, "../../../etc/passwd", "out/wc", None, false);
+    refused(
+        c.post_json("/v1/jobs", &json!({ "spec": spec })).unwrap(),
+        422,
+        "invalid_job",
+        "source `lines`",
+    );
+    let mut spec = wordcount(&tokenize, &count, "in/words.txt", "out/wc", None, false);
+    spec["edges"] = json!([{"from": "lines", "to": "nowhere"}]);
+    refused(
+        c.post_json("/v1/jobs", &json!({ "spec": spec })).unwrap(),
+        422,
+        "invalid_job",
+        "nowhere",
+    );
+    let mut spec = wordcount(&tokenize, &count, "in/words.txt", "out/wc", None, false);
+    spec["operators"][1]["parallelism"] = json!(4);
+    refused(
+        c.post_json("/v1/jobs", &json!({ "spec": spec })).unwrap(),
+        403,
+        "quota_exceeded",
+        "limit is 8",
+    );
+    let spec = wordcount(&tokenize, &count, "in/words.txt", "out/wc", Some(300), true);
+    let running = expect(c.post_json("/v1/jobs", &json!({ "spec": spec })).unwrap(), 201, "submit")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let spec = wordcount(&tokenize, &count, "in/words.txt", "out/wc2", None, false);
+    refused(
+        c.post_json("/v1/jobs", &json!({ "spec": spec })).unwrap(),
+        403,
+        "quota_exceeded",
+        "jobs running",
+    );
+    refused(
+        c.delete(&format!("/v1/components/{count}")).unwrap(),
+        409,
+        "conflict",
+        "used by running job",
+    );
+    refused(c.get("/v1/files/../../sluice.toml").unwrap(), 400, "invalid_path", "relative path");
+    refused(
+        c.put_bytes("/v1/files/.hidden", Vec::new()).unwrap(),
+        400,
+        "invalid_path",
+        "reserved",
+    );
+    refused(c.send("PATCH", "/v1/jobs", None).unwrap(), 405, "method_not_allowed", "PATCH");
+
+    // Nothing of the refused requests was stored.
+    let listed = expect(c.get("/v1/components").unwrap(), 200, "components");
+    assert_eq!(listed["components"].as_array().unwrap().len(), 2);
+    let tenant = server.tenant_dir("gamma");
+    let mut stored: Vec<String> = std::fs::read_dir(tenant.join("components"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    stored.sort();
+    let hex = |d: &str| d.trim_start_matches("sha256:").to_owned();
+    let mut want = vec![
+        format!("{}.json", hex(&count)),
+        format!("{}.wasm", hex(&count)),
+        format!("{}.json", hex(&tokenize)),
+        format!("{}.wasm", hex(&tokenize)),
+    ];
+    want.sort();
+    assert_eq!(stored, want, "only the two accepted components are stored");
+    let jobs: Vec<_> = std::fs::read_dir(tenant.join("jobs")).unwrap().collect();
+    assert_eq!(jobs.len(), 1, "only the accepted job has a directory");
+    let not_udf = sluice::wasm::ComponentDigest::of(&std::fs::read(udf("test_not_a_udf")).unwrap()).0;
+    let cached: Vec<String> = std::fs::read_dir(server.data.join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !cached.iter().any(|n| n.starts_with(&not_udf)),
+        "a rejected component leaves no compiled copy: {cached:?}"
+    );
+    expect(c.send("POST", &format!("/v1/jobs/{running}/cancel"), None).unwrap(), 202, "cancel");
+    wait_for(&c, &running, &["canceled"], Duration::from_secs(30));
+    assert!(server.alive());
+}
+
+/// A generator job that runs until cancelled.
+fn endless(upper: &str, output: &str, checkpoints: bool) -> Value {
+    let mut spec = json!({
+        "name": "endless",
+        "sources": [{"name": "gen", "kind": "generator", "count": 1_000_000_000u64, "keys": 100,
+                     "value_size": 32, "records_per_second": 20000}],
+        "operators": [{"name": "upper", "kind": "map", "component": upper}],
+        "sinks": [{"name": "out", "kind": "file", "path": output}],
+        "edges": [{"from": "gen", "to": "upper"}, {"from": "upper", "to": "out"}]
+    });
+    if checkpoints {
+        spec["checkpoints"] = json!({"interval_ms": 100});
+    }
+    spec
+}
+
+/// One submit → run → cancel → delete cycle.
+fn cycle(c: &Client, upper: &str, n: usize, pause: Duration) {
+    let output = format!("out-{n}");
+    let spec = endless(upper, &output, n % 2 == 0);
+    let job = expect(c.post_json("/v1/jobs", &json!({ "spec": spec })).unwrap(), 201, "submit");
+    let id = job["id"].as_str().unwrap().to_owned();
+    if n % 3 != 0 {
+        wait_for(c, &id, &["running"], Duration::from_secs(30));
+    }
+    std::thread::sleep(pause);
+    expect(c.send("POST", &format!("/v1/jobs/{id}/cancel"), None).unwrap(), 202, "cancel");
+    wait_for(c, &id, &["canceled"], Duration::from_secs(30));
+    expect(c.delete(&format!("/v1/jobs/{id}")).unwrap(), 204, "delete job");
+    let r = c.delete(&format!("/v1/files/{output}")).unwrap();
+    assert!(r.status == 204 || r.status == 404, "{}", r.text());
+}
+
+fn dir_is_empty(p: &Path) -> bool {
+    std::fs::read_dir(p).map(|mut d| d.next().is_none()).unwrap_or(true)
+}
+
+#[test]
+fn ten_tenants_submitting_and_cancelling_for_30_s_leak_nothing() {
+    let tenants: Vec<String> = (0..10).map(|i| format!("t{i}")).collect();
+    let spec: Vec<(&str, &str)> = tenants.iter().map(|t| (t.as_str(), "")).collect();
+    let mut server = TestServer::start("api-load", &spec);
+    let uppers: Vec<String> = tenants.iter().map(|t| upload(&server.client(t), "uppercase")).collect();
+    // Warm up (first instantiations, allocator arenas), then take the baseline.
+    for (t, u) in tenants.iter().zip(&uppers) {
+        cycle(&server.client(t), u, 1, Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let baseline = server.rss_kb();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let cycles: usize = std::thread::scope(|s| {
+        let workers: Vec<_> = tenants
+            .iter()
+            .zip(&uppers)
+            .enumerate()
+            .map(|(i, (t, u))| {
+                let c = server.client(t);
+                s.spawn(move || {
+                    let mut n = 0;
+                    while Instant::now() < deadline {
+                        cycle(&c, u, n, Duration::from_millis(20 + ((i * 37 + n * 53) % 200) as u64));
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("worker")).sum()
+    });
+    assert!(cycles >= 50, "only {cycles} submit/cancel cycles in 30 s");
+    assert!(server.alive());
+
+    // No jobs, instances or files are left.
+    for t in &tenants {
+        let c = server.client(t);
+        assert_eq!(expect(c.get("/v1/jobs").unwrap(), 200, "jobs")["jobs"], json!([]), "{t}");
+        let dir = server.tenant_dir(t);
+        assert!(dir_is_empty(&dir.join("jobs")), "{t}: job directories left");
+        assert!(dir_is_empty(&dir.join("files")), "{t}: files left");
+    }
+    let metrics = server.client("t0").get("/metrics").unwrap().text();
+    assert!(metrics.contains("\nsluice_guest_instances 0\n"), "{metrics}");
+    assert!(metrics.contains("sluice_tenant_guest_memory_bytes{tenant=\"t0\"} 0\n"), "{metrics}");
+    std::thread::sleep(Duration::from_millis(500));
+    let after = server.rss_kb();
+    eprintln!("load: {cycles} cycles by 10 tenants; server RSS {baseline} KiB before, {after} KiB after");
+    assert!(
+        after <= baseline + baseline / 2 + 16 * 1024,
+        "server memory did not return to its baseline: {baseline} KiB before, {after} KiB after {cycles} cycles"
+    );
+}
