@@ -699,10 +699,10 @@ fn endless(upper: &str, output: &str, checkpoints: bool) -> Value {
 /// One submit → run → cancel → delete cycle.
 fn cycle(c: &Client, upper: &str, n: usize, pause: Duration) {
     let output = format!("out-{n}");
-    let spec = endless(upper, &output, n % 2 == 0);
+    let spec = endless(upper, &output, n.is_multiple_of(2));
     let job = expect(c.post_json("/v1/jobs", &json!({ "spec": spec })).unwrap(), 201, "submit");
     let id = job["id"].as_str().unwrap().to_owned();
-    if n % 3 != 0 {
+    if !n.is_multiple_of(3) {
         wait_for(c, &id, &["running"], Duration::from_secs(30));
     }
     std::thread::sleep(pause);
