@@ -445,6 +445,8 @@ fn hostile_guests_fail_only_their_own_job() {
         &[
             ("acme", "memory_mb = 64\ncall_timeout_ms = 1000\nlog_lines_per_sec = 20"),
             ("beta", ""),
+            ("metered", "fuel_metering = true\nfuel_per_call = 200000000"),
+            ("tiny", "max_state_mb = 0"),
         ],
     );
     let (a, b) = (server.client("acme"), server.client("beta"));
@@ -457,7 +459,7 @@ fn hostile_guests_fail_only_their_own_job() {
     let expected = expected_wordcount();
     let (bt, bc) = (upload(&b, "tokenize"), upload(&b, "count"));
     put_input(&b, "in/words.txt");
-    let spec = wordcount(&bt, &bc, "in/words.txt", "out/wc", Some(700), true);
+    let spec = wordcount(&bt, &bc, "in/words.txt", "out/wc", Some(500), true);
     let victim = expect(b.post_json("/v1/jobs", &json!({ "spec": spec })).unwrap(), 201, "beta's job")["id"]
         .as_str()
         .unwrap()
@@ -498,6 +500,68 @@ fn hostile_guests_fail_only_their_own_job() {
         metrics.contains("sluice_tenant_log_lines_dropped_total{tenant=\"acme\"} "),
         "{metrics}"
     );
+
+    // Fuel: a metered tenant's loop burns its budget; its usage is reported.
+    let m = server.client("metered");
+    let evil_m = upload(&m, "test_hostile");
+    expect(
+        m.put_bytes("/v1/files/in/hostile.txt", b"a\nb\nboom\nc\n".to_vec()).unwrap(),
+        201,
+        "input",
+    );
+    let id = hostile(&m, &evil_m, "loop", "out/loop.jsonl");
+    let v = wait_for(&m, &id, &["failed", "finished"], Duration::from_secs(60));
+    let err = v["error"].as_str().unwrap_or_default();
+    assert!(err.contains("burned more than 200000000 fuel"), "{v}");
+    let metrics = m.get("/metrics").unwrap().text();
+    let fuel: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_tenant_fuel_consumed_total{tenant=\"metered\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(fuel >= 200_000_000.0, "fuel is reported per tenant: {fuel}");
+
+    // State: a tenant over its keyed-state quota fails its job.
+    let t = server.client("tiny");
+    let (tt, tc) = (upload(&t, "tokenize"), upload(&t, "count"));
+    put_input(&t, "in/words.txt");
+    let spec = wordcount(&tt, &tc, "in/words.txt", "out/wc", None, false);
+    let id = expect(t.post_json("/v1/jobs", &json!({ "spec": spec })).unwrap(), 201, "tiny")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let v = wait_for(&t, &id, &["failed", "finished"], Duration::from_secs(60));
+    assert!(
+        v["error"].as_str().unwrap_or_default().contains("state size limit exceeded"),
+        "{v}"
+    );
+
+    // A trap on the first attempt only: the job restarts from its
+    // checkpoint (passing through `restarting`) and finishes.
+    let trap = upload(&a, "test_trap");
+    let spec = json!({
+        "name": "trap-once",
+        "restart": {"strategy": "fixed-delay", "attempts": 2, "delay_ms": 300},
+        "checkpoints": {"interval_ms": 100},
+        "sources": [{"name": "in", "kind": "file", "path": "in/hostile.txt", "records_per_second": 20}],
+        "operators": [{"name": "trapper", "kind": "map", "component": trap,
+                       "config": {"trap_on": "boom", "only_attempt": 0}}],
+        "sinks": [{"name": "out", "kind": "file", "path": "out/trap-once"}],
+        "edges": [{"from": "in", "to": "trapper"}, {"from": "trapper", "to": "out"}]
+    });
+    let id = expect(a.post_json("/v1/jobs", &json!({ "spec": spec })).unwrap(), 201, "trap-once")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_for(&a, &id, &["restarting"], Duration::from_secs(60));
+    let v = wait_for(&a, &id, &["finished", "failed"], Duration::from_secs(60));
+    assert_eq!(v["state"], "finished", "{v}");
+    assert_eq!(v["restarts"], 1, "{v}");
+    assert!(
+        v["exceptions"][0]["message"].as_str().unwrap_or_default().contains("asked to trap"),
+        "{v}"
+    );
+    assert_eq!(committed_lines(&a, "out/trap-once").len(), 6);
 
     // Beta's job ran beside all of it and is still exact.
     let v = expect(b.get(&format!("/v1/jobs/{victim}")).unwrap(), 200, "victim");

@@ -275,6 +275,10 @@ impl GuestInstance {
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(deadline_ticks(limits.call_timeout));
+        if component.fuel {
+            // Instantiation runs guest code too; it gets one call's budget.
+            let _ = store.set_fuel(limits.fuel_per_call.unwrap_or(UNMETERED_FUEL));
+        }
         let instance = component
             .pre
             .instantiate(&mut store)
