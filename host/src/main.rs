@@ -78,6 +78,18 @@ enum Command {
         /// The component file.
         component: PathBuf,
     },
+    /// Upload a local file into your tenant's file area on the server (job input).
+    Put {
+        /// The local file.
+        local: PathBuf,
+        /// Its path in the file area.
+        path: String,
+    },
+    /// Print a file of your tenant's file area (a directory: its files concatenated).
+    Get {
+        /// The path in the file area.
+        path: String,
+    },
     /// Submit a job spec to the server (local component files are uploaded
     /// first); prints the job id.
     Submit {
@@ -89,6 +101,9 @@ enum Command {
         /// Restore even if the savepoint has state of operators the job no longer has.
         #[arg(long)]
         allow_non_restored_state: bool,
+        /// Wait for the job to end; fail unless it finishes.
+        #[arg(long)]
+        wait: bool,
     },
     /// List the server's jobs of your tenant, or show one in full.
     Jobs {
@@ -158,11 +173,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             job,
             savepoint,
             allow_non_restored_state,
+            wait,
         } => {
-            let id = remote::submit(&remote::client(&cli.server)?, &job, savepoint, allow_non_restored_state)?;
+            let client = remote::client(&cli.server)?;
+            let id = remote::submit(&client, &job, savepoint, allow_non_restored_state)?;
             println!("{id}");
+            if wait {
+                remote::wait(&client, &id)?;
+            }
             Ok(())
         }
+        Command::Put { local, path } => remote::put(&remote::client(&cli.server)?, &local, &path),
+        Command::Get { path } => remote::get(&remote::client(&cli.server)?, &path),
         Command::Jobs { id } => remote::jobs(&remote::client(&cli.server)?, id.as_deref()),
         Command::Cancel { id } => remote::cancel(&remote::client(&cli.server)?, &id),
         Command::Savepoint { job, stop, .. } if !std::path::Path::new(&job).is_file() => {

@@ -1,5 +1,5 @@
 //! The CLI's server commands: `sluice serve` and the client commands
-//! (`upload`, `submit`, `jobs`, `cancel`, `savepoint JOB-ID`) that talk to a
+//! (`upload`, `put`, `get`, `submit`, `jobs`, `cancel`, `savepoint JOB-ID`) that talk to a
 //! server given by `--server` (or `$SLUICE_SERVER`) with the token in
 //! `$SLUICE_TOKEN`.
 
@@ -100,6 +100,32 @@ pub fn jobs(c: &Client, id: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Wait until a job ends; an error unless it finished.
+pub fn wait(c: &Client, id: &str) -> anyhow::Result<()> {
+    loop {
+        let v = ok(c.get(&format!("/v1/jobs/{id}"))?, &format!("job {id}"))?;
+        match v["state"].as_str().unwrap_or_default() {
+            "finished" => {
+                let out: u64 = v["operators"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|o| o["records_in"].as_u64().unwrap_or(0) > 0 && o["records_out"].as_u64() == Some(0))
+                    .map(|o| o["records_in"].as_u64().unwrap_or(0))
+                    .sum();
+                eprintln!("job {id} finished ({out} records reached its sinks)");
+                return Ok(());
+            }
+            "failed" | "canceled" => bail!(
+                "job {id} {}: {}",
+                v["state"].as_str().unwrap_or_default(),
+                v["error"].as_str().unwrap_or("cancelled")
+            ),
+            _ => std::thread::sleep(std::time::Duration::from_millis(200)),
+        }
+    }
+}
+
 /// Cancel a job.
 pub fn cancel(c: &Client, id: &str) -> anyhow::Result<()> {
     ok(
@@ -118,5 +144,35 @@ pub fn savepoint(c: &Client, id: &str, stop: bool) -> anyhow::Result<()> {
         &format!("savepoint of job {id}"),
     )?;
     println!("{}", v["savepoint"].as_str().unwrap_or_default());
+    Ok(())
+}
+
+/// Upload a local file into the tenant's file area.
+pub fn put(c: &Client, local: &Path, remote: &str) -> anyhow::Result<()> {
+    let bytes = std::fs::read(local).with_context(|| format!("reading {}", local.display()))?;
+    ok(c.put_bytes(&format!("/v1/files/{remote}"), bytes)?, &format!("uploading {remote}"))?;
+    Ok(())
+}
+
+/// Print a file of the tenant's file area; a directory prints the
+/// concatenation of its visible files, in name order (a sink's output).
+pub fn get(c: &Client, remote: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let r = c.get(&format!("/v1/files/{remote}"))?;
+    if !r.is_success() {
+        bail!("reading {remote}: {} (HTTP {})", r.error_message(), r.status);
+    }
+    let listing = r.json();
+    let mut out = std::io::stdout().lock();
+    match listing["entries"].as_array() {
+        Some(entries) if listing.as_object().is_some_and(|o| o.len() == 1) => {
+            for e in entries.iter().filter(|e| e["dir"] == false) {
+                let name = e["name"].as_str().unwrap_or_default();
+                let f = c.get(&format!("/v1/files/{remote}/{name}"))?;
+                out.write_all(&f.body)?;
+            }
+        }
+        _ => out.write_all(&r.body)?,
+    }
     Ok(())
 }

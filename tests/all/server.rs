@@ -531,10 +531,7 @@ fn hostile_guests_fail_only_their_own_job() {
         .unwrap()
         .to_owned();
     let v = wait_for(&t, &id, &["failed", "finished"], Duration::from_secs(60));
-    assert!(
-        v["error"].as_str().unwrap_or_default().contains("state size limit exceeded"),
-        "{v}"
-    );
+    assert!(v["error"].as_str().unwrap_or_default().contains("state size limit exceeded"), "{v}");
 
     // A trap on the first attempt only: the job restarts from its
     // checkpoint (passing through `restarting`) and finishes.
