@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sluice::api::{ApiResponse, Client};
 
-use crate::harness::{lit, root, run_toml, sluice_bin, temp_dir, udf};
+use crate::harness::{root, run_toml, sluice_bin, temp_dir, udf};
+use crate::wordcount::job;
 
 /// A `sluice serve` child process, killed when dropped.
 struct TestServer {
@@ -174,45 +175,9 @@ fn committed_lines(c: &Client, dir: &str) -> Vec<String> {
 /// The word count's output from an uninterrupted in-process run.
 fn expected_wordcount() -> Vec<String> {
     let dir = temp_dir("server-expected");
-    let toml = format!(
-        r#"
-        name = "wc"
-        [[sources]]
-        name = "lines"
-        kind = "file"
-        path = {input}
-        [[operators]]
-        name = "tokenize"
-        kind = "flat-map"
-        component = {tokenize}
-        [[operators]]
-        name = "count"
-        kind = "keyed-process"
-        component = {count}
-        [[sinks]]
-        name = "out"
-        kind = "file"
-        path = "out.jsonl"
-        [[edges]]
-        from = "lines"
-        to = "tokenize"
-        [[edges]]
-        from = "tokenize"
-        to = "count"
-        [[edges]]
-        from = "count"
-        to = "out"
-        "#,
-        input = lit(&root().join("examples/data/wordcount.txt")),
-        tokenize = lit(&udf("tokenize")),
-        count = lit(&udf("count")),
-    );
-    run_toml(&toml, &dir).unwrap();
-    let mut lines: Vec<String> = std::fs::read_to_string(dir.join("out.jsonl"))
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let out = dir.join("out.jsonl");
+    run_toml(&job(&root().join("examples/data/wordcount.txt"), &out, 1, 1024), &dir).unwrap();
+    let mut lines: Vec<String> = std::fs::read_to_string(out).unwrap().lines().map(str::to_owned).collect();
     lines.sort();
     lines
 }
@@ -501,6 +466,9 @@ fn hostile_guests_fail_only_their_own_job() {
         "{metrics}"
     );
 
+    let v = expect(b.get(&format!("/v1/jobs/{victim}")).unwrap(), 200, "victim");
+    assert_eq!(v["state"], "running", "beta's job outlived the hostile jobs: {v}");
+
     // Fuel: a metered tenant's loop burns its budget; its usage is reported.
     let m = server.client("metered");
     let evil_m = upload(&m, "test_hostile");
@@ -561,8 +529,6 @@ fn hostile_guests_fail_only_their_own_job() {
     assert_eq!(committed_lines(&a, "out/trap-once").len(), 6);
 
     // Beta's job ran beside all of it and is still exact.
-    let v = expect(b.get(&format!("/v1/jobs/{victim}")).unwrap(), 200, "victim");
-    assert_eq!(v["state"], "running", "beta's job outlived the hostile jobs: {v}");
     let v = wait_for(&b, &victim, &["finished", "failed"], Duration::from_secs(60));
     assert_eq!(v["state"], "finished", "{v}");
     assert_eq!(committed_lines(&b, "out/wc"), expected);
@@ -832,4 +798,83 @@ fn ten_tenants_submitting_and_cancelling_for_30_s_leak_nothing() {
         after <= baseline + baseline / 2 + 16 * 1024,
         "server memory did not return to its baseline: {baseline} KiB before, {after} KiB after {cycles} cycles"
     );
+}
+
+#[test]
+fn the_cli_client_uploads_submits_lists_savepoints_and_cancels() {
+    let server = TestServer::start("api-cli", &[("acme", "")]);
+    let dir = temp_dir("api-cli-spec");
+    let spec = dir.join("job.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            r#"
+            name = "cli-job"
+            [checkpoints]
+            interval_ms = 100
+            [[sources]]
+            name = "lines"
+            kind = "file"
+            path = "in/words.txt"
+            records_per_second = 300
+            [[operators]]
+            name = "upper"
+            kind = "map"
+            component = {upper:?}
+            [[sinks]]
+            name = "out"
+            kind = "file"
+            path = "out/cli"
+            [[edges]]
+            from = "lines"
+            to = "upper"
+            [[edges]]
+            from = "upper"
+            to = "out"
+            "#,
+            upper = udf("uppercase").display().to_string()
+        ),
+    )
+    .unwrap();
+    let cli = |args: &[&str]| {
+        let out = Command::new(sluice_bin())
+            .args(args)
+            .env("SLUICE_SERVER", &server.addr)
+            .env("SLUICE_TOKEN", "acme-token")
+            .output()
+            .expect("running sluice");
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(
+            out.status.success(),
+            "sluice {args:?}: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let words = root().join("examples/data/wordcount.txt");
+    cli(&["put", words.to_str().unwrap(), "in/words.txt"]);
+    let id = cli(&["submit", spec.to_str().unwrap()]);
+    assert_eq!(id.len(), 16, "{id}");
+    let c = server.client("acme");
+    let listed = expect(c.get("/v1/components").unwrap(), 200, "components");
+    assert_eq!(
+        listed["components"][0]["world"], "sluice:udf/stateless@0.1.0",
+        "submit uploaded the component"
+    );
+    wait_for(&c, &id, &["running"], Duration::from_secs(30));
+    assert!(cli(&["jobs"]).contains(&id));
+    let sp = cli(&["savepoint", &id]);
+    assert!(sp.starts_with(&format!("{id}/savepoint-")), "{sp}");
+    cli(&["cancel", &id]);
+    wait_for(&c, &id, &["canceled"], Duration::from_secs(30));
+    assert!(cli(&["jobs", &id]).contains("\"canceled\""));
+    // Without a token the client says what to do.
+    let out = Command::new(sluice_bin())
+        .args(["jobs"])
+        .env("SLUICE_SERVER", &server.addr)
+        .env_remove("SLUICE_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SLUICE_TOKEN"));
 }

@@ -18,7 +18,8 @@ fn expected_counts(text: &str) -> HashMap<String, u64> {
     counts
 }
 
-fn job(input: &std::path::Path, out: &std::path::Path, parallelism: u32, batch_size: usize) -> String {
+/// The word count job over `input` into `out`.
+pub(crate) fn job(input: &std::path::Path, out: &std::path::Path, parallelism: u32, batch_size: usize) -> String {
     format!(
         r#"
         name = "wordcount"

@@ -177,11 +177,14 @@ impl ManagedJob {
 
     /// The summary `GET /v1/jobs` lists.
     pub fn summary(&self) -> serde_json::Value {
-        let l = self.life();
+        self.summary_locked(&self.life())
+    }
+
+    fn summary_locked(&self, l: &Lifecycle) -> serde_json::Value {
         serde_json::json!({
             "id": self.id,
             "name": self.name,
-            "state": self.state_locked(&l).as_str(),
+            "state": self.state_locked(l).as_str(),
             "submitted_ms": self.submitted_ms,
             "ended_ms": l.ended.map(|(_, t)| t),
         })
@@ -256,21 +259,20 @@ impl ManagedJob {
             }
             None => (0, serde_json::Value::Null, Vec::new()),
         };
-        serde_json::json!({
-            "id": self.id,
-            "name": self.name,
-            "state": self.state_locked(&l).as_str(),
-            "submitted_ms": self.submitted_ms,
-            "ended_ms": l.ended.map(|(_, t)| t),
-            "error": l.error,
-            "stopped_with_savepoint": l.stopped_with,
-            "restarts": restarts,
-            "parallelism": self.parallelism,
-            "components": self.components,
-            "operators": operators,
-            "checkpoints": checkpoints,
-            "exceptions": exceptions,
-        })
+        let mut v = self.summary_locked(&l);
+        for (k, x) in [
+            ("error", serde_json::json!(l.error)),
+            ("stopped_with_savepoint", serde_json::json!(l.stopped_with)),
+            ("restarts", restarts.into()),
+            ("parallelism", self.parallelism.into()),
+            ("components", serde_json::json!(self.components)),
+            ("operators", operators.into()),
+            ("checkpoints", checkpoints),
+            ("exceptions", exceptions.into()),
+        ] {
+            v[k] = x;
+        }
+        v
     }
 
     /// Checkpoints (or, with `savepoints`, savepoints) kept for this job.
