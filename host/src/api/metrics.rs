@@ -54,54 +54,36 @@ pub fn render(tenants: &[&Tenant]) -> String {
             1.0,
         );
     }
-    f.head("sluice_job_restarts_total", "counter", "Restarts after failures.");
-    for (t, d) in &details {
-        f.sample(
-            "sluice_job_restarts_total",
-            &[("tenant", t), ("job", &s(&d["id"]))],
-            n(&d["restarts"]),
-        );
-    }
-    f.head(
-        "sluice_job_checkpoints_completed_total",
-        "counter",
-        "Checkpoints and savepoints completed.",
-    );
-    for (t, d) in &details {
-        f.sample(
+    let per_job = [
+        ("sluice_job_restarts_total", "counter", "Restarts after failures.", "/restarts", 1.0),
+        (
             "sluice_job_checkpoints_completed_total",
-            &[("tenant", t), ("job", &s(&d["id"]))],
-            n(&d["checkpoints"]["completed"]),
-        );
-    }
-    f.head(
-        "sluice_job_last_checkpoint_duration_seconds",
-        "gauge",
-        "Duration of the newest completed checkpoint.",
-    );
-    for (t, d) in &details {
-        let last = &d["checkpoints"]["last"];
-        if !last.is_null() {
-            f.sample(
-                "sluice_job_last_checkpoint_duration_seconds",
-                &[("tenant", t), ("job", &s(&d["id"]))],
-                n(&last["duration_ms"]) / 1000.0,
-            );
-        }
-    }
-    f.head(
-        "sluice_job_last_checkpoint_size_bytes",
-        "gauge",
-        "State bytes written by the newest completed checkpoint.",
-    );
-    for (t, d) in &details {
-        let last = &d["checkpoints"]["last"];
-        if !last.is_null() {
-            f.sample(
-                "sluice_job_last_checkpoint_size_bytes",
-                &[("tenant", t), ("job", &s(&d["id"]))],
-                n(&last["size_bytes"]),
-            );
+            "counter",
+            "Checkpoints and savepoints completed.",
+            "/checkpoints/completed",
+            1.0,
+        ),
+        (
+            "sluice_job_last_checkpoint_duration_seconds",
+            "gauge",
+            "Duration of the newest completed checkpoint.",
+            "/checkpoints/last/duration_ms",
+            1000.0,
+        ),
+        (
+            "sluice_job_last_checkpoint_size_bytes",
+            "gauge",
+            "State bytes written by the newest completed checkpoint.",
+            "/checkpoints/last/size_bytes",
+            1.0,
+        ),
+    ];
+    for (name, kind, help, pointer, div) in per_job {
+        f.head(name, kind, help);
+        for (t, d) in &details {
+            if let Some(v) = d.pointer(pointer).and_then(serde_json::Value::as_f64) {
+                f.sample(name, &[("tenant", t), ("job", &s(&d["id"]))], v / div);
+            }
         }
     }
     let ops = [
