@@ -113,7 +113,8 @@ pub mod __private {
 
     /// The export glue of a world that imports only `log` and `context`.
     macro_rules! world_glue {
-        ($module:ident, $world:tt, $macro_name:tt, $bindings:tt) => {
+        ($(#[$doc:meta])* $module:ident, $world:tt, $macro_name:tt, $bindings:tt) => {
+            $(#[$doc])*
             pub mod $module {
                 wit_bindgen::generate!({
                     world: $world,
@@ -139,10 +140,15 @@ pub mod __private {
         });
     }
 
-    /// The `stateless` world's export glue. Kept apart from the keyed world's
-    /// so that a component links in the type section of the world it exports
-    /// and no other.
-    world_glue!(stateless, "stateless", "__export_stateless", "sluice_guest::__private::stateless");
+    world_glue!(
+        /// The `stateless` world's export glue. Kept apart from the keyed world's
+        /// so that a component links in the type section of the world it exports
+        /// and no other.
+        stateless,
+        "stateless",
+        "__export_stateless",
+        "sluice_guest::__private::stateless"
+    );
 
     /// The `keyed-process` world's export glue.
     pub mod keyed {
@@ -163,24 +169,24 @@ pub mod __private {
         });
     }
 
-    /// The `window-aggregate` world's export glue.
     world_glue!(
+        /// The `window-aggregate` world's export glue.
         aggregate,
         "window-aggregate",
         "__export_aggregate",
         "sluice_guest::__private::aggregate"
     );
 
-    /// The `window-process` world's export glue.
     world_glue!(
+        /// The `window-process` world's export glue.
         window_process,
         "window-process",
         "__export_window_process",
         "sluice_guest::__private::window_process"
     );
 
-    /// The `punctuated-watermarks` world's export glue.
     world_glue!(
+        /// The `punctuated-watermarks` world's export glue.
         punctuated,
         "punctuated-watermarks",
         "__export_punctuated",
