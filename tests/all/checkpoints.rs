@@ -18,7 +18,7 @@ use sluice::state::{HeapKeyedState, KeyGroup, KeyGroupRange};
 use crate::harness::{engine, lit, root, run_toml, sluice_bin, temp_dir, udf};
 
 /// Every committed line under `dir` (files named `part-*.jsonl`), sorted.
-fn committed(dir: &Path) -> Vec<String> {
+pub(crate) fn committed(dir: &Path) -> Vec<String> {
     let mut lines = Vec::new();
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
@@ -34,7 +34,7 @@ fn committed(dir: &Path) -> Vec<String> {
 }
 
 /// The keyed word count: lines → tokenize (2) → count (`count_par`) → out.
-fn wordcount_job(name: &str, rate: u64, count_par: u32, extra: &str) -> String {
+pub(crate) fn wordcount_job(name: &str, rate: u64, count_par: u32, extra: &str) -> String {
     format!(
         r#"
 name = "{name}"
@@ -230,7 +230,7 @@ fn crash_loop(name: &str, toml: &str, outputs: &[(&str, &[String])], kills: u32)
 }
 
 /// The output of an uninterrupted run of `toml`.
-fn uninterrupted(name: &str, toml: &str, sinks: &[&str]) -> Vec<Vec<String>> {
+pub(crate) fn uninterrupted(name: &str, toml: &str, sinks: &[&str]) -> Vec<Vec<String>> {
     let dir = temp_dir(name);
     let summary = run_toml(toml, &dir).unwrap();
     assert_eq!(summary.restarts, 0);
@@ -327,7 +327,7 @@ to = "out"
     assert!(err.contains("asked to trap"), "{err}");
 }
 
-fn start(toml: &str, dir: &Path, restore: Option<PathBuf>) -> sluice::runtime::JobHandle {
+pub(crate) fn start(toml: &str, dir: &Path, restore: Option<PathBuf>) -> sluice::runtime::JobHandle {
     let graph = JobGraph::build(JobSpec::from_toml(toml).unwrap(), dir).unwrap();
     run_job(
         &graph,

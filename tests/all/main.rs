@@ -6,6 +6,7 @@ mod checkpoints;
 mod harness;
 mod job_spec;
 mod keyed_state;
+mod languages;
 mod server;
 mod traps;
 mod windows;
