@@ -2,7 +2,7 @@
 //! `scripts/build-guests` (which `scripts/test` runs first): the same word
 //! count, mixed-language jobs, and keyed state that survives a savepoint.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sluice::checkpoint::coordinator::request_savepoint;
@@ -22,7 +22,7 @@ fn guest(language: &str, name: &str) -> PathBuf {
 }
 
 /// The checkpointed word count with the given tokenize and count components.
-fn wordcount_with(name: &str, rate: u64, count_par: u32, tokenize: &PathBuf, count: &PathBuf) -> String {
+fn wordcount_with(name: &str, rate: u64, count_par: u32, tokenize: &Path, count: &Path) -> String {
     wordcount_job(name, rate, count_par, "")
         .replace(&lit(&udf("tokenize")), &lit(tokenize))
         .replace(&lit(&udf("count")), &lit(count))
