@@ -135,6 +135,10 @@ enum Command {
         /// Directory of the built UDF components.
         #[arg(long, default_value = "udfs/target/wasm32-wasip2/release")]
         udfs: PathBuf,
+        /// The language of the UDFs: rust (from `--udfs`) or python (from
+        /// target/guests/python, built by scripts/build-guests).
+        #[arg(long, default_value = "rust")]
+        lang: String,
     },
 }
 
@@ -246,9 +250,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Bench { name, events, udfs } => {
+        Command::Bench { name, events, udfs, lang } => {
+            let (udfs, events) = match lang.as_str() {
+                "rust" => (udfs, events),
+                "python" => (PathBuf::from("target/guests").join(&lang), events.or(Some(300_000))),
+                other => anyhow::bail!("unknown --lang {other:?}: rust or python"),
+            };
             let line = sluice::bench::run(&engine()?, &name, events, &udfs)?;
-            println!("{line}");
+            println!("lang={lang} {line}");
             Ok(())
         }
     }
