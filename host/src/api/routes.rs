@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
@@ -340,23 +340,38 @@ fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
     query.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
 }
 
+/// Bytes of an oversized body read and discarded before answering 413, so
+/// a client still sending it gets the answer instead of a broken pipe.
+const DRAIN_CAP: u64 = 64 << 20;
+
 /// Read a body of at most `limit` bytes; 413 beyond it.
 async fn read_body(req: Request<Incoming>, limit: u64) -> Result<Vec<u8>, ApiError> {
-    if let Some(len) = req
+    let declared = req
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        && len > limit
-    {
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut body = req.into_body();
+    if declared.is_some_and(|len| len > limit.max(DRAIN_CAP)) {
         return Err(ApiError::too_large(limit));
     }
-    let body = Limited::new(req.into_body(), usize::try_from(limit).unwrap_or(usize::MAX));
-    match body.collect().await {
-        Ok(b) => Ok(b.to_bytes().to_vec()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::too_large(limit)),
-        Err(e) => Err(ApiError::bad_request("bad_body", format!("reading the request body: {e}"))),
+    let mut bytes = Vec::new();
+    let mut seen: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad_request("bad_body", format!("reading the request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len() as u64;
+            if seen <= limit {
+                bytes.extend_from_slice(&data);
+            } else if seen > limit.max(DRAIN_CAP) {
+                break;
+            }
+        }
     }
+    if seen > limit {
+        return Err(ApiError::too_large(limit));
+    }
+    Ok(bytes)
 }
 
 fn upload_component(tenant: &Tenant, engine: &WasmEngine, body: &[u8], now: i64) -> Result<Reply, ApiError> {
