@@ -115,14 +115,7 @@ fn measure(f: impl FnOnce() -> anyhow::Result<u64>) -> anyhow::Result<(u64, f64)
 }
 
 fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+    crate::tenancy::process_status_kb("VmHWM").map_or(0.0, |kb| kb as f64 / 1024.0)
 }
 
 fn batches(config: &GeneratorConfig) -> anyhow::Result<Vec<RecordBatch>> {

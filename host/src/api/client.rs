@@ -90,11 +90,6 @@ impl Client {
         })
     }
 
-    /// The same client with another token (none: anonymous).
-    pub fn with_token(&self, token: Option<&str>) -> Result<Self, ClientError> {
-        Client::new(&self.authority, token.map(str::to_owned))
-    }
-
     /// Send a request; any status is a response, only I/O failures are errors.
     pub fn send(&self, method: &str, path: &str, body: Option<(&str, Vec<u8>)>) -> Result<ApiResponse, ClientError> {
         let io = |e: &dyn std::fmt::Display| ClientError::Io {

@@ -27,7 +27,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::ApiError;
-use super::store::{TenantStore, digest_hex, safe_relative};
+use super::store::{TenantStore, canonical_digest, safe_relative};
 use crate::checkpoint::coordinator::{CheckpointStats, request_savepoint_while};
 use crate::checkpoint::storage::Metadata;
 use crate::job::spec::SinkKind;
@@ -463,21 +463,20 @@ fn rewrite(spec: &mut JobSpec, tenant: &Tenant, job_dir: &std::path::Path) -> Re
     let mut digests = Vec::new();
     let mut resolve = |node: &str, c: &mut Option<String>| -> Result<(), ApiError> {
         let Some(digest) = c.as_deref() else { return Ok(()) };
-        if digest_hex(digest).is_none() {
+        let Some(canonical) = canonical_digest(digest) else {
             return Err(ApiError::unprocessable(
                 "invalid_job",
                 format!(
                     "operator `{node}`: component {digest:?} must be the digest of an uploaded component (`sha256:<64 hex digits>`, as POST /v1/components returns)"
                 ),
             ));
-        }
+        };
         let path = tenant.store.component_path(digest).ok_or_else(|| {
             ApiError::unprocessable(
                 "unknown_component",
                 format!("operator `{node}`: no uploaded component has the digest {digest}"),
             )
         })?;
-        let canonical = format!("sha256:{}", digest_hex(digest).unwrap_or_default());
         if !digests.contains(&canonical) {
             digests.push(canonical);
         }

@@ -148,7 +148,10 @@ pub fn render(tenants: &[&Tenant]) -> String {
             JobState::Canceled,
             JobState::Failed,
         ] {
-            let count = t.jobs().iter().filter(|j| j.state() == st).count();
+            let count = details
+                .iter()
+                .filter(|(id, d)| id == t.config.id.as_str() && d["state"] == st.as_str())
+                .count();
             f.sample(
                 "sluice_tenant_jobs",
                 &[("tenant", t.config.id.as_str()), ("state", st.as_str())],
@@ -208,7 +211,11 @@ pub fn render(tenants: &[&Tenant]) -> String {
         "gauge",
         "Resident memory of the server process.",
     );
-    f.sample("sluice_process_resident_memory_bytes", &[], resident_bytes() as f64);
+    f.sample(
+        "sluice_process_resident_memory_bytes",
+        &[],
+        crate::tenancy::process_status_kb("VmRSS").map_or(0.0, |kb| (kb * 1024) as f64),
+    );
     out
 }
 
@@ -221,16 +228,4 @@ fn s(v: &serde_json::Value) -> String {
 
 fn n(v: &serde_json::Value) -> f64 {
     v.as_f64().unwrap_or(0.0)
-}
-
-/// The process's resident memory, from /proc (0 where there is none).
-pub fn resident_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
 }

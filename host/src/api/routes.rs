@@ -21,7 +21,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use super::jobs::{self, Tenant};
-use super::store::{safe_relative, validate_component};
+use super::store::{canonical_digest, safe_relative, validate_component};
 use super::{ApiError, ServerConfig, metrics};
 use crate::tenancy::{TenantId, token_hash};
 use crate::time::{Clock, SystemClock};
@@ -399,8 +399,7 @@ fn upload_component(tenant: &Tenant, engine: &WasmEngine, body: &[u8], now: i64)
 }
 
 fn delete_component(tenant: &Tenant, digest: &str) -> Result<Reply, ApiError> {
-    let canonical = format!("sha256:{}", digest.strip_prefix("sha256:").unwrap_or(digest));
-    if let Some(job) = tenant.component_in_use(&canonical) {
+    if let Some(job) = canonical_digest(digest).and_then(|d| tenant.component_in_use(&d)) {
         return Err(ApiError::conflict(format!("component {digest} is used by running job {job}")));
     }
     if !tenant.store.delete_component(digest)? {

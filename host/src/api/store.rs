@@ -48,6 +48,11 @@ pub fn digest_hex(digest: &str) -> Option<&str> {
     (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))).then_some(hex)
 }
 
+/// A digest in its one spelling, `sha256:<hex>`.
+pub fn canonical_digest(digest: &str) -> Option<String> {
+    digest_hex(digest).map(|hex| format!("sha256:{hex}"))
+}
+
 /// Check `bytes` is a component the server will run: Wasm, a component
 /// (not a core module), exporting one Sluice world, importing only allowed
 /// interfaces, and linking against the host. Nothing is kept of a rejected

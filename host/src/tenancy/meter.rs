@@ -11,6 +11,16 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
+/// A `kB` field of this process's `/proc/self/status` (`VmRSS`, `VmHWM`…),
+/// in KiB; none where there is no such file or field.
+pub fn process_status_kb(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// Usage counters of one tenant.
 #[derive(Debug, Default)]
 pub struct TenantMeter {
@@ -95,6 +105,13 @@ impl Drop for StateGauge {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_this_process_memory() {
+        let rss = process_status_kb("VmRSS").expect("Linux has /proc/self/status");
+        assert!(rss > 0 && process_status_kb("VmHWM").unwrap() >= rss);
+        assert_eq!(process_status_kb("NoSuchField"), None);
+    }
 
     #[test]
     fn state_gauges_sum_check_the_ceiling_and_give_back_on_drop() {
