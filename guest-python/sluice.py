@@ -189,7 +189,7 @@ def _open(cls, config):
     try:
         return cls(json.loads(config) if config else {})
     except Exception as e:  # an error here fails the job before it starts
-        raise Err(f"open failed: {e}")
+        raise Err(str(e))
 
 
 def _stateless(cls, each):

@@ -2,7 +2,7 @@
 //! logic in plain Rust measured in the same run as the baseline.
 //!
 //! ```text
-//! bench=map events=N events_per_cpu_s=X native_events_per_cpu_s=Y ratio=X/Y peak_rss_mb=Z
+//! bench=map events=N events_per_cpu_s=X native_events_per_cpu_s=Y ratio=X/Y events_per_wall_s=W peak_rss_mb=Z
 //! ```
 //!
 //! Inputs are generated before timing starts (the same batches for both
@@ -104,14 +104,17 @@ fn thread_cpu_seconds() -> Option<f64> {
     Some(ns / 1e9)
 }
 
-fn measure(f: impl FnOnce() -> anyhow::Result<u64>) -> anyhow::Result<(u64, f64)> {
+/// Run `f` (which returns how many records it emitted): the count, the
+/// thread's CPU seconds, and wall seconds.
+fn measure(f: impl FnOnce() -> anyhow::Result<u64>) -> anyhow::Result<(u64, f64, f64)> {
     let (cpu0, wall0) = (thread_cpu_seconds(), Instant::now());
     let n = f()?;
+    let wall = wall0.elapsed().as_secs_f64();
     let secs = match (cpu0, thread_cpu_seconds()) {
         (Some(a), Some(b)) => b - a,
-        _ => wall0.elapsed().as_secs_f64(),
+        _ => wall,
     };
-    Ok((n, secs.max(1e-9)))
+    Ok((n, secs.max(1e-9), wall.max(1e-9)))
 }
 
 fn peak_rss_mb() -> f64 {
@@ -128,7 +131,7 @@ fn batches(config: &GeneratorConfig) -> anyhow::Result<Vec<RecordBatch>> {
     Ok(out)
 }
 
-fn line(name: &str, events: u64, wasm: (u64, f64), native: (u64, f64)) -> anyhow::Result<String> {
+fn line(name: &str, events: u64, wasm: (u64, f64, f64), native: (u64, f64, f64)) -> anyhow::Result<String> {
     if wasm.0 != native.0 {
         bail!(
             "benchmark {name}: the Wasm path emitted {} records, the native one {}",
@@ -139,8 +142,9 @@ fn line(name: &str, events: u64, wasm: (u64, f64), native: (u64, f64)) -> anyhow
     let x = events as f64 / wasm.1;
     let y = events as f64 / native.1;
     Ok(format!(
-        "bench={name} events={events} events_per_cpu_s={x:.0} native_events_per_cpu_s={y:.0} ratio={:.3} peak_rss_mb={:.1}",
+        "bench={name} events={events} events_per_cpu_s={x:.0} native_events_per_cpu_s={y:.0} ratio={:.3} events_per_wall_s={:.0} peak_rss_mb={:.1}",
         x / y,
+        events as f64 / wasm.2,
         peak_rss_mb()
     ))
 }

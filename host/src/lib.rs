@@ -15,6 +15,7 @@
 //! state        key groups, the heap backend
 //! tenancy      tenants, quotas, per-instance limits, usage meters
 //! time         clocks, watermarks, timers
+//! toolchain    C bindings and core-module-to-component, for non-Rust guests
 //! window       window assigners, triggers and the window operator
 //! ```
 
@@ -27,5 +28,6 @@ pub mod runtime;
 pub mod state;
 pub mod tenancy;
 pub mod time;
+pub mod toolchain;
 pub mod wasm;
 pub mod window;

@@ -135,10 +135,36 @@ enum Command {
         /// Directory of the built UDF components.
         #[arg(long, default_value = "udfs/target/wasm32-wasip2/release")]
         udfs: PathBuf,
-        /// The language of the UDFs: rust (from `--udfs`) or python (from
-        /// target/guests/python, built by scripts/build-guests).
+        /// The language of the UDFs: rust (from `--udfs`), or python, js or c
+        /// (from target/guests/<lang>, built by scripts/build-guests).
         #[arg(long, default_value = "rust")]
         lang: String,
+        /// Run the benchmark twice: alone, then while a keyed count in this
+        /// language (rust, python, js or c) runs without pause on another
+        /// thread, to show that one guest's slowness does not slow another
+        /// job (compare `events_per_wall_s` of the two lines).
+        #[arg(long)]
+        alongside: Option<String>,
+    },
+    /// Write the C bindings of a Sluice world (`wit-bindgen c` over the
+    /// built-in WIT package): <world>.h, <world>.c, <world>_component_type.o.
+    CBindings {
+        /// stateless | keyed-process | window-aggregate | window-process | punctuated-watermarks
+        #[arg(long)]
+        world: String,
+        /// Where to write them.
+        #[arg(long)]
+        out_dir: PathBuf,
+    },
+    /// Turn a core module built for wasm32-wasi (C, with the bindings of
+    /// `c-bindings` linked in) into a UDF component, adapting WASI preview 1
+    /// (as `wasm-tools component new --adapt`).
+    Componentize {
+        /// The core module.
+        module: PathBuf,
+        /// The component to write.
+        #[arg(short, long)]
+        output: PathBuf,
     },
 }
 
@@ -250,17 +276,65 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Bench { name, events, udfs, lang } => {
-            let (udfs, events) = match lang.as_str() {
-                "rust" => (udfs, events),
-                "python" => (PathBuf::from("target/guests").join(&lang), events.or(Some(300_000))),
-                other => anyhow::bail!("unknown --lang {other:?}: rust or python"),
+        Command::CBindings { world, out_dir } => {
+            for f in sluice::toolchain::c_bindings(&world, &out_dir)? {
+                println!("{}", f.display());
+            }
+            Ok(())
+        }
+        Command::Componentize { module, output } => {
+            let core = std::fs::read(&module).with_context(|| format!("reading {}", module.display()))?;
+            let component = sluice::toolchain::componentize(&core).with_context(|| format!("componentizing {}", module.display()))?;
+            let tmp = output.with_extension("wasm.tmp");
+            std::fs::write(&tmp, &component).with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(&tmp, &output).with_context(|| format!("writing {}", output.display()))?;
+            Ok(())
+        }
+        Command::Bench {
+            name,
+            events,
+            udfs,
+            lang,
+            alongside,
+        } => {
+            let (dir, events) = bench_udfs(&lang, &udfs, events)?;
+            let engine = engine()?;
+            let Some(other) = alongside else {
+                println!("lang={lang} {}", sluice::bench::run(&engine, &name, events, &dir)?);
+                return Ok(());
             };
-            let line = sluice::bench::run(&engine()?, &name, events, &udfs)?;
-            println!("lang={lang} {line}");
+            let (other_dir, other_events) = bench_udfs(&other, &udfs, None)?;
+            println!("lang={lang} alongside=none {}", sluice::bench::run(&engine, &name, events, &dir)?);
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let background = {
+                let (engine, stop) = (engine.clone(), stop.clone());
+                std::thread::spawn(move || -> anyhow::Result<u64> {
+                    let mut runs = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        sluice::bench::run(&engine, "keyed-count", other_events, &other_dir)?;
+                        runs += 1;
+                    }
+                    Ok(runs)
+                })
+            };
+            let line = sluice::bench::run(&engine, &name, events, &dir);
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let runs = background.join().map_err(|_| anyhow::anyhow!("the background job panicked"))??;
+            println!("lang={lang} alongside={other} {} alongside_runs_completed={runs}", line?);
             Ok(())
         }
     }
+}
+
+/// Where the components of a benchmark in `lang` are, and its default size
+/// (smaller for the interpreted languages).
+fn bench_udfs(lang: &str, rust_udfs: &std::path::Path, events: Option<u64>) -> anyhow::Result<(PathBuf, Option<u64>)> {
+    Ok(match lang {
+        "rust" => (rust_udfs.to_owned(), events),
+        "c" => (PathBuf::from("target/guests/c"), events),
+        "python" | "js" => (PathBuf::from("target/guests").join(lang), events.or(Some(300_000))),
+        other => anyhow::bail!("unknown language {other:?}: rust, python, js or c"),
+    })
 }
 
 fn run_command(engine: &Arc<WasmEngine>, job: &std::path::Path, quiet: bool, options: RunOptions) -> anyhow::Result<()> {

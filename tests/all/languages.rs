@@ -1,4 +1,4 @@
-//! UDFs in other languages than Rust, built from source by
+//! UDFs in Python, JavaScript and C, built from source by
 //! `scripts/build-guests` (which `scripts/test` runs first): the same word
 //! count, mixed-language jobs, and keyed state that survives a savepoint.
 
@@ -28,32 +28,49 @@ fn wordcount_with(name: &str, rate: u64, count_par: u32, tokenize: &Path, count:
         .replace(&lit(&udf("count")), &lit(count))
 }
 
-#[test]
-fn the_python_word_count_and_a_mixed_job_equal_the_rust_one() {
+/// The word count with `language`'s tokenize and count, then jobs mixing
+/// languages (`(tokenize, count)`): each must equal the Rust word count.
+fn word_count_in(language: &str, mixed: &[(&str, &str)]) {
     let expected = uninterrupted("lang-rust", &wordcount_job("wc", 1_000_000, 2, ""), &["out"]);
     assert_eq!(expected[0].len(), 37_835);
-    let (py_tok, py_count) = (guest("python", "tokenize"), guest("python", "count"));
-    let python = wordcount_with("wc", 1_000_000, 2, &py_tok, &py_count);
-    assert_eq!(uninterrupted("lang-python", &python, &["out"]), expected, "Python tokenize + count");
-    let mixed = wordcount_with("wc", 1_000_000, 2, &py_tok, &udf("count"));
+    let component = |lang: &str, name: &str| if lang == "rust" { udf(name) } else { guest(lang, name) };
+    let own = wordcount_with("wc", 1_000_000, 2, &guest(language, "tokenize"), &guest(language, "count"));
     assert_eq!(
-        uninterrupted("lang-py-rust", &mixed, &["out"]),
+        uninterrupted(&format!("lang-{language}"), &own, &["out"]),
         expected,
-        "Python tokenize → Rust count"
+        "{language} tokenize + count"
     );
-    let mixed = wordcount_with("wc", 1_000_000, 2, &udf("tokenize"), &py_count);
-    assert_eq!(
-        uninterrupted("lang-rust-py", &mixed, &["out"]),
-        expected,
-        "Rust tokenize → Python count"
-    );
+    for (tok, count) in mixed {
+        let job = wordcount_with("wc", 1_000_000, 2, &component(tok, "tokenize"), &component(count, "count"));
+        assert_eq!(
+            uninterrupted(&format!("lang-{tok}-{count}"), &job, &["out"]),
+            expected,
+            "{tok} tokenize → {count} count"
+        );
+    }
 }
 
 #[test]
-fn keyed_state_written_by_a_python_udf_survives_a_savepoint_and_rescaling() {
+fn the_python_word_count_and_a_mixed_job_equal_the_rust_one() {
+    word_count_in("python", &[("python", "rust"), ("rust", "python")]);
+}
+
+#[test]
+fn the_javascript_word_count_and_a_mixed_job_equal_the_rust_one() {
+    word_count_in("js", &[("js", "python")]);
+}
+
+#[test]
+fn the_c_word_count_and_a_mixed_job_equal_the_rust_one() {
+    word_count_in("c", &[("c", "js")]);
+}
+
+/// Stop `language`'s word count with a savepoint part-way, restore it at
+/// parallelism 3: the counts continue from the state the guest wrote.
+fn keyed_state_survives_a_savepoint(language: &str) {
     let expected = uninterrupted("lang-sp-expected", &wordcount_job("wc", 1_000_000, 2, ""), &["out"]);
-    let (tok, count) = (guest("python", "tokenize"), guest("python", "count"));
-    let dir = temp_dir("lang-sp");
+    let (tok, count) = (guest(language, "tokenize"), guest(language, "count"));
+    let dir = temp_dir(&format!("lang-sp-{language}"));
     let handle = start(&wordcount_with("wc", 2000, 2, &tok, &count), &dir, None);
     let t = Instant::now();
     while handle.metrics[0].records_out() < 1000 {
@@ -64,9 +81,23 @@ fn keyed_state_written_by_a_python_udf_survives_a_savepoint_and_rescaling() {
     handle.wait().unwrap();
     let partial = committed(&dir.join("out"));
     assert!(!partial.is_empty() && partial.len() < expected[0].len(), "{}", partial.len());
-    // Restored at parallelism 3: the Python counts continue from the host state.
     start(&wordcount_with("wc", 1_000_000, 3, &tok, &count), &dir, Some(sp))
         .wait()
         .unwrap();
-    assert_eq!(committed(&dir.join("out")), expected[0]);
+    assert_eq!(committed(&dir.join("out")), expected[0], "{language}");
+}
+
+#[test]
+fn keyed_state_written_by_a_python_udf_survives_a_savepoint_and_rescaling() {
+    keyed_state_survives_a_savepoint("python");
+}
+
+#[test]
+fn keyed_state_written_by_a_javascript_udf_survives_a_savepoint_and_rescaling() {
+    keyed_state_survives_a_savepoint("js");
+}
+
+#[test]
+fn keyed_state_written_by_a_c_udf_survives_a_savepoint_and_rescaling() {
+    keyed_state_survives_a_savepoint("c");
 }
