@@ -64,3 +64,9 @@ impl From<crate::state::StateError> for Error {
         Error(e.to_string())
     }
 }
+
+impl From<crate::nexmark::DecodeError> for Error {
+    fn from(e: crate::nexmark::DecodeError) -> Self {
+        Error::new(e.to_string())
+    }
+}

@@ -49,6 +49,7 @@
 //! and the host discards this instance.
 
 pub mod batch;
+pub mod nexmark;
 mod time_window;
 
 pub use time_window::Window;

@@ -177,7 +177,8 @@ pub fn run(engine: &Arc<WasmEngine>, name: &str, events: Option<u64>, udfs: &Pat
         "keyed-count" => bench_keyed_count(engine, events.unwrap_or(3_000_000), udfs),
         "window-count" => bench_window_count(engine, events.unwrap_or(10_000_000), udfs),
         "checkpoint" => bench_checkpoint(engine, events.unwrap_or(3_000_000), udfs),
-        other => bail!("unknown benchmark `{other}`: choose map, keyed-count, window-count or checkpoint"),
+        "nexmark" => bail!("`nexmark` takes `--query`: one of {}", crate::queries::QUERIES.join(", ")),
+        other => bail!("unknown benchmark `{other}`: choose map, keyed-count, window-count, checkpoint or nexmark"),
     }
 }
 
@@ -509,6 +510,49 @@ to = "out"
         handle.bytes,
         raw_bytes,
         (1.0 - with / plain) * 100.0,
+        peak_rss_mb()
+    ))
+}
+
+/// `sluice bench nexmark --query Q`: the query's job (source, UDFs, a
+/// discarding sink, all at parallelism 1) in events per CPU-second of the
+/// whole process, generator included; then the reference implementation
+/// over the same events, per CPU-second of its thread, generator included.
+/// Both must produce the same number of rows.
+pub fn nexmark(engine: &Arc<WasmEngine>, query: &str, events: u64, udfs: &Path) -> anyhow::Result<String> {
+    let dir = std::env::temp_dir().join(format!("sluice-bench-nexmark-{}", std::process::id()));
+    // The spec's paths are relative to its directory: give it absolute ones.
+    let udfs = &std::path::absolute(udfs)?;
+    let toml = crate::queries::job_toml(query, events, 1, udfs, "kind = \"discard\"")?;
+    let graph = crate::job::JobGraph::build(crate::job::JobSpec::from_toml(&toml)?, &dir)?;
+    // Compile (or load from the cache) before the clock starts.
+    graph.load_components(engine).with_context(|| {
+        format!(
+            "loading the components of {query} from {} (run scripts/build-udfs first)",
+            udfs.display()
+        )
+    })?;
+    let (cpu, wall) = (process_cpu_seconds(), Instant::now());
+    let summary = crate::runtime::run_job(&graph, engine, crate::runtime::RunOptions::default())?.wait()?;
+    let sluice_cpu = (process_cpu_seconds() - cpu).max(1e-3);
+    let sluice_wall = wall.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(&dir);
+    let rows = summary.metrics.iter().find(|m| m.name == "out").map_or(0, |m| m.records_in());
+    let settings = crate::connectors::NexmarkSettings {
+        count: events,
+        events_per_second: 10_000,
+        start_time_ms: 0,
+    };
+    let (reference_rows, reference_cpu, _) = measure(|| crate::queries::reference(query, &settings, &mut |_| {}))?;
+    if rows != reference_rows {
+        bail!("nexmark {query}: Sluice emitted {rows} rows, the reference {reference_rows}");
+    }
+    let x = events as f64 / sluice_cpu;
+    let y = events as f64 / reference_cpu;
+    Ok(format!(
+        "bench=nexmark query={query} events={events} rows={rows} events_per_cpu_s={x:.0} reference_events_per_cpu_s={y:.0} ratio={:.3} \
+         sluice_cpu_s={sluice_cpu:.2} sluice_wall_s={sluice_wall:.2} peak_rss_mb={:.1}",
+        x / y,
         peak_rss_mb()
     ))
 }

@@ -8,9 +8,11 @@ pub mod file_sink;
 mod file_source;
 pub mod generator;
 mod json_sink;
+pub mod nexmark;
 
 use std::path::PathBuf;
 
+pub use self::nexmark::{NexmarkSettings, NexmarkSource};
 pub use file_sink::TransactionalFileSink;
 pub use file_source::{FileOptions, FileSource};
 pub use generator::Generator;
@@ -86,5 +88,23 @@ pub trait SinkWriter: Send {
     fn prepare_commit(&mut self, _checkpoint: u64, _last: bool) -> Result<Vec<String>, ConnectorError> {
         self.flush()?;
         Ok(Vec::new())
+    }
+}
+
+/// A sink that drops every record (Flink's `blackhole` connector), so a
+/// benchmark measures the pipeline, not the formatting and writing of output.
+pub struct DiscardSink;
+
+impl SinkWriter for DiscardSink {
+    fn write(&mut self, _batch: &RecordBatch) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), ConnectorError> {
+        Ok(())
     }
 }

@@ -9,6 +9,7 @@
 //! ```text
 //! api          the HTTP server and its client (`sluice serve`)
 //! job          spec (TOML/JSON), validation, logical graph, physical plan
+//! queries      the Nexmark queries: job specs and reference implementations
 //! runtime      tasks, channels, partitioners, operators, the executor
 //! connectors   sources and sinks
 //! wasm         engine, component cache, host interfaces, guest instances
@@ -24,6 +25,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod connectors;
 pub mod job;
+pub mod queries;
 pub mod runtime;
 pub mod state;
 pub mod tenancy;

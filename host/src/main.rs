@@ -127,8 +127,11 @@ enum Command {
     },
     /// Run a benchmark and print one line of figures, beside a native baseline.
     Bench {
-        /// map | keyed-count
+        /// map | keyed-count | window-count | checkpoint | nexmark
         name: String,
+        /// nexmark: the query (q0, q1, q2, …).
+        #[arg(long)]
+        query: Option<String>,
         /// Records to process (default: 5,000,000 for map, 3,000,000 for keyed-count).
         #[arg(long)]
         events: Option<u64>,
@@ -292,6 +295,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench {
             name,
+            query: Some(query),
+            events,
+            udfs,
+            ..
+        } if name == "nexmark" => {
+            let line = sluice::bench::nexmark(&engine()?, &query, events.unwrap_or(10_000_000), &udfs)?;
+            println!("{line}");
+            Ok(())
+        }
+        Command::Bench {
+            name,
+            query: _,
             events,
             udfs,
             lang,

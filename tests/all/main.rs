@@ -7,6 +7,7 @@ mod harness;
 mod job_spec;
 mod keyed_state;
 mod languages;
+mod nexmark;
 mod server;
 mod traps;
 mod windows;

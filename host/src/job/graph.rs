@@ -500,6 +500,32 @@ fn check_source(s: &SourceSpec) -> Result<(), JobError> {
                 return Err(invalid("`start_time_ms` needs `events_per_second`"));
             }
         }
+        SourceKind::Nexmark => {
+            if s.count.is_none() {
+                return Err(invalid("a nexmark source needs `count`"));
+            }
+            if s.events_per_second == Some(0) {
+                return Err(invalid("`events_per_second` must be at least 1"));
+            }
+            if s.start_time_ms.is_some_and(|t| t < 0) {
+                return Err(invalid("`start_time_ms` must not be negative"));
+            }
+            if s.path.is_some()
+                || s.format.is_some()
+                || s.key_field.is_some()
+                || s.timestamp_field.is_some()
+                || s.columns.is_some()
+                || s.follow
+                || s.keys.is_some()
+                || s.distribution.is_some()
+                || s.value_size.is_some()
+                || s.seed.is_some()
+            {
+                return Err(invalid(
+                    "a nexmark source takes `count`, `events_per_second` and `start_time_ms` only (and `parallelism`, `watermarks`, `records_per_second`)",
+                ));
+            }
+        }
     }
     if let Some(w) = &s.watermarks {
         check_watermarks(&s.name, w)?;

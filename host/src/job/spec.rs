@@ -241,6 +241,9 @@ pub enum SourceKind {
     File,
     /// Deterministic generated records (`count`, `keys`, `distribution`, `value_size`).
     Generator,
+    /// Nexmark auction events (`count`, `events_per_second`, `start_time_ms`):
+    /// see `connectors::nexmark`.
+    Nexmark,
 }
 
 /// Line formats of a file source.
@@ -298,7 +301,7 @@ pub struct SourceSpec {
     /// How the source's watermarks are generated; none: no watermarks until
     /// the end of input.
     pub watermarks: Option<WatermarkSpec>,
-    /// generator: how many records.
+    /// generator, nexmark: how many records.
     pub count: Option<u64>,
     /// generator: number of distinct keys (`key-<n>`); none: records have no key.
     pub keys: Option<u64>,
@@ -309,9 +312,10 @@ pub struct SourceSpec {
     /// generator: seed. Default 42.
     pub seed: Option<u64>,
     /// generator: give records event times, this many per event-time second,
-    /// starting at `start_time_ms` (default 0), in order.
+    /// starting at `start_time_ms` (default 0), in order. nexmark: the event
+    /// rate (default 10,000).
     pub events_per_second: Option<u64>,
-    /// generator: the event time of the first record, with `events_per_second`.
+    /// generator, nexmark: the event time of the first record (default 0).
     pub start_time_ms: Option<i64>,
     /// Emit at most this many records per second of wall time (per
     /// subtask); none: as fast as downstream takes them.
@@ -543,6 +547,8 @@ pub enum SinkKind {
     File,
     /// JSON lines to standard output.
     Stdout,
+    /// Drops every record (Flink's `blackhole`): for benchmarks.
+    Discard,
 }
 
 /// How a sink writes each record.

@@ -35,7 +35,8 @@ use crate::checkpoint::{
 };
 use crate::connectors::generator::GeneratorConfig;
 use crate::connectors::{
-    ConnectorError, FileOptions, FileSource, Generator, JsonLinesSink, SinkWriter, SourceReader, TransactionalFileSink, file_sink,
+    ConnectorError, FileOptions, FileSource, Generator, JsonLinesSink, NexmarkSettings, NexmarkSource, SinkWriter, SourceReader,
+    TransactionalFileSink, file_sink,
 };
 use crate::job::graph::{JobGraph, NodeId, NodeKind};
 use crate::job::spec::{OutputTag, RestartSpec, SinkKind, SourceKind, WatermarkSpec, WatermarkStrategy};
@@ -1523,6 +1524,15 @@ fn open_source(graph: &JobGraph, src: &crate::job::SourceSpec, subtask: u32) -> 
             subtask,
             src.parallelism,
         )),
+        SourceKind::Nexmark => Box::new(NexmarkSource::new(
+            NexmarkSettings {
+                count: src.count.unwrap_or(0),
+                events_per_second: src.events_per_second.unwrap_or(10_000),
+                start_time_ms: src.start_time_ms.unwrap_or(0),
+            },
+            subtask,
+            src.parallelism,
+        )),
     })
 }
 
@@ -1534,6 +1544,7 @@ fn open_sink(
 ) -> Result<Box<dyn SinkWriter>, JobError> {
     Ok(match (sink.kind, completed) {
         (SinkKind::Stdout, _) => Box::new(JsonLinesSink::stdout(sink.format)),
+        (SinkKind::Discard, _) => Box::new(crate::connectors::DiscardSink),
         (SinkKind::File, Some(completed)) => {
             let dir = graph.base_dir.join(sink.path.as_deref().unwrap_or_default());
             Box::new(TransactionalFileSink::new(&dir, subtask, sink.format, completed).map_err(|e| JobError::Failed(e.into()))?)

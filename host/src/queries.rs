@@ -1,0 +1,437 @@
+//! The Nexmark queries: each as a Sluice job (Rust UDF components from
+//! `udfs/nexmark/`) and as a reference implementation in plain Rust over the
+//! same events (the `nexmark` crate's generator, without Sluice), which the
+//! tests compare with the jobs' output and `sluice bench nexmark` measures
+//! them against.
+//!
+//! Every output row is a JSON object; the reference writes the same fields
+//! with serde_json, as the UDFs do.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use nexmark::event::Event;
+use serde::Serialize;
+
+use crate::connectors::NexmarkSettings;
+
+/// The queries Sluice runs.
+pub const QUERIES: &[&str] = &["q0", "q1", "q2", "q4", "q5", "q7"];
+
+/// The job spec (TOML) of `query` over `events` events at `parallelism`,
+/// reading components from `udfs` and writing to `sink` (a `[[sinks]]`
+/// table body without the name, e.g. `kind = "discard"`).
+pub fn job_toml(query: &str, events: u64, parallelism: u32, udfs: &Path, sink: &str) -> anyhow::Result<String> {
+    let component = |name: &str| {
+        let path = udfs.join(format!("nexmark_{name}.wasm"));
+        toml::Value::String(path.display().to_string()).to_string()
+    };
+    let source = format!(
+        r#"
+name = "nexmark-{query}"
+[[sources]]
+name = "events"
+kind = "nexmark"
+count = {events}
+parallelism = {parallelism}
+watermarks = {{ strategy = "bounded", max_out_of_orderness_ms = 4000 }}
+"#
+    );
+    let body = match query {
+        "q0" | "q1" | "q2" => format!(
+            r#"
+[[operators]]
+name = "{query}"
+kind = "flat-map"
+component = {c}
+parallelism = {parallelism}
+[[sinks]]
+name = "out"
+parallelism = {parallelism}
+{sink}
+[[edges]]
+from = "events"
+to = "{query}"
+[[edges]]
+from = "{query}"
+to = "out"
+"#,
+            c = component(query)
+        ),
+        // Average final price per category: auctions and bids joined by
+        // auction id in a two-input keyed process (final price when the
+        // auction closes), then a running average per category.
+        "q4" => format!(
+            r#"
+[[operators]]
+name = "auctions"
+kind = "flat-map"
+component = {select}
+config = {{ kind = "auction", key = "id" }}
+parallelism = {parallelism}
+[[operators]]
+name = "bids"
+kind = "flat-map"
+component = {select}
+config = {{ kind = "bid", key = "auction" }}
+parallelism = {parallelism}
+[[operators]]
+name = "final-price"
+kind = "keyed-process"
+component = {join}
+parallelism = {parallelism}
+[[operators]]
+name = "average"
+kind = "keyed-process"
+component = {average}
+parallelism = {parallelism}
+[[sinks]]
+name = "out"
+parallelism = {parallelism}
+{sink}
+[[edges]]
+from = "events"
+to = "auctions"
+[[edges]]
+from = "events"
+to = "bids"
+[[edges]]
+from = "auctions"
+to = "final-price"
+input = 0
+[[edges]]
+from = "bids"
+to = "final-price"
+input = 1
+[[edges]]
+from = "final-price"
+to = "average"
+[[edges]]
+from = "average"
+to = "out"
+"#,
+            select = component("select"),
+            join = component("q4_join"),
+            average = component("q4_average"),
+        ),
+        // Hot items: bids per auction in sliding windows of 10 s every 2 s
+        // (the built-in count), re-keyed by window, then the auctions with
+        // the most bids of each window.
+        "q5" => format!(
+            r#"
+[[operators]]
+name = "bids"
+kind = "flat-map"
+component = {bids}
+config = {{ kind = "bid", key = "auction" }}
+parallelism = {parallelism}
+[[operators]]
+name = "counts"
+kind = "window"
+parallelism = {parallelism}
+window = {{ assigner = "sliding", size_ms = 10000, slide_ms = 2000, aggregate = "count" }}
+[[operators]]
+name = "by-window"
+kind = "map"
+component = {json_key}
+config = {{ field = "start" }}
+parallelism = {parallelism}
+[[operators]]
+name = "hot"
+kind = "window"
+component = {c}
+parallelism = {parallelism}
+window = {{ assigner = "tumbling", size_ms = 2000 }}
+[[sinks]]
+name = "out"
+parallelism = {parallelism}
+{sink}
+[[edges]]
+from = "events"
+to = "bids"
+[[edges]]
+from = "bids"
+to = "counts"
+[[edges]]
+from = "counts"
+to = "by-window"
+[[edges]]
+from = "by-window"
+to = "hot"
+[[edges]]
+from = "hot"
+to = "out"
+"#,
+            bids = component("select"),
+            json_key = toml::Value::String(udfs.join("json_key.wasm").display().to_string()),
+            c = component(query)
+        ),
+        // Highest bid: the bids with the highest price of each tumbling
+        // 10 s window, all bids under one key.
+        "q7" => format!(
+            r#"
+[[operators]]
+name = "bids"
+kind = "flat-map"
+component = {bids}
+config = {{ kind = "bid", key = "constant" }}
+parallelism = {parallelism}
+[[operators]]
+name = "highest"
+kind = "window"
+component = {c}
+parallelism = {parallelism}
+window = {{ assigner = "tumbling", size_ms = 10000 }}
+[[sinks]]
+name = "out"
+parallelism = {parallelism}
+{sink}
+[[edges]]
+from = "events"
+to = "bids"
+[[edges]]
+from = "bids"
+to = "highest"
+[[edges]]
+from = "highest"
+to = "out"
+"#,
+            bids = component("select"),
+            c = component(query)
+        ),
+        other => anyhow::bail!("unknown query `{other}`: one of {}", QUERIES.join(", ")),
+    };
+    Ok(source + &body)
+}
+
+/// Run the reference implementation of `query` over the events of
+/// `settings`, calling `emit` with each output row (JSON). Returns the rows.
+pub fn reference(query: &str, settings: &NexmarkSettings, emit: &mut dyn FnMut(&[u8])) -> anyhow::Result<u64> {
+    let mut row = Vec::with_capacity(256);
+    let mut rows = 0u64;
+    let mut out = |row: &mut Vec<u8>, value: &dyn erased::Row| {
+        row.clear();
+        value.write(row);
+        emit(row);
+        rows += 1;
+    };
+    let events = settings.events(0, 1);
+    match query {
+        "q0" | "q1" => {
+            for e in events {
+                let Event::Bid(b) = e else { continue };
+                if query == "q0" {
+                    out(&mut row, &BidRow::of(&b, b.price));
+                } else {
+                    out(&mut row, &BidRow::of(&b, 0.908 * b.price as f64));
+                }
+            }
+        }
+        "q2" => {
+            #[derive(Serialize)]
+            struct Row {
+                auction: usize,
+                price: usize,
+            }
+            for e in events {
+                if let Event::Bid(b) = e
+                    && b.auction % 123 == 0
+                {
+                    out(
+                        &mut row,
+                        &Row {
+                            auction: b.auction,
+                            price: b.price,
+                        },
+                    );
+                }
+            }
+        }
+        "q4" => {
+            // Every auction first (a bid may name an auction generated a
+            // little after it), then each auction's highest bid between its
+            // start and its expiry, then the average per category.
+            let events: Vec<Event> = events.collect();
+            let mut auctions: HashMap<usize, (usize, u64, u64)> = HashMap::new();
+            for e in &events {
+                if let Event::Auction(a) = e {
+                    auctions.insert(a.id, (a.category, a.date_time, a.expires));
+                }
+            }
+            let mut best: HashMap<usize, (usize, usize)> = HashMap::new();
+            for e in &events {
+                let Event::Bid(b) = e else { continue };
+                let Some(&(category, start, expires)) = auctions.get(&b.auction) else {
+                    continue;
+                };
+                if (start..=expires).contains(&b.date_time) {
+                    let (_, price) = best.entry(b.auction).or_insert((category, 0));
+                    *price = (*price).max(b.price);
+                }
+            }
+            // Auctions close in order of expiry; each closing with a price
+            // updates its category's average, as the job's output does.
+            let mut closing: Vec<(u64, usize, usize, usize)> = best
+                .into_iter()
+                .map(|(id, (category, price))| (auctions[&id].2, id, category, price))
+                .collect();
+            closing.sort_unstable();
+            #[derive(Serialize)]
+            struct Average {
+                category: usize,
+                avg: f64,
+                auctions: u64,
+            }
+            let mut per_category: HashMap<usize, (u64, u64)> = HashMap::new();
+            for (_, _, category, price) in closing {
+                let (total, auctions) = per_category.entry(category).or_default();
+                *total += price as u64;
+                *auctions += 1;
+                out(
+                    &mut row,
+                    &Average {
+                        category,
+                        avg: *total as f64 / *auctions as f64,
+                        auctions: *auctions,
+                    },
+                );
+            }
+        }
+        "q5" => {
+            #[derive(Serialize)]
+            struct Hot {
+                auction: usize,
+                num: u64,
+                window_start: i64,
+                window_end: i64,
+            }
+            // Bids per (window start, auction), sliding windows of 10 s every 2 s.
+            let mut counts: HashMap<(i64, usize), u64> = HashMap::new();
+            for e in events {
+                let Event::Bid(b) = e else { continue };
+                let t = b.date_time as i64;
+                let last = t - t.rem_euclid(2000);
+                for start in (last - 8000..=last).step_by(2000) {
+                    *counts.entry((start, b.auction)).or_default() += 1;
+                }
+            }
+            let mut max: HashMap<i64, u64> = HashMap::new();
+            for (&(start, _), &n) in &counts {
+                let m = max.entry(start).or_default();
+                *m = (*m).max(n);
+            }
+            for (&(start, auction), &num) in &counts {
+                if num == max[&start] {
+                    out(
+                        &mut row,
+                        &Hot {
+                            auction,
+                            num,
+                            window_start: start,
+                            window_end: start + 10_000,
+                        },
+                    );
+                }
+            }
+        }
+        "q7" => {
+            // Per tumbling 10 s window: the highest price and its bids.
+            let mut highest: HashMap<i64, (usize, Vec<nexmark::event::Bid>)> = HashMap::new();
+            for e in events {
+                let Event::Bid(b) = e else { continue };
+                let t = b.date_time as i64;
+                let (price, bids) = highest.entry(t - t.rem_euclid(10_000)).or_insert((0, Vec::new()));
+                if b.price > *price || bids.is_empty() {
+                    *price = b.price;
+                    bids.clear();
+                }
+                if b.price == *price {
+                    bids.push(b);
+                }
+            }
+            #[derive(Serialize)]
+            struct Row<'a> {
+                auction: usize,
+                price: usize,
+                bidder: usize,
+                date_time: u64,
+                extra: &'a str,
+            }
+            for (_, bids) in highest.values() {
+                for b in bids {
+                    out(
+                        &mut row,
+                        &Row {
+                            auction: b.auction,
+                            price: b.price,
+                            bidder: b.bidder,
+                            date_time: b.date_time,
+                            extra: &b.extra,
+                        },
+                    );
+                }
+            }
+        }
+        other => anyhow::bail!("unknown query `{other}`: one of {}", QUERIES.join(", ")),
+    }
+    Ok(rows)
+}
+
+/// The rows of a query's job output that its reference produces: all of
+/// them, except for q4, whose output is an updating result (a new average
+/// per category at each closed auction, in an order that depends on the
+/// interleaving of parallel subtasks): there the last row per category, the
+/// one that counts the most auctions.
+pub fn final_rows(query: &str, rows: Vec<String>) -> Vec<String> {
+    if query != "q4" {
+        return rows;
+    }
+    let mut last: HashMap<u64, (u64, String)> = HashMap::new();
+    for row in rows {
+        let v: serde_json::Value = serde_json::from_str(&row).unwrap_or_default();
+        let (Some(category), Some(auctions)) = (v["category"].as_u64(), v["auctions"].as_u64()) else {
+            continue;
+        };
+        let e = last.entry(category).or_insert((0, String::new()));
+        if auctions >= e.0 {
+            *e = (auctions, row);
+        }
+    }
+    last.into_values().map(|(_, row)| row).collect()
+}
+
+/// A bid as q0 and q1 write it, with the price in dollars (q0) or euros (q1).
+#[derive(Serialize)]
+struct BidRow<'a, P> {
+    auction: usize,
+    bidder: usize,
+    price: P,
+    date_time: u64,
+    extra: &'a str,
+}
+
+impl<'a, P> BidRow<'a, P> {
+    fn of(b: &'a nexmark::event::Bid, price: P) -> Self {
+        BidRow {
+            auction: b.auction,
+            bidder: b.bidder,
+            price,
+            date_time: b.date_time,
+            extra: &b.extra,
+        }
+    }
+}
+
+/// Serialization behind a trait object, so `reference` has one `out`.
+mod erased {
+    pub trait Row {
+        fn write(&self, out: &mut Vec<u8>);
+    }
+
+    impl<T: serde::Serialize> Row for T {
+        fn write(&self, out: &mut Vec<u8>) {
+            // Serializing plain structs of numbers and strings into a Vec cannot fail.
+            let _ = serde_json::to_writer(out, self);
+        }
+    }
+}
