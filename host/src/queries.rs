@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::connectors::NexmarkSettings;
 
 /// The queries Sluice runs.
-pub const QUERIES: &[&str] = &["q0", "q1", "q2", "q4", "q5", "q7"];
+pub const QUERIES: &[&str] = &["q0", "q1", "q2", "q3", "q4", "q5", "q7", "q8"];
 
 /// The job spec (TOML) of `query` over `events` events at `parallelism`,
 /// reading components from `udfs` and writing to `sink` (a `[[sinks]]`
@@ -57,6 +57,123 @@ from = "{query}"
 to = "out"
 "#,
             c = component(query)
+        ),
+        // Local item suggestion: people of three states and auctions of
+        // category 10 in the host's regular join, by person id = seller.
+        "q3" => format!(
+            r#"
+[[operators]]
+name = "persons"
+kind = "flat-map"
+component = {c}
+config = {{ step = "persons" }}
+parallelism = {parallelism}
+[[operators]]
+name = "auctions"
+kind = "flat-map"
+component = {c}
+config = {{ step = "auctions" }}
+parallelism = {parallelism}
+[[operators]]
+name = "join"
+kind = "join"
+parallelism = {parallelism}
+[[operators]]
+name = "result"
+kind = "flat-map"
+component = {c}
+config = {{ step = "result" }}
+parallelism = {parallelism}
+[[sinks]]
+name = "out"
+parallelism = {parallelism}
+{sink}
+[[edges]]
+from = "events"
+to = "persons"
+[[edges]]
+from = "events"
+to = "auctions"
+[[edges]]
+from = "persons"
+to = "join"
+input = 0
+[[edges]]
+from = "auctions"
+to = "join"
+input = 1
+[[edges]]
+from = "join"
+to = "result"
+[[edges]]
+from = "result"
+to = "out"
+"#,
+            c = component(query)
+        ),
+        // New users: sellers per tumbling 10 s window (the built-in count),
+        // then the host's window join with the people registered in the
+        // same window.
+        "q8" => format!(
+            r#"
+[[operators]]
+name = "persons"
+kind = "flat-map"
+component = {c}
+config = {{ step = "persons" }}
+parallelism = {parallelism}
+[[operators]]
+name = "sellers"
+kind = "flat-map"
+component = {select}
+config = {{ kind = "auction", key = "seller" }}
+parallelism = {parallelism}
+[[operators]]
+name = "seller-windows"
+kind = "window"
+parallelism = {parallelism}
+window = {{ assigner = "tumbling", size_ms = 10000, aggregate = "count" }}
+[[operators]]
+name = "join"
+kind = "join"
+parallelism = {parallelism}
+join = {{ window = "tumbling", size_ms = 10000 }}
+[[operators]]
+name = "result"
+kind = "flat-map"
+component = {c}
+config = {{ step = "result" }}
+parallelism = {parallelism}
+[[sinks]]
+name = "out"
+parallelism = {parallelism}
+{sink}
+[[edges]]
+from = "events"
+to = "persons"
+[[edges]]
+from = "events"
+to = "sellers"
+[[edges]]
+from = "sellers"
+to = "seller-windows"
+[[edges]]
+from = "persons"
+to = "join"
+input = 0
+[[edges]]
+from = "seller-windows"
+to = "join"
+input = 1
+[[edges]]
+from = "join"
+to = "result"
+[[edges]]
+from = "result"
+to = "out"
+"#,
+            c = component(query),
+            select = component("select"),
         ),
         // Average final price per category: auctions and bids joined by
         // auction id in a two-input keyed process (final price when the
@@ -247,26 +364,93 @@ pub fn reference(query: &str, settings: &NexmarkSettings, emit: &mut dyn FnMut(&
                 }
             }
         }
-        "q4" => {
-            // Every auction first (a bid may name an auction generated a
-            // little after it), then each auction's highest bid between its
-            // start and its expiry, then the average per category.
-            let events: Vec<Event> = events.collect();
-            let mut auctions: HashMap<usize, (usize, u64, u64)> = HashMap::new();
-            for e in &events {
-                if let Event::Auction(a) = e {
-                    auctions.insert(a.id, (a.category, a.date_time, a.expires));
+        "q3" => {
+            // People of the three states by id, auctions of category 10;
+            // every match, whichever came first.
+            let mut persons: HashMap<usize, (String, String, String)> = HashMap::new();
+            let mut auctions: Vec<(usize, usize)> = Vec::new();
+            for e in events {
+                match e {
+                    Event::Person(p) if matches!(p.state.as_str(), "or" | "id" | "ca") => {
+                        persons.insert(p.id, (p.name, p.city, p.state));
+                    }
+                    Event::Auction(a) if a.category == 10 => auctions.push((a.seller, a.id)),
+                    _ => {}
                 }
             }
+            #[derive(Serialize)]
+            struct Row<'a> {
+                name: &'a str,
+                city: &'a str,
+                state: &'a str,
+                id: usize,
+            }
+            for (seller, id) in auctions {
+                if let Some((name, city, state)) = persons.get(&seller) {
+                    out(&mut row, &Row { name, city, state, id });
+                }
+            }
+        }
+        "q8" => {
+            // People with the window they registered in; sellers per window.
+            let window = |t: u64| t as i64 - (t as i64).rem_euclid(10_000);
+            let mut persons: Vec<(usize, String, i64)> = Vec::new();
+            let mut sellers: std::collections::HashSet<(usize, i64)> = Default::default();
+            for e in events {
+                match e {
+                    Event::Person(p) => persons.push((p.id, p.name, window(p.date_time))),
+                    Event::Auction(a) => {
+                        sellers.insert((a.seller, window(a.date_time)));
+                    }
+                    Event::Bid(_) => {}
+                }
+            }
+            #[derive(Serialize)]
+            struct Row<'a> {
+                id: usize,
+                name: &'a str,
+                starttime: i64,
+            }
+            for (id, name, starttime) in &persons {
+                if sellers.contains(&(*id, *starttime)) {
+                    out(
+                        &mut row,
+                        &Row {
+                            id: *id,
+                            name,
+                            starttime: *starttime,
+                        },
+                    );
+                }
+            }
+        }
+        "q4" => {
+            // One pass. A bid may name an auction generated a little after
+            // it: such bids wait for their auction (they can only count when
+            // both have the same timestamp).
+            let mut auctions: HashMap<usize, (usize, u64, u64)> = HashMap::new();
+            let mut waiting: HashMap<usize, Vec<(usize, u64)>> = HashMap::new();
             let mut best: HashMap<usize, (usize, usize)> = HashMap::new();
-            for e in &events {
-                let Event::Bid(b) = e else { continue };
-                let Some(&(category, start, expires)) = auctions.get(&b.auction) else {
-                    continue;
-                };
-                if (start..=expires).contains(&b.date_time) {
-                    let (_, price) = best.entry(b.auction).or_insert((category, 0));
-                    *price = (*price).max(b.price);
+            let offer = |best: &mut HashMap<usize, (usize, usize)>, (category, start, expires): (usize, u64, u64), id, price, at| {
+                if (start..=expires).contains(&at) {
+                    let (_, p) = best.entry(id).or_insert((category, 0));
+                    *p = (*p).max(price);
+                }
+            };
+            for e in events {
+                match e {
+                    Event::Auction(a) => {
+                        let info = (a.category, a.date_time, a.expires);
+                        auctions.insert(a.id, info);
+                        for (price, at) in waiting.remove(&a.id).unwrap_or_default() {
+                            offer(&mut best, info, a.id, price, at);
+                        }
+                    }
+                    Event::Bid(b) => match auctions.get(&b.auction) {
+                        Some(&info) => offer(&mut best, info, b.auction, b.price, b.date_time),
+                        None => waiting.entry(b.auction).or_default().push((b.price, b.date_time)),
+                    },
+                    Event::Person(_) => {}
                 }
             }
             // Auctions close in order of expiry; each closing with a price

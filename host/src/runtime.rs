@@ -17,6 +17,7 @@
 
 mod channel;
 mod executor;
+pub mod join;
 pub(crate) mod operator;
 pub(crate) mod partition;
 

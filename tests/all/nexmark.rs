@@ -66,6 +66,16 @@ fn q2_selection_equals_the_reference() {
 }
 
 #[test]
+fn q3_local_item_suggestion_a_regular_join_equals_the_reference() {
+    check("q3");
+}
+
+#[test]
+fn q8_new_users_a_window_join_equals_the_reference() {
+    check("q8");
+}
+
+#[test]
 fn q4_average_price_per_category_equals_the_reference() {
     check("q4");
 }

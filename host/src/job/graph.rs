@@ -193,8 +193,8 @@ impl JobGraph {
             if input > 1 {
                 return Err(bad(&format!("`input` is 0 or 1, not {input}")));
             }
-            if input == 1 && to_kind != Some(OperatorKind::KeyedProcess) {
-                return Err(bad("only a keyed-process operator has a second input (input = 1)"));
+            if input == 1 && !matches!(to_kind, Some(OperatorKind::KeyedProcess | OperatorKind::Join)) {
+                return Err(bad("only a keyed-process or join operator has a second input (input = 1)"));
             }
             let from_window = matches!(&nodes[from].kind, NodeKind::Operator(o, _) if o.kind == OperatorKind::Window);
             if e.output == OutputTag::Late && !from_window {
@@ -356,6 +356,25 @@ fn check_operator(o: &OperatorSpec) -> Result<(), JobError> {
         node: o.name.clone(),
         message,
     };
+    if o.kind == OperatorKind::Join {
+        if o.component.is_some() || o.window.is_some() || o.config.is_some() {
+            return Err(invalid(
+                "a join has no `component`, `window` or `config`: the host pairs the records (see `join`)".into(),
+            ));
+        }
+        if let Some(j) = &o.join {
+            crate::runtime::join::JoinConfig::from_spec(j).map_err(invalid)?;
+        }
+        if o.watermarks.is_some() {
+            return Err(invalid(
+                "`watermarks` applies to map, filter and flat-map operators (or sources)".into(),
+            ));
+        }
+        return Ok(());
+    }
+    if o.join.is_some() {
+        return Err(invalid("`join` applies to kind = \"join\" only".into()));
+    }
     match (o.kind, &o.window) {
         (OperatorKind::Window, None) => return Err(invalid("a window operator needs a `window` table".into())),
         (OperatorKind::Window, Some(w)) => {

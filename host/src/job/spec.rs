@@ -385,6 +385,10 @@ pub enum OperatorKind {
     /// built-in aggregate or a component of world `window-aggregate` or
     /// `window-process`.
     Window,
+    /// An inner equi-join of two keyed inputs (edges into `input = 0`, the
+    /// left, and `input = 1`, the right) computed by the host, with no
+    /// component: a regular join, or a window join with a `join` table.
+    Join,
 }
 
 impl OperatorKind {
@@ -394,13 +398,14 @@ impl OperatorKind {
         match self {
             OperatorKind::KeyedProcess => &[World::KeyedProcess],
             OperatorKind::Window => &[World::WindowAggregate, World::WindowProcess],
+            OperatorKind::Join => &[],
             _ => &[World::Stateless],
         }
     }
 
     /// True for operators whose input is partitioned by key.
     pub fn is_keyed(self) -> bool {
-        matches!(self, OperatorKind::KeyedProcess | OperatorKind::Window)
+        matches!(self, OperatorKind::KeyedProcess | OperatorKind::Window | OperatorKind::Join)
     }
 }
 
@@ -428,6 +433,35 @@ pub struct OperatorSpec {
     /// this operator's output (which may assign them), replacing upstream
     /// watermarks.
     pub watermarks: Option<WatermarkSpec>,
+    /// join: join within event-time windows instead of over all time.
+    pub join: Option<JoinSpec>,
+}
+
+/// How a join operator pairs records of its two inputs with equal keys
+/// (values must be JSON; each pair is emitted as `{"left": l, "right": r}`):
+///
+/// ```toml
+/// join = { window = "tumbling", size_ms = 10000 }   # pairs within one window, when it ends
+/// join = { window = "sliding", size_ms = 10000, slide_ms = 2000 }
+/// ```
+///
+/// Without a `join` table the join is regular (Flink's unbounded inner
+/// join): every record is kept in state and paired, on arrival, with every
+/// record of the other input seen so far, with the later timestamp.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinSpec {
+    /// The windows: `tumbling` or `sliding`, in event time. A window join
+    /// emits a window's pairs (with `"start"` and `"end"`) once the
+    /// watermark passes its end, then forgets it.
+    pub window: WindowAssignerKind,
+    /// Window length.
+    pub size_ms: Option<i64>,
+    /// sliding: distance between window starts.
+    pub slide_ms: Option<i64>,
+    /// Shift of window starts from the epoch. Default 0.
+    #[serde(default)]
+    pub offset_ms: i64,
 }
 
 /// A window operator's windows, trigger, lateness and function.

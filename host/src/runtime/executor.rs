@@ -41,6 +41,7 @@ use crate::connectors::{
 use crate::job::graph::{JobGraph, NodeId, NodeKind};
 use crate::job::spec::{OutputTag, RestartSpec, SinkKind, SourceKind, WatermarkSpec, WatermarkStrategy};
 use crate::job::{JobError, OperatorKind, Partition};
+use crate::runtime::join::{JoinConfig, JoinOperator};
 use crate::state::{HeapKeyedState, KeyGroupRange};
 use crate::tenancy::{GuestLogBuffer, InstanceLimits, TenantMeter};
 use crate::time::watermarks::ValveOutput;
@@ -1248,6 +1249,19 @@ fn start_attempt(
                                     .map_err(JobError::Failed)?,
                                 )
                             }
+                            OperatorKind::Join => {
+                                let cfg = match &o.join {
+                                    Some(j) => Some(JoinConfig::from_spec(j).map_err(|message| JobError::Invalid {
+                                        node: o.name.clone(),
+                                        message,
+                                    })?),
+                                    None => None,
+                                };
+                                Box::new(
+                                    JoinOperator::new(cfg, HeapKeyedState::new(range), spec.max_parallelism, outputs)
+                                        .map_err(JobError::Failed)?,
+                                )
+                            }
                             _ => Box::new(StatelessOperator::new(
                                 guest(n, &o.name, World::Stateless, s, None, &o.config)?,
                                 outputs,
@@ -1390,6 +1404,7 @@ fn state_kind(node: &crate::job::graph::Node) -> Option<&'static str> {
         NodeKind::Source(_) => Some("source"),
         NodeKind::Operator(o, _) if o.kind == OperatorKind::KeyedProcess => Some("keyed-process"),
         NodeKind::Operator(o, _) if o.kind == OperatorKind::Window => Some("window"),
+        NodeKind::Operator(o, _) if o.kind == OperatorKind::Join => Some("join"),
         _ => None,
     }
 }
