@@ -61,6 +61,25 @@ pub(crate) fn position_pair(position: &[u8]) -> Option<(u64, u64)> {
     (position.len() == 16).then_some((a, b))
 }
 
+/// Where a source that produces records `s, s + step, …` (subtask `s` of
+/// `step`) resumes from `position` (written as `[next, step]`): the next
+/// record's index, checked against this subtask's stride.
+pub(crate) fn seek_strided(source_name: &str, position: &[u8], next: u64, step: u64) -> Result<u64, ConnectorError> {
+    let bad = |message: String| ConnectorError::BadPosition {
+        source_name: source_name.into(),
+        message,
+    };
+    let Some((resume, saved_step)) = position_pair(position) else {
+        return Err(bad(format!("a {source_name} position is 16 bytes, not {}", position.len())));
+    };
+    if saved_step != step || resume % step != next % step {
+        return Err(bad(format!(
+            "the checkpoint was taken with parallelism {saved_step}, the source now has {step}"
+        )));
+    }
+    Ok(resume)
+}
+
 /// One subtask of a source.
 pub trait SourceReader: Send {
     /// The next batch of at most `max_records`, or `None` at the end. An

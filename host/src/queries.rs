@@ -22,13 +22,9 @@ pub const QUERIES: &[&str] = &["q0", "q1", "q2", "q3", "q4", "q5", "q7", "q8"];
 /// reading components from `udfs` and writing to `sink` (a `[[sinks]]`
 /// table body without the name, e.g. `kind = "discard"`).
 pub fn job_toml(query: &str, events: u64, parallelism: u32, udfs: &Path, sink: &str) -> anyhow::Result<String> {
-    let component = |name: &str| {
-        let path = udfs.join(format!("nexmark_{name}.wasm"));
-        toml::Value::String(path.display().to_string()).to_string()
-    };
-    let source = format!(
-        r#"
-name = "nexmark-{query}"
+    let mut job = JobToml {
+        toml: format!(
+            r#"name = "nexmark-{query}"
 [[sources]]
 name = "events"
 kind = "nexmark"
@@ -36,289 +32,143 @@ count = {events}
 parallelism = {parallelism}
 watermarks = {{ strategy = "bounded", max_out_of_orderness_ms = 4000 }}
 "#
-    );
-    let body = match query {
-        "q0" | "q1" | "q2" => format!(
-            r#"
-[[operators]]
-name = "{query}"
-kind = "flat-map"
-component = {c}
-parallelism = {parallelism}
-[[sinks]]
-name = "out"
-parallelism = {parallelism}
-{sink}
-[[edges]]
-from = "events"
-to = "{query}"
-[[edges]]
-from = "{query}"
-to = "out"
-"#,
-            c = component(query)
         ),
+        parallelism,
+        udfs,
+    };
+    // Each operator: name, kind, component (udfs/nexmark/<c>, or json-key),
+    // and its other settings; then the edges, with the input of a join.
+    match query {
+        "q0" | "q1" | "q2" => {
+            job.op(query, "flat-map", Some(query), "");
+            job.chain(&["events", query, "out"]);
+        }
         // Local item suggestion: people of three states and auctions of
         // category 10 in the host's regular join, by person id = seller.
-        "q3" => format!(
-            r#"
-[[operators]]
-name = "persons"
-kind = "flat-map"
-component = {c}
-config = {{ step = "persons" }}
-parallelism = {parallelism}
-[[operators]]
-name = "auctions"
-kind = "flat-map"
-component = {c}
-config = {{ step = "auctions" }}
-parallelism = {parallelism}
-[[operators]]
-name = "join"
-kind = "join"
-parallelism = {parallelism}
-[[operators]]
-name = "result"
-kind = "flat-map"
-component = {c}
-config = {{ step = "result" }}
-parallelism = {parallelism}
-[[sinks]]
-name = "out"
-parallelism = {parallelism}
-{sink}
-[[edges]]
-from = "events"
-to = "persons"
-[[edges]]
-from = "events"
-to = "auctions"
-[[edges]]
-from = "persons"
-to = "join"
-input = 0
-[[edges]]
-from = "auctions"
-to = "join"
-input = 1
-[[edges]]
-from = "join"
-to = "result"
-[[edges]]
-from = "result"
-to = "out"
-"#,
-            c = component(query)
-        ),
-        // New users: sellers per tumbling 10 s window (the built-in count),
-        // then the host's window join with the people registered in the
-        // same window.
-        "q8" => format!(
-            r#"
-[[operators]]
-name = "persons"
-kind = "flat-map"
-component = {c}
-config = {{ step = "persons" }}
-parallelism = {parallelism}
-[[operators]]
-name = "sellers"
-kind = "flat-map"
-component = {select}
-config = {{ kind = "auction", key = "seller" }}
-parallelism = {parallelism}
-[[operators]]
-name = "seller-windows"
-kind = "window"
-parallelism = {parallelism}
-window = {{ assigner = "tumbling", size_ms = 10000, aggregate = "count" }}
-[[operators]]
-name = "join"
-kind = "join"
-parallelism = {parallelism}
-join = {{ window = "tumbling", size_ms = 10000 }}
-[[operators]]
-name = "result"
-kind = "flat-map"
-component = {c}
-config = {{ step = "result" }}
-parallelism = {parallelism}
-[[sinks]]
-name = "out"
-parallelism = {parallelism}
-{sink}
-[[edges]]
-from = "events"
-to = "persons"
-[[edges]]
-from = "events"
-to = "sellers"
-[[edges]]
-from = "sellers"
-to = "seller-windows"
-[[edges]]
-from = "persons"
-to = "join"
-input = 0
-[[edges]]
-from = "seller-windows"
-to = "join"
-input = 1
-[[edges]]
-from = "join"
-to = "result"
-[[edges]]
-from = "result"
-to = "out"
-"#,
-            c = component(query),
-            select = component("select"),
-        ),
+        "q3" => {
+            job.op("persons", "flat-map", Some("q3"), r#"config = { step = "persons" }"#);
+            job.op("auctions", "flat-map", Some("q3"), r#"config = { step = "auctions" }"#);
+            job.op("join", "join", None, "");
+            job.op("result", "flat-map", Some("q3"), r#"config = { step = "result" }"#);
+            job.chain(&["events", "persons"]);
+            job.chain(&["events", "auctions"]);
+            job.join_inputs("persons", "auctions", "join");
+            job.chain(&["join", "result", "out"]);
+        }
         // Average final price per category: auctions and bids joined by
         // auction id in a two-input keyed process (final price when the
         // auction closes), then a running average per category.
-        "q4" => format!(
-            r#"
-[[operators]]
-name = "auctions"
-kind = "flat-map"
-component = {select}
-config = {{ kind = "auction", key = "id" }}
-parallelism = {parallelism}
-[[operators]]
-name = "bids"
-kind = "flat-map"
-component = {select}
-config = {{ kind = "bid", key = "auction" }}
-parallelism = {parallelism}
-[[operators]]
-name = "final-price"
-kind = "keyed-process"
-component = {join}
-parallelism = {parallelism}
-[[operators]]
-name = "average"
-kind = "keyed-process"
-component = {average}
-parallelism = {parallelism}
-[[sinks]]
-name = "out"
-parallelism = {parallelism}
-{sink}
-[[edges]]
-from = "events"
-to = "auctions"
-[[edges]]
-from = "events"
-to = "bids"
-[[edges]]
-from = "auctions"
-to = "final-price"
-input = 0
-[[edges]]
-from = "bids"
-to = "final-price"
-input = 1
-[[edges]]
-from = "final-price"
-to = "average"
-[[edges]]
-from = "average"
-to = "out"
-"#,
-            select = component("select"),
-            join = component("q4_join"),
-            average = component("q4_average"),
-        ),
+        "q4" => {
+            job.op(
+                "auctions",
+                "flat-map",
+                Some("select"),
+                r#"config = { kind = "auction", key = "id" }"#,
+            );
+            job.op("bids", "flat-map", Some("select"), r#"config = { kind = "bid", key = "auction" }"#);
+            job.op("final-price", "keyed-process", Some("q4_join"), "");
+            job.op("average", "keyed-process", Some("q4_average"), "");
+            job.chain(&["events", "auctions"]);
+            job.chain(&["events", "bids"]);
+            job.join_inputs("auctions", "bids", "final-price");
+            job.chain(&["final-price", "average", "out"]);
+        }
         // Hot items: bids per auction in sliding windows of 10 s every 2 s
         // (the built-in count), re-keyed by window, then the auctions with
         // the most bids of each window.
-        "q5" => format!(
-            r#"
-[[operators]]
-name = "bids"
-kind = "flat-map"
-component = {bids}
-config = {{ kind = "bid", key = "auction" }}
-parallelism = {parallelism}
-[[operators]]
-name = "counts"
-kind = "window"
-parallelism = {parallelism}
-window = {{ assigner = "sliding", size_ms = 10000, slide_ms = 2000, aggregate = "count" }}
-[[operators]]
-name = "by-window"
-kind = "map"
-component = {json_key}
-config = {{ field = "start" }}
-parallelism = {parallelism}
-[[operators]]
-name = "hot"
-kind = "window"
-component = {c}
-parallelism = {parallelism}
-window = {{ assigner = "tumbling", size_ms = 2000 }}
-[[sinks]]
-name = "out"
-parallelism = {parallelism}
-{sink}
-[[edges]]
-from = "events"
-to = "bids"
-[[edges]]
-from = "bids"
-to = "counts"
-[[edges]]
-from = "counts"
-to = "by-window"
-[[edges]]
-from = "by-window"
-to = "hot"
-[[edges]]
-from = "hot"
-to = "out"
-"#,
-            bids = component("select"),
-            json_key = toml::Value::String(udfs.join("json_key.wasm").display().to_string()),
-            c = component(query)
-        ),
+        "q5" => {
+            job.op("bids", "flat-map", Some("select"), r#"config = { kind = "bid", key = "auction" }"#);
+            job.op(
+                "counts",
+                "window",
+                None,
+                r#"window = { assigner = "sliding", size_ms = 10000, slide_ms = 2000, aggregate = "count" }"#,
+            );
+            job.op("by-window", "map", Some("json-key"), r#"config = { field = "start" }"#);
+            job.op("hot", "window", Some("q5"), r#"window = { assigner = "tumbling", size_ms = 2000 }"#);
+            job.chain(&["events", "bids", "counts", "by-window", "hot", "out"]);
+        }
         // Highest bid: the bids with the highest price of each tumbling
         // 10 s window, all bids under one key.
-        "q7" => format!(
-            r#"
-[[operators]]
-name = "bids"
-kind = "flat-map"
-component = {bids}
-config = {{ kind = "bid", key = "constant" }}
-parallelism = {parallelism}
-[[operators]]
-name = "highest"
-kind = "window"
-component = {c}
-parallelism = {parallelism}
-window = {{ assigner = "tumbling", size_ms = 10000 }}
-[[sinks]]
-name = "out"
-parallelism = {parallelism}
-{sink}
-[[edges]]
-from = "events"
-to = "bids"
-[[edges]]
-from = "bids"
-to = "highest"
-[[edges]]
-from = "highest"
-to = "out"
-"#,
-            bids = component("select"),
-            c = component(query)
-        ),
+        "q7" => {
+            job.op("bids", "flat-map", Some("select"), r#"config = { kind = "bid", key = "constant" }"#);
+            job.op(
+                "highest",
+                "window",
+                Some("q7"),
+                r#"window = { assigner = "tumbling", size_ms = 10000 }"#,
+            );
+            job.chain(&["events", "bids", "highest", "out"]);
+        }
+        // New users: sellers per tumbling 10 s window (the built-in count),
+        // then the host's window join with the people registered in the
+        // same window.
+        "q8" => {
+            job.op("persons", "flat-map", Some("q8"), r#"config = { step = "persons" }"#);
+            job.op(
+                "sellers",
+                "flat-map",
+                Some("select"),
+                r#"config = { kind = "auction", key = "seller" }"#,
+            );
+            job.op(
+                "seller-windows",
+                "window",
+                None,
+                r#"window = { assigner = "tumbling", size_ms = 10000, aggregate = "count" }"#,
+            );
+            job.op("join", "join", None, r#"join = { window = "tumbling", size_ms = 10000 }"#);
+            job.op("result", "flat-map", Some("q8"), r#"config = { step = "result" }"#);
+            job.chain(&["events", "persons"]);
+            job.chain(&["events", "sellers", "seller-windows"]);
+            job.join_inputs("persons", "seller-windows", "join");
+            job.chain(&["join", "result", "out"]);
+        }
         other => anyhow::bail!("unknown query `{other}`: one of {}", QUERIES.join(", ")),
-    };
-    Ok(source + &body)
+    }
+    job.toml += &format!("[[sinks]]\nname = \"out\"\nparallelism = {parallelism}\n{sink}\n");
+    Ok(job.toml)
+}
+
+/// A job spec being written.
+struct JobToml<'a> {
+    toml: String,
+    parallelism: u32,
+    udfs: &'a Path,
+}
+
+impl JobToml<'_> {
+    /// An operator; `component` names `udfs/nexmark/<component>` (or
+    /// `json-key`); `rest` holds its other settings.
+    fn op(&mut self, name: &str, kind: &str, component: Option<&str>, rest: &str) {
+        self.toml += &format!(
+            "[[operators]]\nname = \"{name}\"\nkind = \"{kind}\"\nparallelism = {}\n{rest}\n",
+            self.parallelism
+        );
+        if let Some(c) = component {
+            let file = if c == "json-key" {
+                "json_key.wasm".to_owned()
+            } else {
+                format!("nexmark_{c}.wasm")
+            };
+            let path = toml::Value::String(self.udfs.join(file).display().to_string());
+            self.toml += &format!("component = {path}\n");
+        }
+    }
+
+    /// Edges from each node to the next.
+    fn chain(&mut self, nodes: &[&str]) {
+        for pair in nodes.windows(2) {
+            self.toml += &format!("[[edges]]\nfrom = \"{}\"\nto = \"{}\"\n", pair[0], pair[1]);
+        }
+    }
+
+    /// Edges into the two inputs of `to`.
+    fn join_inputs(&mut self, left: &str, right: &str, to: &str) {
+        for (input, from) in [left, right].into_iter().enumerate() {
+            self.toml += &format!("[[edges]]\nfrom = \"{from}\"\nto = \"{to}\"\ninput = {input}\n");
+        }
+    }
 }
 
 /// Run the reference implementation of `query` over the events of

@@ -151,20 +151,7 @@ impl SourceReader for Generator {
     }
 
     fn seek(&mut self, position: &[u8]) -> Result<(), ConnectorError> {
-        let bad = |message: String| ConnectorError::BadPosition {
-            source_name: "generator".into(),
-            message,
-        };
-        let Some((next, step)) = super::position_pair(position) else {
-            return Err(bad(format!("a generator position is 16 bytes, not {}", position.len())));
-        };
-        if step != self.step || next % step != self.next % self.step {
-            return Err(bad(format!(
-                "the checkpoint was taken with parallelism {step}, the source now has {}",
-                self.step
-            )));
-        }
-        self.next = next;
+        self.next = super::seek_strided("generator", position, self.next, self.step)?;
         Ok(())
     }
 }

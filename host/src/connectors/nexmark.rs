@@ -142,21 +142,10 @@ impl SourceReader for NexmarkSource {
     }
 
     fn seek(&mut self, position: &[u8]) -> Result<(), ConnectorError> {
-        let bad = |message: String| ConnectorError::BadPosition {
-            source_name: "nexmark".into(),
-            message,
-        };
-        let Some((next, step)) = super::position_pair(position) else {
-            return Err(bad(format!("a nexmark position is 16 bytes, not {}", position.len())));
-        };
-        if step != self.step || next % step != self.next % self.step {
-            return Err(bad(format!(
-                "the checkpoint was taken with parallelism {step}, the source now has {}",
-                self.step
-            )));
-        }
-        self.next = next;
-        self.generator = EventGenerator::new(self.settings.config()).with_offset(next).with_step(step);
+        self.next = super::seek_strided("nexmark", position, self.next, self.step)?;
+        self.generator = EventGenerator::new(self.settings.config())
+            .with_offset(self.next)
+            .with_step(self.step);
         Ok(())
     }
 }
