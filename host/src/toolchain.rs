@@ -25,21 +25,24 @@ use wit_bindgen_core::wit_parser::Resolve;
 /// The WIT package guests are written against (`wit/sluice-udf@0.1.0`).
 pub const UDF_WIT: &str = include_str!("../../wit/sluice-udf@0.1.0/udf.wit");
 
-/// The operator worlds a guest may target, by their WIT names.
-pub const GUEST_WORLDS: &[&str] = &[
-    "stateless",
-    "keyed-process",
-    "window-aggregate",
-    "window-process",
-    "punctuated-watermarks",
-];
+/// The operator worlds a guest may target, by their short WIT names
+/// (`stateless`, `keyed-process`, …).
+pub fn guest_worlds() -> impl Iterator<Item = &'static str> {
+    crate::wasm::WORLDS.iter().map(|w| {
+        let name = w.wit_name().trim_start_matches("sluice:udf/");
+        name.split_once('@').map_or(name, |(n, _)| n)
+    })
+}
 
 /// Write the C bindings of `world` into `out_dir`: `<world>.h`, `<world>.c`
 /// and `<world>_component_type.o` (the world's type, which the encoder reads
 /// back from the linked module). Returns the files written.
 pub fn c_bindings(world: &str, out_dir: &Path) -> Result<Vec<PathBuf>> {
-    if !GUEST_WORLDS.contains(&world) {
-        bail!("unknown world `{world}`; a C guest targets one of {}", GUEST_WORLDS.join(", "));
+    if !guest_worlds().any(|w| w == world) {
+        bail!(
+            "unknown world `{world}`; a C guest targets one of {}",
+            guest_worlds().collect::<Vec<_>>().join(", ")
+        );
     }
     let mut resolve = Resolve::default();
     let package = resolve.push_str("udf.wit", UDF_WIT).context("parsing the built-in WIT package")?;
@@ -98,7 +101,8 @@ mod tests {
     #[test]
     fn every_guest_world_has_c_bindings() {
         let dir = std::env::temp_dir().join(format!("sluice-c-bindings-{}", std::process::id()));
-        for world in GUEST_WORLDS {
+        assert_eq!(guest_worlds().count(), 5);
+        for world in guest_worlds() {
             let files = c_bindings(world, &dir).unwrap();
             let names: Vec<_> = files
                 .iter()

@@ -102,7 +102,6 @@ pub struct NexmarkSource {
     generator: EventGenerator,
     next: u64,
     step: u64,
-    value: Vec<u8>,
 }
 
 impl NexmarkSource {
@@ -115,7 +114,6 @@ impl NexmarkSource {
             settings,
             next,
             step,
-            value: Vec::with_capacity(1024),
         }
     }
 }
@@ -125,9 +123,7 @@ impl SourceReader for NexmarkSource {
         let mut w = BatchWriter::with_capacity(max_records * 160);
         while w.len() < max_records && self.next < self.settings.count {
             let event = self.generator.next().expect("the generator is endless");
-            self.value.clear();
-            encode(&event, &mut self.value);
-            w.push(None, &self.value, Some(event.timestamp() as i64));
+            w.push_with(None, Some(event.timestamp() as i64), |value| encode(&event, value));
             self.next += self.step;
         }
         if w.is_empty() {

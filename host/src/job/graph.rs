@@ -443,6 +443,16 @@ fn check_recovery(spec: &JobSpec) -> Result<(), JobError> {
     }
 }
 
+/// Whether a source sets fields only a file source takes.
+fn has_file_fields(s: &SourceSpec) -> bool {
+    s.path.is_some() || s.format.is_some() || s.key_field.is_some() || s.timestamp_field.is_some() || s.columns.is_some() || s.follow
+}
+
+/// Whether a source sets fields only the generator takes.
+fn has_generator_fields(s: &SourceSpec) -> bool {
+    s.keys.is_some() || s.distribution.is_some() || s.value_size.is_some() || s.seed.is_some()
+}
+
 fn check_source(s: &SourceSpec) -> Result<(), JobError> {
     let invalid = |message: &str| JobError::Invalid {
         node: s.name.clone(),
@@ -478,14 +488,7 @@ fn check_source(s: &SourceSpec) -> Result<(), JobError> {
                 (_, Some(_)) => return Err(invalid("`columns` applies to format = \"csv\" only")),
                 _ => {}
             }
-            if s.count.is_some()
-                || s.keys.is_some()
-                || s.distribution.is_some()
-                || s.value_size.is_some()
-                || s.seed.is_some()
-                || s.events_per_second.is_some()
-                || s.start_time_ms.is_some()
-            {
+            if s.count.is_some() || has_generator_fields(s) || s.events_per_second.is_some() || s.start_time_ms.is_some() {
                 return Err(invalid(
                     "`count`, `keys`, `distribution`, `value_size`, `seed`, `events_per_second` and `start_time_ms` are generator fields",
                 ));
@@ -501,13 +504,7 @@ fn check_source(s: &SourceSpec) -> Result<(), JobError> {
             if s.value_size.is_some_and(|v| v > 16 << 20) {
                 return Err(invalid("`value_size` is at most 16 MiB"));
             }
-            if s.path.is_some()
-                || s.format.is_some()
-                || s.key_field.is_some()
-                || s.timestamp_field.is_some()
-                || s.columns.is_some()
-                || s.follow
-            {
+            if has_file_fields(s) {
                 return Err(invalid(
                     "`path`, `format`, `key_field`, `timestamp_field`, `columns` and `follow` are file-source fields",
                 ));
@@ -529,17 +526,7 @@ fn check_source(s: &SourceSpec) -> Result<(), JobError> {
             if s.start_time_ms.is_some_and(|t| t < 0) {
                 return Err(invalid("`start_time_ms` must not be negative"));
             }
-            if s.path.is_some()
-                || s.format.is_some()
-                || s.key_field.is_some()
-                || s.timestamp_field.is_some()
-                || s.columns.is_some()
-                || s.follow
-                || s.keys.is_some()
-                || s.distribution.is_some()
-                || s.value_size.is_some()
-                || s.seed.is_some()
-            {
+            if has_file_fields(s) || has_generator_fields(s) {
                 return Err(invalid(
                     "a nexmark source takes `count`, `events_per_second` and `start_time_ms` only (and `parallelism`, `watermarks`, `records_per_second`)",
                 ));

@@ -21,6 +21,7 @@
 //! timestamp flag and timestamp, then the record's value), and `join-seq`
 //! the next sequence number of each input.
 
+use std::io::Write;
 use std::sync::Arc;
 
 use serde::de::IgnoredAny;
@@ -125,7 +126,8 @@ fn pair(out: &mut Vec<u8>, left: &[u8], right: &[u8], window: Option<&Window>) {
     out.extend_from_slice(b",\"right\":");
     out.extend_from_slice(right);
     if let Some(w) = window {
-        out.extend_from_slice(format!(",\"start\":{},\"end\":{}", w.start, w.end).as_bytes());
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, ",\"start\":{},\"end\":{}", w.start, w.end);
     }
     out.push(b'}');
 }

@@ -12,6 +12,8 @@
 //!
 //! Configuration: `{"kind": "bid", "key": "auction"}`.
 
+use std::io::Write;
+
 use sluice_guest::nexmark::Event;
 use sluice_guest::{Collector, Error, FlatMap, Record};
 
@@ -95,7 +97,10 @@ impl FlatMap for Select {
         };
         self.key.clear();
         match id {
-            Some(id) => self.key.extend_from_slice(id.to_string().as_bytes()),
+            // Writing into a Vec cannot fail.
+            Some(id) => {
+                let _ = write!(self.key, "{id}");
+            }
             None => self.key.extend_from_slice(b"all"),
         }
         out.emit(Some(&self.key), record.value, record.timestamp);
