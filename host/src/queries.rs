@@ -7,7 +7,7 @@
 //! Every output row is a JSON object; the reference writes the same fields
 //! with serde_json, as the UDFs do.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::path::Path;
 
 use nexmark::event::Event;
@@ -55,29 +55,25 @@ watermarks = {{ strategy = "bounded", max_out_of_orderness_ms = 4000 }}
             job.join_inputs("persons", "auctions", "join");
             job.chain(&["join", "result", "out"]);
         }
-        // Average final price per category: auctions and bids joined by
-        // auction id in a two-input keyed process (final price when the
-        // auction closes), then a running average per category.
+        // Average final price per category: auctions and their bids on one
+        // stream keyed by auction id, in a keyed process (final price when
+        // the auction closes), then a running average per category.
         "q4" => {
             job.op(
-                "auctions",
+                "auctions-and-bids",
                 "flat-map",
                 Some("select"),
-                r#"config = { kind = "auction", key = "id" }"#,
+                r#"config = { auction = "id", bid = "auction" }"#,
             );
-            job.op("bids", "flat-map", Some("select"), r#"config = { kind = "bid", key = "auction" }"#);
             job.op("final-price", "keyed-process", Some("q4_join"), "");
             job.op("average", "keyed-process", Some("q4_average"), "");
-            job.chain(&["events", "auctions"]);
-            job.chain(&["events", "bids"]);
-            job.join_inputs("auctions", "bids", "final-price");
-            job.chain(&["final-price", "average", "out"]);
+            job.chain(&["events", "auctions-and-bids", "final-price", "average", "out"]);
         }
         // Hot items: bids per auction in sliding windows of 10 s every 2 s
         // (the built-in count), re-keyed by window, then the auctions with
         // the most bids of each window.
         "q5" => {
-            job.op("bids", "flat-map", Some("select"), r#"config = { kind = "bid", key = "auction" }"#);
+            job.op("bids", "flat-map", Some("select"), r#"config = { bid = "auction" }"#);
             job.op(
                 "counts",
                 "window",
@@ -91,7 +87,7 @@ watermarks = {{ strategy = "bounded", max_out_of_orderness_ms = 4000 }}
         // Highest bid: the bids with the highest price of each tumbling
         // 10 s window, all bids under one key.
         "q7" => {
-            job.op("bids", "flat-map", Some("select"), r#"config = { kind = "bid", key = "constant" }"#);
+            job.op("bids", "flat-map", Some("select"), r#"config = { bid = "constant" }"#);
             job.op(
                 "highest",
                 "window",
@@ -105,12 +101,7 @@ watermarks = {{ strategy = "bounded", max_out_of_orderness_ms = 4000 }}
         // same window.
         "q8" => {
             job.op("persons", "flat-map", Some("q8"), r#"config = { step = "persons" }"#);
-            job.op(
-                "sellers",
-                "flat-map",
-                Some("select"),
-                r#"config = { kind = "auction", key = "seller" }"#,
-            );
+            job.op("sellers", "flat-map", Some("select"), r#"config = { auction = "seller" }"#);
             job.op(
                 "seller-windows",
                 "window",
@@ -245,7 +236,7 @@ pub fn reference(query: &str, settings: &NexmarkSettings, emit: &mut dyn FnMut(&
             // People with the window they registered in; sellers per window.
             let window = |t: u64| t as i64 - (t as i64).rem_euclid(10_000);
             let mut persons: Vec<(usize, String, i64)> = Vec::new();
-            let mut sellers: std::collections::HashSet<(usize, i64)> = Default::default();
+            let mut sellers: foldhash::HashSet<(usize, i64)> = Default::default();
             for e in events {
                 match e {
                     Event::Person(p) => persons.push((p.id, p.name, window(p.date_time))),

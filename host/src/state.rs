@@ -9,3 +9,9 @@ pub mod key_group;
 
 pub use heap::{HeapKeyedState, Page, StateEntry, StateError, StateId};
 pub use key_group::{DEFAULT_MAX_PARALLELISM, KeyGroup, KeyGroupRange};
+
+/// The hasher of the host's in-memory maps keyed by record keys (state,
+/// timers, runs of a batch): fast on short keys and seeded per process, so
+/// keys chosen to collide cannot be prepared in advance. Key groups use
+/// xxh3 instead, which is stable across processes.
+pub type KeyHasher = foldhash::fast::RandomState;

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_guest::batch::{Batch, BatchWriter, RecordRef};
-use xxhash_rust::xxh3::Xxh3Builder;
 
 use super::channel::RecordBatch;
 use super::executor::{OperatorMetrics, TaskError};
@@ -14,7 +13,7 @@ use super::partition::preview;
 use crate::checkpoint::{DecodedSnapshot, OperatorSnapshot, SnapshotWriter};
 use crate::connectors::SinkWriter;
 use crate::job::ErrorPolicy;
-use crate::state::KeyGroup;
+use crate::state::{KeyGroup, KeyHasher};
 use crate::time::TimeDomain;
 use crate::wasm::{GuestInstance, GuestOutput, RecordError};
 
@@ -250,7 +249,7 @@ impl Operator for KeyedOperator {
 
     fn process(&mut self, input: usize, batch: RecordBatch, out: &mut dyn Emit) -> Result<(), TaskError> {
         let records: Vec<RecordRef<'_>> = batch.records().collect();
-        let mut run_of: HashMap<&[u8], u32, Xxh3Builder> = HashMap::with_capacity_and_hasher(records.len(), Xxh3Builder::new());
+        let mut run_of: HashMap<&[u8], u32, KeyHasher> = HashMap::with_capacity_and_hasher(records.len(), KeyHasher::default());
         let mut used = 0;
         for (i, r) in records.iter().enumerate() {
             let Some(key) = r.key else {

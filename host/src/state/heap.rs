@@ -14,8 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 
-use xxhash_rust::xxh3::Xxh3Builder;
-
+use super::KeyHasher;
 use super::key_group::{KeyGroup, KeyGroupRange};
 
 /// A state declared on a backend, by name; ids are dense and stable for the
@@ -184,7 +183,7 @@ impl KeyStates {
     }
 }
 
-type KeyMap = HashMap<Box<[u8]>, KeyStates, Xxh3Builder>;
+type KeyMap = HashMap<Box<[u8]>, KeyStates, KeyHasher>;
 
 /// One entry of a backend, as exposed for snapshots.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,7 +221,7 @@ impl HeapKeyedState {
     pub fn new(range: KeyGroupRange) -> Self {
         HeapKeyedState {
             range,
-            groups: (0..range.len()).map(|_| KeyMap::with_hasher(Xxh3Builder::new())).collect(),
+            groups: (0..range.len()).map(|_| KeyMap::default()).collect(),
             names: Vec::new(),
             bytes: 0,
         }

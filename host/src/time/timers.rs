@@ -141,67 +141,148 @@ impl TimerService {
 
 /// The timers of one timestamp: a set that remembers insertion order.
 mod indexmap_lite {
+    use std::collections::hash_map::Entry;
     use std::collections::{HashMap, VecDeque};
 
-    use xxhash_rust::xxh3::Xxh3Builder;
+    use crate::state::KeyHasher;
 
     type Id = (Vec<u8>, Vec<u8>);
 
-    /// Insertion-ordered set of (key, namespace). Removal leaves a hole in
-    /// the order queue, skipped when popping.
+    /// Insertion-ordered set of (key, namespace). Most timestamps hold one
+    /// timer or a few (an auction's expiry, a session's end), kept in a
+    /// small queue searched in place; past [`SMALL`] timers (every key's
+    /// window ending at one time) a map indexes the queue, where a removal
+    /// leaves a hole, skipped when popping.
     #[derive(Debug, Default, Clone)]
-    pub struct Bucket {
-        seq: HashMap<Id, u64, Xxh3Builder>,
-        order: VecDeque<(u64, Id)>,
-        next: u64,
+    pub enum Bucket {
+        #[default]
+        Empty,
+        One(Id),
+        Small(VecDeque<Id>),
+        Large {
+            seq: HashMap<Id, u64, KeyHasher>,
+            order: VecDeque<(u64, Id)>,
+            next: u64,
+        },
     }
+
+    /// Most timers a bucket searches without a map.
+    const SMALL: usize = 16;
 
     impl Bucket {
         /// Insert; false when present.
         pub fn insert(&mut self, key: Vec<u8>, namespace: Vec<u8>) -> bool {
             let id = (key, namespace);
-            if self.seq.contains_key(&id) {
-                return false;
+            match self {
+                Bucket::Empty => *self = Bucket::One(id),
+                Bucket::One(first) if *first == id => return false,
+                Bucket::One(_) => {
+                    let Bucket::One(first) = std::mem::take(self) else { unreachable!() };
+                    *self = Bucket::Small(VecDeque::from([first, id]));
+                }
+                Bucket::Small(ids) if ids.contains(&id) => return false,
+                Bucket::Small(ids) if ids.len() < SMALL => ids.push_back(id),
+                Bucket::Small(ids) => {
+                    let order: VecDeque<(u64, Id)> = std::mem::take(ids)
+                        .into_iter()
+                        .chain([id])
+                        .zip(0..)
+                        .map(|(id, n)| (n, id))
+                        .collect();
+                    let seq = order.iter().map(|(n, id)| (id.clone(), *n)).collect();
+                    let next = order.len() as u64;
+                    *self = Bucket::Large { seq, order, next };
+                }
+                Bucket::Large { seq, order, next } => {
+                    if seq.contains_key(&id) {
+                        return false;
+                    }
+                    seq.insert(id.clone(), *next);
+                    order.push_back((*next, id));
+                    *next += 1;
+                }
             }
-            self.seq.insert(id.clone(), self.next);
-            self.order.push_back((self.next, id));
-            self.next += 1;
             true
         }
 
         /// Remove; false when absent.
         pub fn remove(&mut self, key: &[u8], namespace: &[u8]) -> bool {
-            // Looking up a tuple of Vecs needs owned keys.
-            let removed = self.seq.remove(&(key.to_vec(), namespace.to_vec())).is_some();
-            if self.order.len() > 2 * self.seq.len() + 16 {
-                // Drop the holes, so deleting and re-registering cannot grow it.
-                let seq = &self.seq;
-                self.order.retain(|(n, id)| seq.get(id) == Some(n));
+            let is = |(k, ns): &Id| k == key && ns == namespace;
+            match self {
+                Bucket::Empty => false,
+                Bucket::One(id) => {
+                    let found = is(id);
+                    if found {
+                        *self = Bucket::Empty;
+                    }
+                    found
+                }
+                Bucket::Small(ids) => match ids.iter().position(is) {
+                    Some(i) => {
+                        ids.remove(i);
+                        true
+                    }
+                    None => false,
+                },
+                Bucket::Large { seq, order, .. } => {
+                    // Looking up a tuple of Vecs needs owned keys.
+                    let removed = seq.remove(&(key.to_vec(), namespace.to_vec())).is_some();
+                    if order.len() > 2 * seq.len() + 16 {
+                        // Drop the holes, so deleting and re-registering cannot grow it.
+                        order.retain(|(n, id)| seq.get(id) == Some(n));
+                    }
+                    removed
+                }
             }
-            removed
         }
 
         /// The oldest present entry.
         pub fn pop_front(&mut self) -> Option<Id> {
-            while let Some((n, id)) = self.order.pop_front() {
-                if self.seq.get(&id) == Some(&n) {
-                    self.seq.remove(&id);
-                    return Some(id);
+            match self {
+                Bucket::Empty => None,
+                Bucket::One(_) => match std::mem::take(self) {
+                    Bucket::One(id) => Some(id),
+                    _ => unreachable!(),
+                },
+                Bucket::Small(ids) => ids.pop_front(),
+                Bucket::Large { seq, order, .. } => {
+                    while let Some((n, id)) = order.pop_front() {
+                        if let Entry::Occupied(e) = seq.entry(id)
+                            && *e.get() == n
+                        {
+                            return Some(e.remove_entry().0);
+                        }
+                    }
+                    None
                 }
             }
-            None
         }
 
         pub fn is_empty(&self) -> bool {
-            self.seq.is_empty()
+            match self {
+                Bucket::Empty => true,
+                Bucket::One(_) => false,
+                Bucket::Small(ids) => ids.is_empty(),
+                Bucket::Large { seq, .. } => seq.is_empty(),
+            }
         }
 
         /// Present entries in insertion order.
-        pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-            self.order
-                .iter()
-                .filter(|(n, id)| self.seq.get(id) == Some(n))
-                .map(|(_, (k, ns))| (&k[..], &ns[..]))
+        pub fn iter(&self) -> Box<dyn Iterator<Item = (&[u8], &[u8])> + '_> {
+            fn pair((k, ns): &Id) -> (&[u8], &[u8]) {
+                (k, ns)
+            }
+            match self {
+                Bucket::Empty => Box::new(std::iter::empty()),
+                Bucket::One(id) => Box::new(std::iter::once(pair(id))),
+                Bucket::Small(ids) => Box::new(ids.iter().map(pair)),
+                Bucket::Large { seq, order, .. } => Box::new(
+                    order
+                        .iter()
+                        .filter(move |(n, id)| seq.get(id) == Some(n))
+                        .map(move |(_, id)| pair(id)),
+                ),
+            }
         }
     }
 }
@@ -242,5 +323,33 @@ mod tests {
             .map(|t| String::from_utf8(t.key).unwrap())
             .collect();
         assert_eq!(order, ["c", "z", "x", "y"], "timestamp order, then registration order");
+    }
+
+    #[test]
+    fn buckets_of_any_size_keep_registration_order() {
+        for n in [1, 2, 3, 16, 17, 40] {
+            let mut s = TimerService::default();
+            let keys: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
+            for k in &keys {
+                s.register(TimeDomain::EventTime, t(7, k));
+                s.register(TimeDomain::EventTime, t(7, k));
+            }
+            assert_eq!(s.len(TimeDomain::EventTime), n);
+            // Delete every third, then register the first of those again: it
+            // goes last.
+            let deleted: Vec<&String> = keys.iter().step_by(3).collect();
+            for k in &deleted {
+                s.delete(TimeDomain::EventTime, &t(7, k));
+            }
+            s.register(TimeDomain::EventTime, t(7, deleted[0]));
+            let mut expected: Vec<&String> = keys.iter().enumerate().filter(|(i, _)| i % 3 != 0).map(|(_, k)| k).collect();
+            expected.push(deleted[0]);
+            let listed: Vec<Vec<u8>> = s.iter(TimeDomain::EventTime).map(|t| t.key).collect();
+            let fired: Vec<Vec<u8>> = std::iter::from_fn(|| s.pop_due(TimeDomain::EventTime, 7)).map(|t| t.key).collect();
+            let expected: Vec<Vec<u8>> = expected.iter().map(|k| k.as_bytes().to_vec()).collect();
+            assert_eq!(fired, expected, "{n} timers");
+            assert_eq!(listed, expected, "{n} timers");
+            assert!(s.is_empty());
+        }
     }
 }

@@ -20,7 +20,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use sluice_guest::batch::{BatchWriter, RecordRef};
-use xxhash_rust::xxh3::Xxh3Builder;
 
 use super::builtin::Builtin;
 use super::{TriggerKind, Window, WindowConfig};
@@ -28,7 +27,7 @@ use crate::checkpoint::{DecodedSnapshot, OperatorSnapshot};
 use crate::runtime::operator::{Emit, GuestOutputs, Operator, keyed_restore, keyed_snapshot};
 use crate::runtime::partition::preview;
 use crate::runtime::{RecordBatch, TaskError};
-use crate::state::{HeapKeyedState, KeyGroup, StateId};
+use crate::state::{HeapKeyedState, KeyGroup, KeyHasher, StateId};
 use crate::time::{Clock, TimeDomain, Timer, TimerService};
 use crate::wasm::{GuestError, GuestFailure, GuestInstance, RecordError, WindowBounds};
 
@@ -302,7 +301,7 @@ impl WindowOperator {
         times: &[Option<i64>],
         late: &mut Vec<u32>,
     ) -> Result<Vec<(u32, Window)>, TaskError> {
-        let mut sessions: HashMap<&'a [u8], (KeyGroup, Vec<Window>), Xxh3Builder> = HashMap::with_hasher(Xxh3Builder::new());
+        let mut sessions: HashMap<&'a [u8], (KeyGroup, Vec<Window>), KeyHasher> = HashMap::default();
         let mut merges: Vec<(&'a [u8], KeyGroup, Vec<Window>, Window)> = Vec::new();
         let mut own = Vec::new();
         for (i, r) in records.iter().enumerate() {

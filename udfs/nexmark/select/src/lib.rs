@@ -1,16 +1,18 @@
-//! `nexmark-select`: the events of one kind from a Nexmark stream, keyed for
-//! a keyed operator. A flat-map that keeps the events of `kind` (their values
-//! unchanged, in the binary form of `sluice_guest::nexmark`), keyed by the
-//! decimal form of one of their ids, or by the constant `all` for a global
-//! aggregate:
+//! `nexmark-select`: the events of some kinds from a Nexmark stream, keyed
+//! for a keyed operator. A flat-map that keeps the events of the configured
+//! kinds (their values unchanged, in the binary form of
+//! `sluice_guest::nexmark`), each keyed by the decimal form of one of its
+//! ids, or by the constant `all` for a global aggregate:
 //!
-//! | `kind` | `key` |
+//! | kind | key |
 //! |---|---|
-//! | `bid` | `auction` (default), `bidder`, `constant` |
-//! | `auction` | `id` (default), `seller`, `category`, `constant` |
-//! | `person` | `id` (default), `constant` |
+//! | `bid` | `auction`, `bidder`, `constant` |
+//! | `auction` | `id`, `seller`, `category`, `constant` |
+//! | `person` | `id`, `constant` |
 //!
-//! Configuration: `{"kind": "bid", "key": "auction"}`.
+//! Configuration: kind → key, e.g. `{"bid": "auction"}`, or
+//! `{"auction": "id", "bid": "auction"}` for auctions and their bids on one
+//! stream, in the order they were generated.
 
 use std::io::Write;
 
@@ -18,13 +20,6 @@ use sluice_guest::nexmark::Event;
 use sluice_guest::{Collector, Error, FlatMap, Record};
 
 #[derive(Clone, Copy, PartialEq)]
-enum Kind {
-    Person,
-    Auction,
-    Bid,
-}
-
-#[derive(Clone, Copy)]
 enum KeyBy {
     Id,
     Auction,
@@ -35,8 +30,8 @@ enum KeyBy {
 }
 
 struct Select {
-    kind: Kind,
-    key_by: KeyBy,
+    /// The key of each kind (person, auction, bid); none: dropped.
+    keys: [Option<KeyBy>; 3],
     key: Vec<u8>,
 }
 
@@ -45,47 +40,53 @@ impl FlatMap for Select {
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Config {
-            kind: String,
-            key: Option<String>,
+            person: Option<String>,
+            auction: Option<String>,
+            bid: Option<String>,
         }
         let c: Config = serde_json::from_str(config).map_err(|e| Error::new(format!("config: {e}")))?;
-        let (kind, key_by) = match (c.kind.as_str(), c.key.as_deref()) {
-            ("bid", None | Some("auction")) => (Kind::Bid, KeyBy::Auction),
-            ("bid", Some("bidder")) => (Kind::Bid, KeyBy::Bidder),
-            ("auction", None | Some("id")) => (Kind::Auction, KeyBy::Id),
-            ("auction", Some("seller")) => (Kind::Auction, KeyBy::Seller),
-            ("auction", Some("category")) => (Kind::Auction, KeyBy::Category),
-            ("person", None | Some("id")) => (Kind::Person, KeyBy::Id),
-            ("bid" | "auction" | "person", Some("constant")) => {
-                let kind = match c.kind.as_str() {
-                    "bid" => Kind::Bid,
-                    "auction" => Kind::Auction,
-                    _ => Kind::Person,
-                };
-                (kind, KeyBy::Constant)
+        let key = |kind: &str, key: Option<String>, allowed: &[(&str, KeyBy)]| -> Result<Option<KeyBy>, Error> {
+            let Some(key) = key else { return Ok(None) };
+            match allowed.iter().find(|(name, _)| *name == key) {
+                Some(&(_, by)) => Ok(Some(by)),
+                None => {
+                    let names: Vec<&str> = allowed.iter().map(|(n, _)| *n).collect();
+                    Err(Error::new(format!(
+                        "config: a {kind} has no key `{key}`: one of {}",
+                        names.join(", ")
+                    )))
+                }
             }
-            (k @ ("bid" | "auction" | "person"), Some(other)) => {
-                return Err(Error::new(format!("a {k} has no key `{other}`")));
-            }
-            (other, _) => return Err(Error::new(format!("`kind` is bid, auction or person, not `{other}`"))),
         };
-        Ok(Select {
-            kind,
-            key_by,
-            key: Vec::new(),
-        })
+        let constant = ("constant", KeyBy::Constant);
+        let keys = [
+            key("person", c.person, &[("id", KeyBy::Id), constant])?,
+            key(
+                "auction",
+                c.auction,
+                &[
+                    ("id", KeyBy::Id),
+                    ("seller", KeyBy::Seller),
+                    ("category", KeyBy::Category),
+                    constant,
+                ],
+            )?,
+            key("bid", c.bid, &[("auction", KeyBy::Auction), ("bidder", KeyBy::Bidder), constant])?,
+        ];
+        if keys.iter().all(Option::is_none) {
+            return Err(Error::new(
+                "config: name at least one kind to keep, with its key, e.g. {\"bid\": \"auction\"}",
+            ));
+        }
+        Ok(Select { keys, key: Vec::new() })
     }
 
     fn flat_map(&mut self, record: Record<'_>, out: &mut Collector) -> Result<(), Error> {
-        let wanted = match record.value.first() {
-            Some(0) => Kind::Person,
-            Some(1) => Kind::Auction,
-            _ => Kind::Bid,
-        };
-        if wanted != self.kind {
+        let kind = record.value.first().copied().unwrap_or(u8::MAX);
+        let Some(key_by) = self.keys.get(kind as usize).copied().flatten() else {
             return Ok(());
-        }
-        let id = match (Event::decode(record.value)?, self.key_by) {
+        };
+        let id = match (Event::decode(record.value)?, key_by) {
             (_, KeyBy::Constant) => None,
             (Event::Bid(b), KeyBy::Auction) => Some(b.auction),
             (Event::Bid(b), KeyBy::Bidder) => Some(b.bidder),
