@@ -148,6 +148,11 @@ enum Command {
         /// job (compare `events_per_wall_s` of the two lines).
         #[arg(long)]
         alongside: Option<String>,
+        /// nexmark: run the job and the reference this many times each,
+        /// alternately, and report the best of each (CPU time on a shared
+        /// machine is noisy).
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
     },
     /// Write the C bindings of a Sluice world (`wit-bindgen c` over the
     /// built-in WIT package): <world>.h, <world>.c, <world>_component_type.o.
@@ -298,15 +303,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             query: Some(query),
             events,
             udfs,
+            runs,
             ..
         } if name == "nexmark" => {
-            let line = sluice::bench::nexmark(&engine()?, &query, events.unwrap_or(10_000_000), &udfs)?;
+            let line = sluice::bench::nexmark(&engine()?, &query, events.unwrap_or(10_000_000), runs, &udfs)?;
             println!("{line}");
             Ok(())
         }
         Command::Bench {
             name,
             query: _,
+            runs: _,
             events,
             udfs,
             lang,

@@ -205,17 +205,28 @@ impl WindowOperator {
         Ok(self.state.get(g, key, id, &w.encode()).map_err(|e| self.state_error(e))?.is_some())
     }
 
-    /// Drop a window's contents (accumulator, elements, count).
+    /// Drop a window's contents: the accumulator (built-in and aggregate
+    /// functions) or the elements and their count (process functions), and
+    /// the count of a count trigger.
     fn clear_contents(&mut self, g: KeyGroup, key: &[u8], w: &Window) -> Result<(), TaskError> {
         let uk = w.encode();
-        for (ek, _) in self.elements(g, key, w)? {
-            self.state.delete(g, key, self.ids.elements, &ek).map_err(|e| self.state_error(e))?;
+        match self.function {
+            WindowFunction::Builtin(_) | WindowFunction::Aggregate(_) => {
+                self.state.delete(g, key, self.ids.contents, &uk).map_err(|e| self.state_error(e))?;
+            }
+            WindowFunction::Process(_) => {
+                for (ek, _) in self.elements(g, key, w)? {
+                    self.state.delete(g, key, self.ids.elements, &ek).map_err(|e| self.state_error(e))?;
+                }
+                self.state.delete(g, key, self.ids.count, &uk).map_err(|e| self.state_error(e))?;
+            }
         }
-        self.state.delete(g, key, self.ids.contents, &uk).map_err(|e| self.state_error(e))?;
-        self.state
-            .delete(g, key, self.ids.trigger_count, &uk)
-            .map_err(|e| self.state_error(e))?;
-        self.state.delete(g, key, self.ids.count, &uk).map_err(|e| self.state_error(e))
+        if let TriggerKind::Count(_) = self.cfg.trigger.kind {
+            self.state
+                .delete(g, key, self.ids.trigger_count, &uk)
+                .map_err(|e| self.state_error(e))?;
+        }
+        Ok(())
     }
 
     fn window_timers(&self, key: &[u8], w: &Window) -> Vec<(TimeDomain, Timer)> {
@@ -224,14 +235,20 @@ impl WindowOperator {
             key: key.to_vec(),
             namespace: w.encode().to_vec(),
         };
-        let mut t = Vec::new();
-        if let TriggerKind::Time(d) = self.cfg.trigger.kind
-            && !w.is_global()
-        {
-            t.push((d, timer(w.max_timestamp())));
+        let mut t = Vec::with_capacity(2);
+        let fire = match self.cfg.trigger.kind {
+            TriggerKind::Time(d) if !w.is_global() => Some((d, w.max_timestamp())),
+            _ => None,
+        };
+        let cleanup = self.cfg.cleanup_time(w).map(|c| (self.cfg.time, c));
+        if let Some((d, ts)) = fire {
+            t.push((d, timer(ts)));
         }
-        if let Some(c) = self.cfg.cleanup_time(w) {
-            t.push((self.cfg.time, timer(c)));
+        // Without allowed lateness one timer both fires and cleans up.
+        if let Some((d, ts)) = cleanup
+            && cleanup != fire
+        {
+            t.push((d, timer(ts)));
         }
         t
     }
@@ -242,11 +259,18 @@ impl WindowOperator {
         }
     }
 
-    /// Purge a window: contents, timers, and its place among the key's sessions.
-    fn purge(&mut self, g: KeyGroup, key: &[u8], w: &Window) -> Result<(), TaskError> {
-        self.clear_contents(g, key, w)?;
-        for (d, t) in self.window_timers(key, w) {
-            self.timers.delete(d, &t);
+    /// Purge a window: contents, timers, and its place among the key's
+    /// sessions. `fired`: the window's one timer (firing and cleanup at
+    /// once) is the one being handled, so no other timer is left, and the
+    /// firing cleared the contents if its trigger purges.
+    fn purge(&mut self, g: KeyGroup, key: &[u8], w: &Window, fired: bool) -> Result<(), TaskError> {
+        if !(fired && self.cfg.trigger.purging) {
+            self.clear_contents(g, key, w)?;
+        }
+        if !fired {
+            for (d, t) in self.window_timers(key, w) {
+                self.timers.delete(d, &t);
+            }
         }
         if self.cfg.assigner.is_merging() {
             let mut list = self.load_sessions(g, key)?;
@@ -631,20 +655,24 @@ impl WindowOperator {
                 let Some(t) = self.timers.pop_due(domain, time) else { break };
                 let Some(w) = Window::decode(&t.namespace) else { continue };
                 let cleanup = self.cfg.time == domain && self.cfg.cleanup_time(&w) == Some(t.timestamp);
-                if self.cfg.trigger.kind == TriggerKind::Time(domain) && t.timestamp == w.max_timestamp() {
-                    fires.push((t.key.clone(), w));
-                }
-                if cleanup {
-                    cleanups.push((t.key, w));
+                let fire = self.cfg.trigger.kind == TriggerKind::Time(domain) && t.timestamp == w.max_timestamp();
+                match (fire, cleanup) {
+                    (true, true) => {
+                        cleanups.push((t.key.clone(), w, true));
+                        fires.push((t.key, w));
+                    }
+                    (true, false) => fires.push((t.key, w)),
+                    (false, true) => cleanups.push((t.key, w, false)),
+                    (false, false) => {}
                 }
             }
             if fires.is_empty() && cleanups.is_empty() {
                 return Ok(());
             }
             self.fire(&fires, out)?;
-            for (key, w) in cleanups {
+            for (key, w, fired) in cleanups {
                 let g = KeyGroup::of(&key, self.max_parallelism);
-                self.purge(g, &key, &w)?;
+                self.purge(g, &key, &w, fired)?;
             }
         }
     }
