@@ -15,6 +15,7 @@
 mod assigner;
 mod builtin;
 mod operator;
+mod sliced;
 
 pub use assigner::{Assigner, Trigger, TriggerKind, Window, WindowConfig};
 pub(crate) use builtin::Builtin;

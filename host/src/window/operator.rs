@@ -15,6 +15,9 @@
 //! Timers (in a [`TimerService`]) have the window as namespace: one at the
 //! window's last millisecond to fire it, one at its cleanup time (end +
 //! allowed lateness) to purge it; with no lateness they are the same timer.
+//!
+//! Sliding windows of a built-in aggregate are computed by slices instead
+//! (see [`super::sliced`]): one accumulator per key and slide.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,7 +25,8 @@ use std::sync::Arc;
 use sluice_guest::batch::{BatchWriter, RecordRef};
 
 use super::builtin::Builtin;
-use super::{TriggerKind, Window, WindowConfig};
+use super::sliced::{Slices, Slicing};
+use super::{Assigner, TriggerKind, Window, WindowConfig};
 use crate::checkpoint::{DecodedSnapshot, OperatorSnapshot};
 use crate::runtime::operator::{Emit, GuestOutputs, Operator, keyed_restore, keyed_snapshot};
 use crate::runtime::partition::preview;
@@ -118,6 +122,8 @@ pub(crate) struct WindowOperator {
     max_parallelism: u32,
     outputs: GuestOutputs,
     scratch: Vec<Window>,
+    /// Set when the windows are computed by slices.
+    slicing: Option<Slicing>,
 }
 
 impl WindowOperator {
@@ -137,7 +143,16 @@ impl WindowOperator {
             trigger_count: id("window-trigger-count")?,
             sessions: id("window-sessions")?,
         };
+        let slicing = match (&function, cfg.assigner, cfg.trigger.kind) {
+            (WindowFunction::Builtin(_), Assigner::Sliding { size, slide, offset }, TriggerKind::Time(TimeDomain::EventTime))
+                if cfg.time == TimeDomain::EventTime && cfg.allowed_lateness == 0 && size % slide == 0 =>
+            {
+                Some(Slicing { size, slide, offset })
+            }
+            _ => None,
+        };
         Ok(WindowOperator {
+            slicing,
             cfg,
             function,
             state,
@@ -566,6 +581,102 @@ impl WindowOperator {
         Ok(fresh)
     }
 
+    // ---- sliced windows --------------------------------------------------
+
+    /// Add a batch to its slices: per key one state read and one write,
+    /// whatever the overlap of the windows.
+    fn add_sliced(&mut self, s: Slicing, records: &[RecordRef<'_>], times: &[Option<i64>], out: &mut dyn Emit) -> Result<(), TaskError> {
+        let mut late = Vec::new();
+        let mut runs: Vec<(&[u8], Vec<u32>)> = Vec::new();
+        let mut index: HashMap<&[u8], usize, KeyHasher> = HashMap::default();
+        for (i, t) in times.iter().enumerate() {
+            let Some(t) = *t else { continue };
+            if s.last_fire_of(s.slice_of(t)) <= self.watermark {
+                late.push(i as u32);
+                continue;
+            }
+            let key = records[i].key.unwrap_or_default();
+            let run = *index.entry(key).or_insert_with(|| {
+                runs.push((key, Vec::new()));
+                runs.len() - 1
+            });
+            runs[run].1.push(i as u32);
+        }
+        self.route_late(records, &late, out)?;
+        let WindowFunction::Builtin(b) = &self.function else {
+            return Err(self.outputs.internal("sliced windows without a built-in aggregate"));
+        };
+        let mut errors = Vec::new();
+        for (key, run) in runs {
+            let g = KeyGroup::of(key, self.max_parallelism);
+            let mut slices = self.load_slices(g, key)?;
+            for i in run {
+                let Some(t) = times[i as usize] else { continue };
+                let start = s.slice_of(t);
+                let (at, acc) = slices.find(start);
+                match b.add(acc.as_ref().map(|a| &a[..]), records[i as usize].value) {
+                    Ok(a) => {
+                        slices.store(at, start, a, acc.is_some());
+                        if acc.is_none()
+                            && let Some(fire) = s.next_fire_of(start, self.watermark)
+                        {
+                            self.timers.register(TimeDomain::EventTime, slice_timer(key, fire));
+                        }
+                    }
+                    Err(message) => errors.push(RecordError { index: i, message }),
+                }
+            }
+            if !slices.0.is_empty() {
+                self.state
+                    .put(g, key, self.ids.contents, b"", &slices.encode())
+                    .map_err(|e| self.outputs.internal(e))?;
+            }
+        }
+        if !errors.is_empty() {
+            errors.sort_by_key(|e| e.index);
+            self.outputs.handle_errors(&errors, &Self::rebuild(records))?;
+        }
+        Ok(())
+    }
+
+    fn load_slices(&self, g: KeyGroup, key: &[u8]) -> Result<Slices, TaskError> {
+        match self.state.get(g, key, self.ids.contents, b"").map_err(|e| self.state_error(e))? {
+            None => Ok(Slices::default()),
+            Some(bytes) => Slices::decode(bytes).ok_or_else(|| self.outputs.internal("stored window slices do not decode")),
+        }
+    }
+
+    /// Fire the sliced window of `key` ending at `at` into `batch`: merge
+    /// its slices, drop the slices no later window holds, and set the key's
+    /// next timer.
+    fn fire_slice(&mut self, key: &[u8], at: i64, batch: &mut BatchWriter) -> Result<(), TaskError> {
+        let (Some(s), WindowFunction::Builtin(b)) = (self.slicing, &self.function) else {
+            return Err(self.outputs.internal("a sliced window timer without slicing"));
+        };
+        let g = KeyGroup::of(key, self.max_parallelism);
+        let mut slices = self.load_slices(g, key)?;
+        let w = s.window_ending_at(at);
+        let acc = slices
+            .0
+            .iter()
+            .filter(|(start, _)| (w.start..w.end).contains(start))
+            .map(|(_, acc)| *acc)
+            .reduce(|x, y| b.merge(&x, &y));
+        if let Some(acc) = acc {
+            batch.push(Some(key), &b.result(key, &w, &acc), Some(at));
+        }
+        slices.0.retain(|(start, _)| s.last_fire_of(*start) > at);
+        if let Some(next) = slices.0.iter().filter_map(|(start, _)| s.next_fire_of(*start, at)).min() {
+            self.timers.register(TimeDomain::EventTime, slice_timer(key, next));
+        }
+        let stored = if slices.0.is_empty() {
+            self.state.delete(g, key, self.ids.contents, b"")
+        } else {
+            self.state.put(g, key, self.ids.contents, b"", &slices.encode())
+        };
+        stored.map_err(|e| self.outputs.internal(e))
+    }
+
     fn rebuild(records: &[RecordRef<'_>]) -> Vec<u8> {
         let mut w = BatchWriter::new();
         for r in records {
@@ -651,8 +762,17 @@ impl WindowOperator {
         loop {
             let mut fires = Vec::new();
             let mut cleanups = Vec::new();
-            while fires.len() + cleanups.len() < FIRE_BATCH {
+            let mut sliced = BatchWriter::new();
+            let mut popped = 0;
+            while popped < FIRE_BATCH {
                 let Some(t) = self.timers.pop_due(domain, time) else { break };
+                popped += 1;
+                if t.namespace.is_empty() && self.slicing.is_some() {
+                    // At once: it registers the key's next timer, which
+                    // may be due too and must come after it.
+                    self.fire_slice(&t.key, t.timestamp, &mut sliced)?;
+                    continue;
+                }
                 let Some(w) = Window::decode(&t.namespace) else { continue };
                 let cleanup = self.cfg.time == domain && self.cfg.cleanup_time(&w) == Some(t.timestamp);
                 let fire = self.cfg.trigger.kind == TriggerKind::Time(domain) && t.timestamp == w.max_timestamp();
@@ -666,8 +786,15 @@ impl WindowOperator {
                     (false, false) => {}
                 }
             }
-            if fires.is_empty() && cleanups.is_empty() {
+            if popped == 0 {
                 return Ok(());
+            }
+            if !sliced.is_empty() {
+                let len = sliced.len();
+                out.emit(RecordBatch {
+                    bytes: sliced.finish(),
+                    len,
+                })?;
             }
             self.fire(&fires, out)?;
             for (key, w, fired) in cleanups {
@@ -717,6 +844,9 @@ impl Operator for WindowOperator {
                 });
             }
             times.push(self.time_of(r, i, now, &batch.bytes)?);
+        }
+        if let Some(slicing) = self.slicing {
+            return self.add_sliced(slicing, &records, &times, out);
         }
         let mut late = Vec::new();
         let assigned = if self.cfg.assigner.is_merging() {
@@ -853,5 +983,14 @@ impl Operator for WindowOperator {
 
     fn restore(&mut self, snapshots: &[Arc<DecodedSnapshot>]) -> Result<(), TaskError> {
         keyed_restore(snapshots, &mut self.state, &mut self.timers, &self.outputs)
+    }
+}
+
+/// The timer of a key's next sliced window: the empty namespace.
+fn slice_timer(key: &[u8], timestamp: i64) -> Timer {
+    Timer {
+        timestamp,
+        key: key.to_vec(),
+        namespace: Vec::new(),
     }
 }

@@ -1,13 +1,14 @@
-//! Nexmark q5, hot items, second stage: a full-window function over the bid
+//! Nexmark q5, hot items, second stage: a window aggregate over the bid
 //! counts of one sliding window (`{"key": auction, "start", "end", "count"}`
-//! rows of the built-in count, keyed by the window's start), emitting the
-//! auctions with the most bids in that window as
+//! rows of the built-in count, keyed by the window's start), keeping only
+//! the highest count and the auctions that have it, and emitting those as
 //! `{"auction", "num", "window_start", "window_end"}` (Flink's q5 emits
 //! `auction, num`; the window makes each row unique).
 
-use sluice_guest::{Collector, Error, Record, Window, WindowProcess};
+use serde::{Deserialize, Serialize};
+use sluice_guest::{Aggregate, Collector, Error, Json, Record, Window};
 
-#[derive(serde::Deserialize)]
+#[derive(Deserialize)]
 struct Counted<'a> {
     key: &'a str,
     start: i64,
@@ -15,7 +16,16 @@ struct Counted<'a> {
     count: u64,
 }
 
-#[derive(serde::Serialize)]
+/// The most-bid auctions of one sliding window so far.
+#[derive(Serialize, Deserialize, Default)]
+struct Hottest {
+    num: u64,
+    auctions: Vec<u64>,
+    start: i64,
+    end: i64,
+}
+
+#[derive(Serialize)]
 struct Hot {
     auction: u64,
     num: u64,
@@ -25,27 +35,59 @@ struct Hot {
 
 struct Q5;
 
-impl WindowProcess for Q5 {
+impl Aggregate for Q5 {
+    type Acc = Json<Hottest>;
+
     fn open(_config: &str) -> Result<Self, Error> {
         Ok(Q5)
     }
 
-    fn process(&mut self, key: &[u8], window: Window, elements: &[Record<'_>], out: &mut Collector) -> Result<(), Error> {
-        let counts = elements
-            .iter()
-            .map(|r| serde_json::from_slice::<Counted<'_>>(r.value))
-            .collect::<Result<Vec<_>, _>>()?;
-        let max = counts.iter().map(|c| c.count).max().unwrap_or(0);
-        for c in counts.iter().filter(|c| c.count == max) {
-            let auction = c
-                .key
-                .parse()
-                .map_err(|_| Error::new(format!("auction id `{}` is not a number", c.key)))?;
+    fn create(&mut self) -> Json<Hottest> {
+        Json(Hottest::default())
+    }
+
+    fn add(&mut self, acc: &mut Json<Hottest>, record: &Record<'_>) -> Result<(), Error> {
+        let c: Counted<'_> = serde_json::from_slice(record.value)?;
+        let auction = c
+            .key
+            .parse()
+            .map_err(|_| Error::new(format!("auction id `{}` is not a number", c.key)))?;
+        let h = &mut acc.0;
+        if c.count < h.num {
+            return Ok(());
+        }
+        if c.count > h.num || h.auctions.is_empty() {
+            *h = Hottest {
+                num: c.count,
+                auctions: Vec::new(),
+                start: c.start,
+                end: c.end,
+            };
+        }
+        h.auctions.push(auction);
+        Ok(())
+    }
+
+    fn merge(&mut self, acc: &mut Json<Hottest>, other: Json<Hottest>) {
+        let (a, o) = (&mut acc.0, other.0);
+        if o.auctions.is_empty() || o.num < a.num {
+            return;
+        }
+        if o.num > a.num || a.auctions.is_empty() {
+            *a = o;
+        } else {
+            a.auctions.extend(o.auctions);
+        }
+    }
+
+    fn result(&mut self, key: &[u8], window: Window, acc: Json<Hottest>, out: &mut Collector) -> Result<(), Error> {
+        let h = acc.0;
+        for auction in h.auctions {
             let hot = Hot {
                 auction,
-                num: c.count,
-                window_start: c.start,
-                window_end: c.end,
+                num: h.num,
+                window_start: h.start,
+                window_end: h.end,
             };
             out.emit_json(Some(key), &hot, Some(window.max_timestamp()))?;
         }
@@ -53,4 +95,4 @@ impl WindowProcess for Q5 {
     }
 }
 
-sluice_guest::export_window_process!(Q5);
+sluice_guest::export_aggregate!(Q5);
