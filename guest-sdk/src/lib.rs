@@ -49,6 +49,7 @@
 //! and the host discards this instance.
 
 pub mod batch;
+pub mod json;
 pub mod nexmark;
 mod time_window;
 
