@@ -14,10 +14,8 @@
 //! `{"auction": "id", "bid": "auction"}` for auctions and their bids on one
 //! stream, in the order they were generated.
 
-use std::io::Write;
-
 use sluice_guest::nexmark::Event;
-use sluice_guest::{Collector, Error, FlatMap, Record};
+use sluice_guest::{Collector, Error, FlatMap, Record, json};
 
 #[derive(Clone, Copy, PartialEq)]
 enum KeyBy {
@@ -98,10 +96,7 @@ impl FlatMap for Select {
         };
         self.key.clear();
         match id {
-            // Writing into a Vec cannot fail.
-            Some(id) => {
-                let _ = write!(self.key, "{id}");
-            }
+            Some(id) => json::write_u64(&mut self.key, id),
             None => self.key.extend_from_slice(b"all"),
         }
         out.emit(Some(&self.key), record.value, record.timestamp);
