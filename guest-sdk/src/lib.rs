@@ -83,6 +83,14 @@ pub use watermark::Punctuated;
 #[cfg(target_arch = "wasm32")]
 pub use window::{Accumulator, Aggregate, Json, WindowProcess};
 
+/// Parse the JSON configuration an operator's `open` receives (`{}` when
+/// the job gives none); the error starts with `config:` and says what is
+/// wrong.
+#[cfg(target_arch = "wasm32")]
+pub fn parse_config<T: serde::de::DeserializeOwned>(config: &str) -> Result<T, Error> {
+    serde_json::from_str(config).map_err(|e| Error::new(format!("config: {e}")))
+}
+
 /// Host time, as the host sees it.
 #[cfg(target_arch = "wasm32")]
 pub mod time {

@@ -18,6 +18,8 @@ pub use file_source::{FileOptions, FileSource};
 pub use generator::Generator;
 pub use json_sink::JsonLinesSink;
 
+use sluice_guest::batch::BatchWriter;
+
 use crate::runtime::RecordBatch;
 
 /// Why a connector failed.
@@ -61,23 +63,80 @@ pub(crate) fn position_pair(position: &[u8]) -> Option<(u64, u64)> {
     (position.len() == 16).then_some((a, b))
 }
 
-/// Where a source that produces records `s, s + step, …` (subtask `s` of
-/// `step`) resumes from `position` (written as `[next, step]`): the next
-/// record's index, checked against this subtask's stride.
-pub(crate) fn seek_strided(source_name: &str, position: &[u8], next: u64, step: u64) -> Result<u64, ConnectorError> {
-    let bad = |message: String| ConnectorError::BadPosition {
-        source_name: source_name.into(),
-        message,
-    };
-    let Some((resume, saved_step)) = position_pair(position) else {
-        return Err(bad(format!("a {source_name} position is 16 bytes, not {}", position.len())));
-    };
-    if saved_step != step || resume % step != next % step {
-        return Err(bad(format!(
-            "the checkpoint was taken with parallelism {saved_step}, the source now has {step}"
-        )));
+/// The record indexes one subtask of a generating source produces:
+/// `subtask, subtask + parallelism, …` below `count`. Its position is
+/// `[next, step]`, checked against the subtask's stride on resume.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Strided {
+    source_name: &'static str,
+    next: u64,
+    step: u64,
+    count: u64,
+}
+
+impl Strided {
+    pub fn new(source_name: &'static str, subtask: u32, parallelism: u32, count: u64) -> Self {
+        Strided {
+            source_name,
+            next: u64::from(subtask),
+            step: u64::from(parallelism.max(1)),
+            count,
+        }
     }
-    Ok(resume)
+
+    /// The next record's index.
+    pub fn next(&self) -> u64 {
+        self.next
+    }
+
+    /// The distance between this subtask's records.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// The next batch of at most `max_records`, `write` appending record `i`
+    /// (reserving `bytes_per_record` for each); none at the end.
+    pub fn batch(
+        &mut self,
+        max_records: usize,
+        bytes_per_record: usize,
+        mut write: impl FnMut(u64, &mut BatchWriter),
+    ) -> Option<RecordBatch> {
+        let mut w = BatchWriter::with_capacity(max_records * bytes_per_record);
+        while w.len() < max_records && self.next < self.count {
+            write(self.next, &mut w);
+            self.next += self.step;
+        }
+        if w.is_empty() {
+            return None;
+        }
+        let len = w.len();
+        Some(RecordBatch { bytes: w.finish(), len })
+    }
+
+    pub fn position(&self) -> Vec<u8> {
+        [self.next.to_le_bytes(), self.step.to_le_bytes()].concat()
+    }
+
+    /// Resume from a position [`Strided::position`] wrote.
+    pub fn seek(&mut self, position: &[u8]) -> Result<(), ConnectorError> {
+        let name = self.source_name;
+        let bad = |message: String| ConnectorError::BadPosition {
+            source_name: name.into(),
+            message,
+        };
+        let Some((resume, saved_step)) = position_pair(position) else {
+            return Err(bad(format!("a {name} position is 16 bytes, not {}", position.len())));
+        };
+        if saved_step != self.step || resume % self.step != self.next % self.step {
+            return Err(bad(format!(
+                "the checkpoint was taken with parallelism {saved_step}, the source now has {}",
+                self.step
+            )));
+        }
+        self.next = resume;
+        Ok(())
+    }
 }
 
 /// One subtask of a source.

@@ -8,7 +8,7 @@
 
 use sluice_guest::batch::BatchWriter;
 
-use super::{ConnectorError, SourceReader};
+use super::{ConnectorError, SourceReader, Strided};
 use crate::job::spec::Distribution;
 use crate::runtime::RecordBatch;
 
@@ -94,8 +94,7 @@ impl KeyChooser {
 pub struct Generator {
     config: GeneratorConfig,
     chooser: Option<KeyChooser>,
-    next: u64,
-    step: u64,
+    records: Strided,
     key: Vec<u8>,
 }
 
@@ -104,10 +103,9 @@ impl Generator {
     pub fn new(config: GeneratorConfig, subtask: u32, parallelism: u32) -> Self {
         let chooser = config.keys.map(|k| KeyChooser::new(k, config.distribution));
         Generator {
+            records: Strided::new("generator", subtask, parallelism, config.count),
             config,
             chooser,
-            next: u64::from(subtask),
-            step: u64::from(parallelism.max(1)),
             key: Vec::new(),
         }
     }
@@ -134,25 +132,18 @@ impl Generator {
 
 impl SourceReader for Generator {
     fn next_batch(&mut self, max_records: usize) -> Result<Option<RecordBatch>, ConnectorError> {
-        let mut w = BatchWriter::with_capacity(max_records * (self.config.value_size + 24));
-        while w.len() < max_records && self.next < self.config.count {
-            Self::record(&self.config, self.chooser.as_ref(), self.next, &mut self.key, &mut w);
-            self.next += self.step;
-        }
-        if w.is_empty() {
-            return Ok(None);
-        }
-        let len = w.len();
-        Ok(Some(RecordBatch { bytes: w.finish(), len }))
+        let (config, chooser, key) = (&self.config, self.chooser.as_ref(), &mut self.key);
+        Ok(self
+            .records
+            .batch(max_records, config.value_size + 24, |i, w| Self::record(config, chooser, i, key, w)))
     }
 
     fn position(&self) -> Vec<u8> {
-        [self.next.to_le_bytes(), self.step.to_le_bytes()].concat()
+        self.records.position()
     }
 
     fn seek(&mut self, position: &[u8]) -> Result<(), ConnectorError> {
-        self.next = super::seek_strided("generator", position, self.next, self.step)?;
-        Ok(())
+        self.records.seek(position)
     }
 }
 

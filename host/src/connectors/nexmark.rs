@@ -14,10 +14,9 @@
 
 use nexmark::EventGenerator;
 use nexmark::config::NexmarkConfig;
-use sluice_guest::batch::BatchWriter;
 use sluice_guest::nexmark as nx;
 
-use super::{ConnectorError, SourceReader};
+use super::{ConnectorError, SourceReader, Strided};
 use crate::runtime::RecordBatch;
 
 /// Settings of a Nexmark source.
@@ -100,50 +99,46 @@ pub fn encode(event: &nexmark::event::Event, out: &mut Vec<u8>) {
 pub struct NexmarkSource {
     settings: NexmarkSettings,
     generator: EventGenerator,
-    next: u64,
-    step: u64,
+    records: Strided,
 }
 
 impl NexmarkSource {
     /// Subtask `subtask` of `parallelism`.
     pub fn new(settings: NexmarkSettings, subtask: u32, parallelism: u32) -> Self {
-        let step = u64::from(parallelism.max(1));
-        let next = u64::from(subtask);
+        let records = Strided::new("nexmark", subtask, parallelism, settings.count);
         NexmarkSource {
-            generator: EventGenerator::new(settings.config()).with_offset(next).with_step(step),
+            generator: generator(&settings, &records),
             settings,
-            next,
-            step,
+            records,
         }
     }
 }
 
 impl SourceReader for NexmarkSource {
     fn next_batch(&mut self, max_records: usize) -> Result<Option<RecordBatch>, ConnectorError> {
-        let mut w = BatchWriter::with_capacity(max_records * 160);
-        while w.len() < max_records && self.next < self.settings.count {
-            let event = self.generator.next().expect("the generator is endless");
+        let generator = &mut self.generator;
+        Ok(self.records.batch(max_records, 160, |_, w| {
+            let event = generator.next().expect("the generator is endless");
             w.push_with(None, Some(event.timestamp() as i64), |value| encode(&event, value));
-            self.next += self.step;
-        }
-        if w.is_empty() {
-            return Ok(None);
-        }
-        let len = w.len();
-        Ok(Some(RecordBatch { bytes: w.finish(), len }))
+        }))
     }
 
     fn position(&self) -> Vec<u8> {
-        [self.next.to_le_bytes(), self.step.to_le_bytes()].concat()
+        self.records.position()
     }
 
     fn seek(&mut self, position: &[u8]) -> Result<(), ConnectorError> {
-        self.next = super::seek_strided("nexmark", position, self.next, self.step)?;
-        self.generator = EventGenerator::new(self.settings.config())
-            .with_offset(self.next)
-            .with_step(self.step);
+        self.records.seek(position)?;
+        self.generator = generator(&self.settings, &self.records);
         Ok(())
     }
+}
+
+/// The generator of the events `records` will take, from the next one.
+fn generator(settings: &NexmarkSettings, records: &Strided) -> EventGenerator {
+    EventGenerator::new(settings.config())
+        .with_offset(records.next())
+        .with_step(records.step())
 }
 
 #[cfg(test)]

@@ -77,8 +77,7 @@ impl KeyedProcess for Q4Join {
         fn default_retention() -> i64 {
             10_000
         }
-        let config = if config.trim().is_empty() { "{}" } else { config };
-        let c: Config = serde_json::from_str(config).map_err(|e| Error::new(format!("config: {e}")))?;
+        let c: Config = sluice_guest::parse_config(config)?;
         if c.retention_ms < 0 {
             return Err(Error::new("config: `retention_ms` must not be negative"));
         }

@@ -50,7 +50,7 @@ impl FlatMap for Q8 {
         struct Config {
             step: String,
         }
-        let c: Config = serde_json::from_str(config).map_err(|e| Error::new(format!("config: {e}")))?;
+        let c: Config = sluice_guest::parse_config(config)?;
         let step = match c.step.as_str() {
             "persons" => Step::Persons,
             "result" => Step::Result,

@@ -42,7 +42,7 @@ impl FlatMap for Select {
             auction: Option<String>,
             bid: Option<String>,
         }
-        let c: Config = serde_json::from_str(config).map_err(|e| Error::new(format!("config: {e}")))?;
+        let c: Config = sluice_guest::parse_config(config)?;
         let key = |kind: &str, key: Option<String>, allowed: &[(&str, KeyBy)]| -> Result<Option<KeyBy>, Error> {
             let Some(key) = key else { return Ok(None) };
             match allowed.iter().find(|(name, _)| *name == key) {
