@@ -20,7 +20,7 @@ pub mod format;
 pub mod storage;
 
 pub use format::{DecodedSnapshot, SnapshotWriter};
-pub use storage::{CheckpointError, CheckpointStorage, LoadedCheckpoint, Metadata, load_path};
+pub use storage::{CheckpointError, CheckpointStorage, ExpectedState, LoadedCheckpoint, Metadata, RestoreLimits, load_path};
 
 /// What a barrier asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,6 +1,7 @@
 //! Checkpoints and exactly-once recovery: the process killed with SIGKILL at
 //! random moments, a guest trap, rescaling through a savepoint, damaged
-//! checkpoints, repartitioning, at-least-once mode.
+//! checkpoints (corrupted, a zstd bomb, huge, a FIFO, metadata without
+//! operators, tampered key groups), repartitioning, at-least-once mode.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -9,11 +10,13 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use sluice::checkpoint::coordinator::request_savepoint;
-use sluice::checkpoint::format::restore_keyed;
-use sluice::checkpoint::{DecodedSnapshot, SnapshotWriter};
+use sluice::checkpoint::format::{DEFAULT_MAX_PAYLOAD_BYTES, Item, encode_file, restore_keyed};
+use sluice::checkpoint::storage::{DEFAULT_MAX_STATE_FILE_BYTES, StateFile};
+use sluice::checkpoint::{CheckpointStorage, DecodedSnapshot, Metadata, SnapshotWriter};
 use sluice::job::{JobGraph, JobSpec};
 use sluice::runtime::{Restore, RunOptions, run_job};
 use sluice::state::{HeapKeyedState, KeyGroup, KeyGroupRange};
+use sluice::time::TimeDomain;
 
 use crate::harness::{engine, lit, root, run_toml, sluice_bin, temp_dir, udf};
 
@@ -179,6 +182,13 @@ fn newest_incomplete(ckpt: &Path) -> bool {
     newest.is_some_and(|n| !ckpt.join(n).join("_metadata.json").exists())
 }
 
+/// A kill never damages a complete checkpoint (its metadata is written
+/// last, atomically), so restoring one must never be refused.
+fn no_fallback(stderr: &[u8]) {
+    let stderr = String::from_utf8_lossy(stderr);
+    assert!(!stderr.contains("falling back"), "an intact checkpoint was refused: {stderr}");
+}
+
 /// Kill `sluice run` at random moments until `kills` kills have landed on a
 /// running process, restarting it with `--restore latest` each time; then
 /// let it finish. Every round that finishes is checked against `expected`.
@@ -198,16 +208,18 @@ fn crash_loop(name: &str, toml: &str, outputs: &[(&str, &[String])], kills: u32)
             if landed >= kills {
                 let out = child.wait_with_output().unwrap();
                 assert!(out.status.success(), "final run failed: {}", String::from_utf8_lossy(&out.stderr));
+                no_fallback(&out.stderr);
                 break;
             }
             std::thread::sleep(Duration::from_millis(100 + rng.below(600)));
             if child.try_wait().unwrap().is_some() {
                 let out = child.wait_with_output().unwrap();
                 assert!(out.status.success(), "run failed: {}", String::from_utf8_lossy(&out.stderr));
+                no_fallback(&out.stderr);
                 break;
             }
             child.kill().unwrap();
-            child.wait().unwrap();
+            no_fallback(&child.wait_with_output().unwrap().stderr);
             landed += 1;
             if newest_incomplete(&dir.join("ckpt")) {
                 mid_checkpoint += 1;
@@ -444,6 +456,303 @@ fn a_corrupted_state_file_falls_back_to_the_previous_checkpoint() {
     assert_eq!(committed(&dir.join("out")), expected[0]);
 }
 
+/// Complete checkpoint directories under `ckpt`, oldest first.
+fn complete_checkpoints(ckpt: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(ckpt)
+        .map(|e| {
+            e.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.join("_metadata.json").exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// What a damage did to the newest checkpoint: the file the restore must
+/// name, and the words it must use.
+struct Damage {
+    file: PathBuf,
+    reason: String,
+}
+
+/// Run the word count until it has three complete checkpoints, kill it,
+/// let `damage` spoil the newest (through the real storage API, so sizes
+/// and checksums are valid where the damage wants them valid), then restore
+/// with `--restore latest`, bounded in time. The restore must name the file
+/// and the reason, fall back to the previous checkpoint, and commit exactly
+/// the output of an uninterrupted run: no abort, no hang, no duplicate.
+fn restore_falls_back_past(name: &str, damage: impl FnOnce(&CheckpointStorage, &str, &mut Metadata) -> Damage) {
+    let expected = uninterrupted(
+        &format!("{name}-expected"),
+        &wordcount_job(name, 1_000_000, 2, "retain = 5"),
+        &["out"],
+    );
+    let dir = temp_dir(name);
+    let spec = dir.join("job.toml");
+    std::fs::write(&spec, wordcount_job(name, 1500, 2, "retain = 5")).unwrap();
+    let mut child = spawn(&spec, false);
+    let ckpt = dir.join("ckpt");
+    let t = Instant::now();
+    while complete_checkpoints(&ckpt).len() < 3 {
+        assert!(t.elapsed() < Duration::from_secs(30), "no checkpoints");
+        assert!(child.try_wait().unwrap().is_none(), "the job ended before three checkpoints");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let newest = complete_checkpoints(&ckpt).pop().unwrap();
+    let dir_name = newest.file_name().unwrap().to_string_lossy().into_owned();
+    let mut meta: Metadata = serde_json::from_slice(&std::fs::read(newest.join("_metadata.json")).unwrap()).unwrap();
+    let storage = CheckpointStorage::open(&ckpt).unwrap();
+    let Damage { file, reason } = damage(&storage, &dir_name, &mut meta);
+
+    // The rest of the input at full speed: the rate is no part of the state.
+    std::fs::write(&spec, wordcount_job(name, 1_000_000, 2, "retain = 5")).unwrap();
+    let mut child = Command::new(sluice_bin())
+        .args(["run", "--quiet", "--restore", "latest"])
+        .arg(&spec)
+        .env("SLUICE_CACHE_DIR", root().join("target/test-component-cache"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut text);
+        text
+    });
+    let t = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if t.elapsed() > Duration::from_secs(120) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("{name}: the restore hung: {}", reader.join().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = reader.join().unwrap();
+    assert!(status.success(), "{name}: the restore failed ({status}): {stderr}");
+    // Only the damaged checkpoint is refused: the one before it restores.
+    assert_eq!(stderr.matches("falling back").count(), 1, "{name}: {stderr}");
+    let id = dir_name.trim_start_matches("chk-").trim_start_matches('0');
+    let line = stderr
+        .lines()
+        .find(|l| l.contains(&format!("restoring checkpoint {id}: ")))
+        .unwrap_or_else(|| panic!("{name}: no error names checkpoint {id}: {stderr}"));
+    assert!(
+        line.contains(&format!("`{}`", file.display())) && line.contains(&reason) && line.contains("falling back"),
+        "{name}: expected `{}` and {reason:?} in: {line}",
+        file.display()
+    );
+    let got = committed(&dir.join("out"));
+    assert_eq!(
+        got.len(),
+        expected[0].len(),
+        "{name}: {} lines, expected {}",
+        got.len(),
+        expected[0].len()
+    );
+    assert!(got == expected[0], "{name}: the output differs from the uninterrupted run");
+}
+
+/// The entry of subtask `subtask` of the keyed `count` in `meta`.
+fn count_file(meta: &mut Metadata, subtask: usize) -> &mut StateFile {
+    let op = meta.operators.iter_mut().find(|o| o.name == "count").unwrap();
+    &mut op.files[subtask]
+}
+
+/// Write `bytes` as subtask `subtask`'s state file of `count`, with the
+/// metadata updated to match (a valid size and checksum).
+fn forge_count_file(st: &CheckpointStorage, dir: &str, meta: &mut Metadata, subtask: usize, bytes: &[u8]) -> PathBuf {
+    let f = count_file(meta, subtask);
+    *f = st.write_state(dir, &f.file.clone(), subtask as u32, bytes).unwrap();
+    let path = st.path().join(dir).join(&f.file);
+    st.write_metadata(dir, meta).unwrap();
+    path
+}
+
+/// A zstd frame of `blocks` RLE blocks of 128 KiB of zeros, which does not
+/// declare its content size: 4 bytes of input for each 128 KiB of output.
+fn rle_zstd_frame(blocks: u32) -> Vec<u8> {
+    // Magic; frame header descriptor 0 (no content size, no checksum, no
+    // dictionary, not single-segment); window descriptor 2^17 = 128 KiB.
+    let mut f = vec![0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x38];
+    for i in 0..blocks {
+        let last = u32::from(i + 1 == blocks);
+        let header = (128 * 1024) << 3 | 1 << 1 | last;
+        f.extend_from_slice(&header.to_le_bytes()[..3]);
+        f.push(0);
+    }
+    f
+}
+
+#[test]
+fn a_zstd_bomb_with_a_valid_checksum_falls_back_to_the_previous_checkpoint() {
+    restore_falls_back_past("restore-bomb", |st, dir, meta| {
+        // Inflates to one 128 KiB block more than the payload limit.
+        let blocks = (DEFAULT_MAX_PAYLOAD_BYTES / (128 * 1024)) as u32 + 1;
+        let mut bomb = b"SLUICEST".to_vec();
+        bomb.extend_from_slice(&1u32.to_le_bytes());
+        bomb.extend_from_slice(&rle_zstd_frame(blocks));
+        assert!(bomb.len() < 64 * 1024, "{}", bomb.len());
+        Damage {
+            file: forge_count_file(st, dir, meta, 0, &bomb),
+            reason: format!("decompresses to more than {DEFAULT_MAX_PAYLOAD_BYTES} bytes"),
+        }
+    });
+}
+
+#[test]
+fn a_huge_sparse_state_file_falls_back_without_being_read() {
+    restore_falls_back_past("restore-sparse", |st, dir, meta| {
+        let f = count_file(meta, 1);
+        let path = st.path().join(dir).join(&f.file);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(64 << 30)
+            .unwrap();
+        // Declared at its new size too, so only the cap can refuse it.
+        f.bytes = 64 << 30;
+        st.write_metadata(dir, meta).unwrap();
+        Damage {
+            file: path,
+            reason: format!(
+                "it has {} bytes, more than the limit of {DEFAULT_MAX_STATE_FILE_BYTES}",
+                64u64 << 30
+            ),
+        }
+    });
+}
+
+#[test]
+fn a_fifo_in_place_of_a_state_file_falls_back_without_blocking() {
+    restore_falls_back_past("restore-fifo", |st, dir, meta| {
+        let path = st.path().join(dir).join(&count_file(meta, 0).file);
+        std::fs::remove_file(&path).unwrap();
+        let made = Command::new("mkfifo").arg(&path).status().expect("mkfifo");
+        assert!(made.success());
+        Damage {
+            file: path,
+            reason: "it is a FIFO, not a regular file".into(),
+        }
+    });
+}
+
+#[test]
+fn metadata_that_lists_no_operators_falls_back_and_duplicates_nothing() {
+    restore_falls_back_past("restore-no-operators", |st, dir, meta| {
+        meta.operators.clear();
+        st.write_metadata(dir, meta).unwrap();
+        Damage {
+            file: st.path().join(dir).join("_metadata.json"),
+            reason: "it lists no operators".into(),
+        }
+    });
+}
+
+#[test]
+fn state_files_holding_another_subtasks_key_groups_fall_back() {
+    restore_falls_back_past("restore-swapped-groups", |st, dir, meta| {
+        let read = |meta: &mut Metadata, s| std::fs::read(st.path().join(dir).join(&count_file(meta, s).file)).unwrap();
+        let (zero, one) = (read(meta, 0), read(meta, 1));
+        let file = forge_count_file(st, dir, meta, 0, &one);
+        forge_count_file(st, dir, meta, 1, &zero);
+        let range = KeyGroupRange::for_subtask(meta.max_parallelism, 2, 0);
+        Damage {
+            file,
+            reason: format!("is outside the key groups {}..={} of its subtask", range.start, range.end),
+        }
+    });
+}
+
+/// Re-encode `snap` (by the documented format) with the entries of key
+/// groups `a` and `b` swapped.
+fn swap_groups(snap: &DecodedSnapshot, a: u32, b: u32) -> Vec<u8> {
+    fn put(out: &mut Vec<u8>, b: &[u8]) {
+        out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        out.extend_from_slice(b);
+    }
+    let mut names: Vec<String> = Vec::new();
+    let mut blocks = std::collections::BTreeMap::new();
+    for g in snap.groups() {
+        let mut block = Vec::new();
+        for item in snap.items(g) {
+            match item.unwrap() {
+                Item::State {
+                    index,
+                    state,
+                    key,
+                    user_key,
+                    value,
+                } => {
+                    if names.len() <= index {
+                        names.resize(index + 1, String::new());
+                    }
+                    names[index] = state.to_owned();
+                    block.push(0);
+                    block.extend_from_slice(&(index as u32).to_le_bytes());
+                    put(&mut block, key);
+                    put(&mut block, user_key);
+                    put(&mut block, value);
+                }
+                Item::Timer { domain, timer } => {
+                    block.push(1);
+                    block.push(u8::from(domain != TimeDomain::EventTime));
+                    block.extend_from_slice(&timer.timestamp.to_le_bytes());
+                    put(&mut block, &timer.key);
+                    put(&mut block, &timer.namespace);
+                }
+            }
+        }
+        let label = if g == a {
+            b
+        } else if g == b {
+            a
+        } else {
+            g
+        };
+        blocks.insert(label, block);
+    }
+    let mut payload = (names.len() as u32).to_le_bytes().to_vec();
+    for (i, n) in names.iter().enumerate() {
+        put(
+            &mut payload,
+            if n.is_empty() { format!("unused-{i}") } else { n.clone() }.as_bytes(),
+        );
+    }
+    payload.extend_from_slice(&(blocks.len() as u32).to_le_bytes());
+    for (g, block) in &blocks {
+        payload.extend_from_slice(&g.to_le_bytes());
+        payload.extend_from_slice(&(block.len() as u64).to_le_bytes());
+        payload.extend_from_slice(block);
+    }
+    payload.extend_from_slice(&0u32.to_le_bytes());
+    encode_file(&payload)
+}
+
+#[test]
+fn key_groups_swapped_within_a_subtask_fall_back() {
+    restore_falls_back_past("restore-swapped-within", |st, dir, meta| {
+        let path = st.path().join(dir).join(&count_file(meta, 0).file);
+        let snap = DecodedSnapshot::decode(&std::fs::read(&path).unwrap()).unwrap();
+        let groups: Vec<u32> = snap.groups().collect();
+        let (a, b) = (groups[0], groups[1]);
+        let file = forge_count_file(st, dir, meta, 0, &swap_groups(&snap, a, b));
+        Damage {
+            file,
+            reason: format!("key group {a} holds a key of key group {b}"),
+        }
+    });
+}
+
 #[test]
 fn at_least_once_mode_runs_unaligned_and_completes() {
     let toml = wordcount_job("alo", 1_000_000, 2, "mode = \"at-least-once\"");
@@ -478,7 +787,7 @@ proptest! {
             .map(|b| {
                 let mut w = SnapshotWriter::new();
                 w.keyed_state(b);
-                Arc::new(DecodedSnapshot::decode(&sluice::checkpoint::format::encode_file(&w.finish())).unwrap())
+                Arc::new(DecodedSnapshot::decode(&encode_file(&w.finish())).unwrap())
             })
             .collect();
         let mut seen = std::collections::HashMap::new();

@@ -31,7 +31,8 @@ use crate::checkpoint::coordinator::{
     CheckpointStats, Coordinator, CoordinatorEvent, OperatorInfo, Report, RestartPolicy, WriteJob, commit_sinks, spawn_writer,
 };
 use crate::checkpoint::{
-    Barrier, BarrierKind, CheckpointStorage, LoadedCheckpoint, NodeSnapshot, OperatorSnapshot, SnapshotWriter, load_path,
+    Barrier, BarrierKind, CheckpointStorage, ExpectedState, LoadedCheckpoint, NodeSnapshot, OperatorSnapshot, RestoreLimits,
+    SnapshotWriter, load_path,
 };
 use crate::connectors::generator::GeneratorConfig;
 use crate::connectors::{
@@ -831,14 +832,16 @@ pub fn run_job(graph: &JobGraph, engine: &Arc<WasmEngine>, options: RunOptions) 
     };
     let restored: Option<Arc<LoadedCheckpoint>> = match (&options.restore, &storage) {
         (None, _) => None,
-        (Some(Restore::Path(p)), _) => Some(Arc::new(load_path(p).map_err(|e| JobError::Restore(e.to_string()))?)),
+        (Some(Restore::Path(p)), _) => Some(Arc::new(
+            load_path(p, &expected_state(graph, false), &RestoreLimits::default()).map_err(|e| JobError::Restore(e.to_string()))?,
+        )),
         (Some(Restore::Latest), None) => {
             return Err(JobError::Restore(
                 "`--restore latest` needs `[checkpoints]` in the job spec: they say where checkpoints are".into(),
             ));
         }
         (Some(Restore::Latest), Some(st)) => {
-            let c = st.load_latest(0);
+            let c = st.load_latest(0, &expected_state(graph, true));
             if c.is_none() {
                 tracing::warn!(dir = %st.path().display(), "no complete checkpoint to restore; starting from the beginning");
             }
@@ -992,7 +995,7 @@ impl Supervisor {
             };
             let restore = coord
                 .storage
-                .load_latest(coord.first_id)
+                .load_latest(coord.first_id, &expected_state(&self.ctx.graph, true))
                 .map(Arc::new)
                 .or_else(|| self.initial.clone());
             match &restore {
@@ -1406,6 +1409,20 @@ fn state_kind(node: &crate::job::graph::Node) -> Option<&'static str> {
         NodeKind::Operator(o, _) if o.kind == OperatorKind::Window => Some("window"),
         NodeKind::Operator(o, _) if o.kind == OperatorKind::Join => Some("join"),
         _ => None,
+    }
+}
+
+/// The operators whose state a checkpoint to restore must hold; all of
+/// them (`require_all`) for the job's own checkpoints.
+fn expected_state(graph: &JobGraph, require_all: bool) -> ExpectedState {
+    ExpectedState {
+        operators: graph
+            .nodes
+            .iter()
+            .filter(|n| state_kind(n).is_some())
+            .map(|n| n.name.clone())
+            .collect(),
+        require_all,
     }
 }
 
