@@ -11,7 +11,17 @@
 //! [tenants.quotas]
 //! memory_mb = 128
 //! max_running_jobs = 4
+//!
+//! [limits]                        # server-wide bounds; every one has a default
+//! max_connections = 512
 //! ```
+//!
+//! Bounds come in two kinds: what one tenant may claim is a quota
+//! (`[tenants.quotas]`, [`Quotas`](crate::tenancy::Quotas)), so an operator
+//! can give one tenant more; what protects the process as a whole
+//! (connections, timeouts, bodies in flight over every tenant, the size of
+//! anything that ends up in every `/metrics` scrape) is a server limit
+//! ([`ServerLimits`]).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -37,6 +47,94 @@ pub struct ServerConfig {
     pub job_log_lines: usize,
     /// The tenants.
     pub tenants: Vec<TenantConfig>,
+    /// Server-wide bounds (`[limits]`).
+    #[serde(default)]
+    pub limits: ServerLimits,
+}
+
+/// Bounds that protect the server process as a whole, whoever asks. Every
+/// field has a default, so `[limits]` may name only what differs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerLimits {
+    /// Connections open at once; one more is answered 503 and closed at
+    /// once. Default 512 (keep it below the process's file limit).
+    pub max_connections: usize,
+    /// Longest a client may take to send a request's headers, ms; a kept-alive
+    /// connection waits this long for its next request. Default 15000.
+    pub header_read_timeout_ms: u64,
+    /// A connection on which no request is being handled and no byte moved
+    /// either way for this long is closed, ms (a client that stops reading
+    /// its answer, too). Default 60000.
+    pub idle_timeout_ms: u64,
+    /// Longest one request body may take to arrive, ms; a slower one is
+    /// answered 408 and its connection closed. Default 60000.
+    pub body_read_timeout_ms: u64,
+    /// Request bodies being received at once, every tenant together.
+    /// Default 64.
+    pub max_bodies_in_flight: usize,
+    /// Bytes of request bodies held at once, every tenant together, MiB.
+    /// Default 512.
+    pub max_body_mb_in_flight: u64,
+    /// `/metrics` answers being rendered at once; more get 503. Default 4.
+    pub max_concurrent_scrapes: usize,
+    /// Largest `POST /v1/jobs` body, bytes. Default 1 MiB.
+    pub max_spec_bytes: u64,
+    /// Nodes (sources, operators and sinks) of one job. Default 256.
+    pub max_spec_nodes: usize,
+    /// Edges of one job. Default 1024.
+    pub max_spec_edges: usize,
+    /// Longest name of a job, source, operator or sink, bytes (names are in
+    /// every `/metrics` answer). Default 128.
+    pub max_name_bytes: usize,
+    /// How often the disk use of tenants with running jobs is measured, ms.
+    /// Default 5000.
+    pub disk_check_interval_ms: u64,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_connections: 512,
+            header_read_timeout_ms: 15_000,
+            idle_timeout_ms: 60_000,
+            body_read_timeout_ms: 60_000,
+            max_bodies_in_flight: 64,
+            max_body_mb_in_flight: 512,
+            max_concurrent_scrapes: 4,
+            max_spec_bytes: 1 << 20,
+            max_spec_nodes: 256,
+            max_spec_edges: 1024,
+            max_name_bytes: 128,
+            disk_check_interval_ms: 5_000,
+        }
+    }
+}
+
+impl ServerLimits {
+    /// Every count and duration must be positive: a zero would refuse
+    /// everything or spin.
+    fn check(&self) -> Result<(), String> {
+        for (key, value) in [
+            ("max_connections", self.max_connections as u64),
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            ("body_read_timeout_ms", self.body_read_timeout_ms),
+            ("max_bodies_in_flight", self.max_bodies_in_flight as u64),
+            ("max_body_mb_in_flight", self.max_body_mb_in_flight),
+            ("max_concurrent_scrapes", self.max_concurrent_scrapes as u64),
+            ("max_spec_bytes", self.max_spec_bytes),
+            ("max_spec_nodes", self.max_spec_nodes as u64),
+            ("max_spec_edges", self.max_spec_edges as u64),
+            ("max_name_bytes", self.max_name_bytes as u64),
+            ("disk_check_interval_ms", self.disk_check_interval_ms),
+        ] {
+            if value == 0 {
+                return Err(format!("[limits] {key} must be at least 1"));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn default_listen() -> String {
@@ -87,8 +185,10 @@ impl ServerConfig {
         Ok(c)
     }
 
-    /// Tenant ids and token hashes must be unique and well formed.
+    /// Tenant ids and token hashes must be unique and well formed, and every
+    /// limit usable.
     pub fn check(&self) -> Result<(), String> {
+        self.limits.check()?;
         let mut ids = HashSet::new();
         let mut tokens = HashSet::new();
         let hash_ok = |h: &str| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit());
@@ -105,6 +205,7 @@ impl ServerConfig {
             if !tokens.insert(t.token_sha256.to_ascii_lowercase()) {
                 return Err(format!("tenant `{}` shares its token with another tenant", t.id));
             }
+            t.quotas.check().map_err(|e| format!("tenant `{}`: {e}", t.id))?;
         }
         if let Some(h) = &self.admin_token_sha256
             && (!hash_ok(h) || tokens.contains(&h.to_ascii_lowercase()))
@@ -112,5 +213,29 @@ impl ServerConfig {
             return Err("admin_token_sha256 must be 64 hex digits and differ from every tenant's".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Result<ServerConfig, String> {
+        let text = format!("data_dir = \"d\"\ntenants = []\n{extra}");
+        let c: ServerConfig = toml::from_str(&text).map_err(|e| e.to_string())?;
+        c.check().map(|()| c)
+    }
+
+    #[test]
+    fn limits_have_defaults_and_zeros_are_refused() {
+        let c = config("").unwrap();
+        assert_eq!(c.limits, ServerLimits::default());
+        assert_eq!(c.limits.max_name_bytes, 128);
+        let c = config("[limits]\nmax_connections = 8").unwrap();
+        assert_eq!((c.limits.max_connections, c.limits.max_spec_nodes), (8, 256));
+        let e = config("[limits]\nbody_read_timeout_ms = 0").unwrap_err();
+        assert!(e.contains("body_read_timeout_ms must be at least 1"), "{e}");
+        let e = config("[limits]\nmax_conections = 8").unwrap_err();
+        assert!(e.contains("max_conections"), "{e}");
     }
 }

@@ -63,6 +63,35 @@ impl ApiError {
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(409, "conflict", message)
     }
+    /// 403: something in the file area the server does not touch (a link,
+    /// a special file).
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(403, code, message)
+    }
+    /// 408: the body did not arrive in time.
+    pub fn body_timeout(limit_ms: u64) -> Self {
+        Self::new(
+            408,
+            "request_timeout",
+            format!("the request body did not arrive within {limit_ms} ms (`body_read_timeout_ms`)"),
+        )
+    }
+    /// 413 with a message (a limit other than the upload limit).
+    pub fn too_large_because(message: impl Into<String>) -> Self {
+        Self::new(413, "payload_too_large", message)
+    }
+    /// 429: the tenant has too much in flight; retry later.
+    pub fn too_many_requests(message: impl Into<String>) -> Self {
+        Self::new(429, "too_many_requests", message)
+    }
+    /// 503: the server as a whole is at a limit; retry later.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(503, "server_busy", message)
+    }
+    /// 507: a disk quota would be exceeded.
+    pub fn insufficient_storage(message: impl Into<String>) -> Self {
+        Self::new(507, "disk_quota_exceeded", message)
+    }
     /// 413: the body is over the tenant's upload limit.
     pub fn too_large(limit: u64) -> Self {
         Self::new(

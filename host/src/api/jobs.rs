@@ -16,7 +16,15 @@
 //! (metrics, checkpoint figures, the cancel flag), so reading a job's status
 //! never waits on it. Ended jobs are kept for inspection up to the tenant's
 //! `max_finished_jobs`; older ones are deleted with their directories, so a
-//! server that runs jobs for months does not fill its disk.
+//! server that runs jobs for months does not fill its disk. Within a job,
+//! savepoints beyond `max_savepoints_per_job` are pruned oldest first, and
+//! the tenant's disk use is measured while its jobs run: over `max_disk_mb`
+//! (or `max_files`) the jobs that write fail, naming the quota.
+//!
+//! A submission is checked cheapest first: the running-job quota before the
+//! body is parsed, the spec's size (nodes, edges, name lengths) before it is
+//! validated, so a huge spec costs no CPU. A job thread that panics ends its
+//! job as `failed` with the panic's message.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -27,12 +35,16 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::ApiError;
+use super::budget::BodyBudget;
+use super::config::ServerLimits;
+use super::files::{FileError, JobPath, Usage};
 use super::store::{TenantStore, canonical_digest, safe_relative};
 use crate::checkpoint::coordinator::{CheckpointStats, request_savepoint_while};
 use crate::checkpoint::storage::Metadata;
 use crate::job::spec::SinkKind;
 use crate::job::{JobError, JobGraph, JobSpec};
 use crate::runtime::{OperatorMetrics, Restore, RunOptions, TaskError, run_job};
+use crate::tenancy::logs::escape_control;
 use crate::tenancy::{GuestLogBuffer, Quotas, TenantConfig, TenantMeter};
 use crate::time::{Clock, SystemClock};
 use crate::wasm::WasmEngine;
@@ -109,6 +121,8 @@ struct Lifecycle {
     stopped_with: Option<String>,
     live: Option<Live>,
     cancel_requested: bool,
+    /// Why the server stopped it (a quota), making the stop a failure.
+    failure: Option<String>,
 }
 
 /// One job of a tenant.
@@ -133,6 +147,10 @@ pub struct ManagedJob {
     pub checkpoint_dir: Option<PathBuf>,
     /// Its guests' log.
     pub logs: Arc<GuestLogBuffer>,
+    /// The savepoint it was started from (kept while it runs).
+    pub restored_from: Option<PathBuf>,
+    /// True when it writes to the disk (file sinks, checkpoints).
+    pub writes_disk: bool,
     life: Mutex<Lifecycle>,
 }
 
@@ -159,8 +177,32 @@ impl ManagedJob {
         true
     }
 
+    /// Stop it as failed with `reason` (a quota it crossed); false if it
+    /// had already ended.
+    pub fn fail(&self, reason: String) -> bool {
+        let mut l = self.life();
+        if l.ended.is_some() {
+            return false;
+        }
+        l.failure.get_or_insert(reason);
+        l.cancel_requested = true;
+        if let Some(live) = &l.live {
+            live.cancel.store(true, Ordering::SeqCst);
+        }
+        true
+    }
+
+    /// The reason given to [`fail`](Self::fail), if any.
+    fn failure(&self) -> Option<String> {
+        self.life().failure.clone()
+    }
+
+    /// Record how it ended; the first ending is kept.
     fn end(&self, state: JobState, error: Option<String>, stopped_with: Option<String>) {
         let mut l = self.life();
+        if l.ended.is_some() {
+            return;
+        }
         l.ended = Some((state, SystemClock.now_ms()));
         l.error = error;
         l.stopped_with = stopped_with;
@@ -336,6 +378,10 @@ pub struct Tenant {
     /// Serializes uploads, so the component count is checked and changed
     /// as one step.
     pub uploads: Mutex<()>,
+    /// Its request bodies in flight.
+    pub bodies: Arc<BodyBudget>,
+    /// Serializes file puts, so disk use is checked and changed as one step.
+    pub disk: Mutex<()>,
 }
 
 impl Tenant {
@@ -344,10 +390,17 @@ impl Tenant {
         let meter = TenantMeter::new(Some(config.quotas.max_state_mb.saturating_mul(1 << 20)));
         Ok(Tenant {
             store: TenantStore::open(root)?,
+            bodies: BodyBudget::new(
+                format!("tenant `{}`", config.id),
+                ("max_bodies_in_flight", "max_body_mb_in_flight"),
+                config.quotas.max_bodies_in_flight,
+                config.quotas.max_body_mb_in_flight.saturating_mul(1 << 20),
+            ),
             config,
             meter,
             jobs: Mutex::new(Vec::new()),
             uploads: Mutex::new(()),
+            disk: Mutex::new(()),
         })
     }
 
@@ -363,6 +416,108 @@ impl Tenant {
     /// Its job `id`.
     pub fn job(&self, id: &str) -> Option<Arc<ManagedJob>> {
         self.jobs_locked().iter().find(|j| j.id == id).cloned()
+    }
+
+    /// How many of its jobs have not ended.
+    pub fn active_jobs(&self) -> usize {
+        self.jobs_locked().iter().filter(|j| !j.state().is_terminal()).count()
+    }
+
+    /// Its disk use now (files and job directories), walking one entry
+    /// past its file quota at most.
+    pub fn disk_usage(&self) -> Usage {
+        self.store.disk_usage(self.config.quotas.max_files.saturating_add(1))
+    }
+
+    /// Why its disk use `u` is over its quotas, if it is.
+    pub fn over_disk_quota(&self, u: Usage) -> Option<String> {
+        let q = &self.config.quotas;
+        if u.entries > q.max_files {
+            return Some(format!(
+                "file quota exceeded: tenant `{}` has more than {} files and directories in its files and job directories (`max_files`)",
+                self.config.id, q.max_files
+            ));
+        }
+        (u.bytes > q.max_disk_bytes()).then(|| {
+            format!(
+                "disk quota exceeded: tenant `{}` holds {} bytes in its files and job directories; its limit is {} bytes (`max_disk_mb` = {})",
+                self.config.id,
+                u.bytes,
+                q.max_disk_bytes(),
+                q.max_disk_mb
+            )
+        })
+    }
+
+    /// Admit a put of `cost` given the disk use `u` measured before it.
+    pub fn admit_put(&self, u: Usage, cost: super::files::PutCost) -> Result<(), FileError> {
+        let q = &self.config.quotas;
+        let used = u.bytes.saturating_sub(cost.replaced);
+        if used.saturating_add(cost.bytes) > q.max_disk_bytes() {
+            return Err(FileError::DiskQuota {
+                used: u.bytes,
+                adding: cost.bytes.saturating_sub(cost.replaced),
+                limit: q.max_disk_bytes(),
+            });
+        }
+        if u.entries.saturating_add(cost.new_entries) > q.max_files {
+            return Err(FileError::FileQuota {
+                used: u.entries,
+                adding: cost.new_entries,
+                limit: q.max_files,
+            });
+        }
+        Ok(())
+    }
+
+    /// Measure its disk use if a job of it writes, and fail those jobs
+    /// when it is over its quota. Called every `disk_check_interval_ms`.
+    pub fn enforce_disk_quota(&self) {
+        let writers: Vec<Arc<ManagedJob>> = self
+            .jobs()
+            .into_iter()
+            .filter(|j| j.writes_disk && !j.state().is_terminal())
+            .collect();
+        if writers.is_empty() {
+            return;
+        }
+        let Some(reason) = self.over_disk_quota(self.disk_usage()) else {
+            return;
+        };
+        for j in writers {
+            if j.fail(reason.clone()) {
+                tracing::warn!(tenant = %self.config.id, job = %j.id, reason = %reason, "job stopped by the disk quota");
+            }
+        }
+    }
+
+    /// Delete `job`'s oldest savepoints beyond `max_savepoints_per_job`
+    /// (one a running job was started from is kept).
+    pub fn prune_savepoints(&self, job: &ManagedJob) {
+        let Some(dir) = &job.checkpoint_dir else { return };
+        let base = dir.join("savepoints");
+        let in_use: Vec<PathBuf> = self
+            .jobs()
+            .iter()
+            .filter(|j| !j.state().is_terminal())
+            .filter_map(|j| j.restored_from.clone())
+            .collect();
+        let Ok(entries) = std::fs::read_dir(&base) else { return };
+        let mut names: Vec<String> = entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("savepoint-"))
+            .collect();
+        // `savepoint-<8 digits>`: by name is by number.
+        names.sort();
+        let excess = names.len().saturating_sub(self.config.quotas.max_savepoints_per_job);
+        for name in names.into_iter().take(excess) {
+            let path = base.join(&name);
+            if !in_use.contains(&path) {
+                remove_dir(&path);
+            }
+        }
     }
 
     /// True when a job that has not ended uses component `digest`.
@@ -494,7 +649,8 @@ fn rewrite(spec: &mut JobSpec, tenant: &Tenant, job_dir: &std::path::Path) -> Re
             resolve(&s.name, &mut w.component)?;
         }
         if let Some(p) = &s.path {
-            safe_relative(p, &format!("source `{}`: path", s.name))?;
+            let what = format!("source `{}`: path", s.name);
+            check_job_path(tenant, &safe_relative(p, &what)?, JobPath::Source, &what)?;
         }
     }
     for s in &spec.sinks {
@@ -508,11 +664,13 @@ fn rewrite(spec: &mut JobSpec, tenant: &Tenant, job_dir: &std::path::Path) -> Re
             ));
         }
         if let Some(p) = &s.path {
-            safe_relative(p, &format!("sink `{}`: path", s.name))?;
+            let what = format!("sink `{}`: path", s.name);
+            check_job_path(tenant, &safe_relative(p, &what)?, JobPath::Sink, &what)?;
         }
     }
     if let Some(c) = &mut spec.checkpoints {
         c.dir = job_dir.join("checkpoints").display().to_string();
+        c.retain = c.retain.min(q.max_checkpoints_retained);
     }
     let l = &mut spec.limits;
     l.memory_mb = l.memory_mb.min(q.memory_mb);
@@ -525,6 +683,96 @@ fn rewrite(spec: &mut JobSpec, tenant: &Tenant, job_dir: &std::path::Path) -> Re
     Ok(digests)
 }
 
+/// A path of a job through the file area: no link or special file on it.
+fn check_job_path(tenant: &Tenant, rel: &std::path::Path, how: JobPath, what: &str) -> Result<(), ApiError> {
+    tenant.store.files().check_job_path(rel, how).map_err(|e| match e {
+        FileError::Io { .. } => ApiError::internal(format!("{what}: {e}")),
+        e => ApiError::unprocessable("invalid_job", format!("{what}: {e}")),
+    })
+}
+
+/// The checks of a submission that need no parsing: the running-job quota.
+/// Called before the body is parsed, so a tenant at its limit costs no CPU.
+pub fn precheck(tenant: &Tenant) -> Result<(), ApiError> {
+    let (active, q) = (tenant.active_jobs(), &tenant.config.quotas);
+    if active >= q.max_running_jobs {
+        return Err(running_jobs_quota(tenant, active));
+    }
+    Ok(())
+}
+
+fn running_jobs_quota(tenant: &Tenant, active: usize) -> ApiError {
+    ApiError::quota(format!(
+        "tenant `{}` already has {active} jobs running; its limit is {}",
+        tenant.config.id, tenant.config.quotas.max_running_jobs
+    ))
+}
+
+/// Refuse a spec whose size alone makes it unusable, before any costly
+/// validation: too many nodes or edges, or a name longer than
+/// `max_name_bytes` (names are in every `/metrics` answer). The error names
+/// the field and the limit.
+pub fn check_bounds(spec: &JobSpec, limits: &ServerLimits) -> Result<(), ApiError> {
+    let nodes = spec.sources.len() + spec.operators.len() + spec.sinks.len();
+    if nodes > limits.max_spec_nodes {
+        return Err(ApiError::unprocessable(
+            "invalid_job",
+            format!(
+                "the job has {nodes} nodes (sources, operators and sinks); at most {} are allowed (server limit `max_spec_nodes`)",
+                limits.max_spec_nodes
+            ),
+        ));
+    }
+    if spec.edges.len() > limits.max_spec_edges {
+        return Err(ApiError::unprocessable(
+            "invalid_job",
+            format!(
+                "the job has {} edges; at most {} are allowed (server limit `max_spec_edges`)",
+                spec.edges.len(),
+                limits.max_spec_edges
+            ),
+        ));
+    }
+    let names = std::iter::once(("spec.name".to_owned(), &spec.name))
+        .chain(
+            spec.sources
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (format!("spec.sources[{i}].name"), &s.name)),
+        )
+        .chain(
+            spec.operators
+                .iter()
+                .enumerate()
+                .map(|(i, o)| (format!("spec.operators[{i}].name"), &o.name)),
+        )
+        .chain(
+            spec.sinks
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (format!("spec.sinks[{i}].name"), &s.name)),
+        )
+        .chain(
+            spec.edges
+                .iter()
+                .enumerate()
+                .flat_map(|(i, e)| [(format!("spec.edges[{i}].from"), &e.from), (format!("spec.edges[{i}].to"), &e.to)]),
+        );
+    for (field, name) in names {
+        if name.len() > limits.max_name_bytes {
+            return Err(ApiError::unprocessable(
+                "invalid_job",
+                format!(
+                    "`{field}` is {} bytes long; names may have at most {} bytes (server limit `max_name_bytes`)",
+                    name.len(),
+                    limits.max_name_bytes
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Check, register and start a job. Fails (4xx) before anything is stored
 /// if the request is invalid or over a quota.
 pub fn submit(
@@ -532,12 +780,18 @@ pub fn submit(
     engine: &Arc<WasmEngine>,
     request: SubmitRequest,
     log_lines: usize,
+    limits: &ServerLimits,
 ) -> Result<Arc<ManagedJob>, ApiError> {
     let SubmitRequest {
         mut spec,
         savepoint,
         allow_non_restored_state,
     } = request;
+    check_bounds(&spec, limits)?;
+    let writes_disk = spec.checkpoints.is_some() || spec.sinks.iter().any(|s| s.path.is_some());
+    if writes_disk && let Some(reason) = tenant.over_disk_quota(tenant.disk_usage()) {
+        return Err(ApiError::insufficient_storage(reason));
+    }
     let id = new_job_id();
     let dir = tenant.store.job_dir(&id);
     let components = rewrite(&mut spec, tenant, &dir)?;
@@ -545,10 +799,11 @@ pub fn submit(
     graph
         .load_components(engine)
         .map_err(|e| ApiError::unprocessable("invalid_job", e.to_string()))?;
-    let restore = match &savepoint {
+    let restored_from = match &savepoint {
         None => None,
-        Some(sp) => Some(Restore::Path(resolve_savepoint(tenant, sp)?)),
+        Some(sp) => Some(resolve_savepoint(tenant, sp)?),
     };
+    let restore = restored_from.clone().map(Restore::Path);
     let parallelism: u32 = graph.nodes.iter().map(|n| n.parallelism).sum();
     let sinks: Vec<String> = graph.spec.sinks.iter().filter_map(|s| s.path.clone()).collect();
     tenant.prune();
@@ -557,12 +812,7 @@ pub fn submit(
         let active: Vec<&Arc<ManagedJob>> = jobs.iter().filter(|j| !j.state().is_terminal()).collect();
         let q = &tenant.config.quotas;
         if active.len() >= q.max_running_jobs {
-            return Err(ApiError::quota(format!(
-                "tenant `{}` already has {} jobs running; its limit is {}",
-                tenant.config.id,
-                active.len(),
-                q.max_running_jobs
-            )));
+            return Err(running_jobs_quota(tenant, active.len()));
         }
         let used: u32 = active.iter().map(|j| j.parallelism).sum();
         if used + parallelism > q.max_total_parallelism {
@@ -591,6 +841,8 @@ pub fn submit(
             dir,
             checkpoint_dir: graph.spec.checkpoints.as_ref().map(|c| PathBuf::from(&c.dir)),
             logs: Arc::new(GuestLogBuffer::new(log_lines)),
+            restored_from,
+            writes_disk,
             life: Mutex::new(Lifecycle::default()),
         });
         jobs.push(job.clone());
@@ -607,11 +859,28 @@ pub fn submit(
     let tenant_id = tenant.config.id.clone();
     let spawned = std::thread::Builder::new()
         .name(format!("job-{id}"))
-        .spawn(move || run(&runner, &graph, &engine, options, &tenant_id));
+        .spawn(move || run_guarded(&runner, || run(&runner, &graph, &engine, options, &tenant_id)));
     if let Err(e) = spawned {
         job.end(JobState::Failed, Some(format!("could not start the job thread: {e}")), None);
     }
     Ok(job)
+}
+
+/// Run the job thread's `body`; a panic in it cancels what of the job still
+/// runs and ends the job as `failed` with the panic's message, instead of
+/// leaving it `created` or `running` for ever.
+fn run_guarded(job: &ManagedJob, body: impl FnOnce()) {
+    let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) else {
+        return;
+    };
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned());
+    tracing::error!(job = %job.id, panic = %escape_control(&message), "job thread panicked");
+    job.cancel();
+    job.end(JobState::Failed, Some(format!("the job's thread panicked: {message}")), None);
 }
 
 /// The job's thread: start it, wait for it, record how it ended.
@@ -621,7 +890,7 @@ fn run(job: &Arc<ManagedJob>, graph: &JobGraph, engine: &Arc<WasmEngine>, option
     let handle = match run_job(graph, engine, options) {
         Ok(h) => h,
         Err(e) => {
-            tracing::warn!(error = %e, "job could not start");
+            tracing::warn!(error = %escape_control(&e.to_string()), "job could not start");
             job.end(JobState::Failed, Some(e.to_string()), None);
             return;
         }
@@ -650,12 +919,17 @@ fn run(job: &Arc<ManagedJob>, graph: &JobGraph, engine: &Arc<WasmEngine>, option
             );
             job.end(JobState::Finished, None, sp);
         }
+        Err(e) if job.failure().is_some() => {
+            tracing::info!(error = %escape_control(&e.to_string()), "job stopped by a quota");
+            job.end(JobState::Failed, job.failure(), None);
+        }
         Err(JobError::Failed(TaskError::Cancelled)) => {
             tracing::info!("job canceled");
             job.end(JobState::Canceled, None, None);
         }
         Err(e) => {
-            tracing::warn!(error = %e, "job failed");
+            // Guest text (stderr, log lines) may be in it: no raw newline reaches the log.
+            tracing::warn!(error = %escape_control(&e.to_string()), "job failed");
             job.end(JobState::Failed, Some(e.to_string()), None);
         }
     }
@@ -690,6 +964,147 @@ mod tests {
         assert_eq!(e.code, "invalid_job");
         let e = parse_submit(br#"{"spec": {}}"#).unwrap_err();
         assert!(e.message.contains("missing field `name`"), "{}", e.message);
+    }
+
+    fn spec(json: serde_json::Value) -> JobSpec {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn tenant(name: &str, quotas: Quotas) -> (PathBuf, Tenant) {
+        let root = std::env::temp_dir().join(format!("sluice-jobs-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let config = TenantConfig {
+            id: crate::tenancy::TenantId::try_from(name.to_owned()).unwrap(),
+            token_sha256: "0".repeat(64),
+            quotas,
+        };
+        (root.clone(), Tenant::open(config, root).unwrap())
+    }
+
+    fn job(id: &str, checkpoint_dir: Option<PathBuf>) -> Arc<ManagedJob> {
+        Arc::new(ManagedJob {
+            id: id.into(),
+            name: "j".into(),
+            submitted_ms: 0,
+            parallelism: 1,
+            components: Vec::new(),
+            sinks: Vec::new(),
+            nodes: Vec::new(),
+            dir: PathBuf::new(),
+            checkpoint_dir,
+            logs: Arc::new(GuestLogBuffer::new(1)),
+            restored_from: None,
+            writes_disk: true,
+            life: Mutex::new(Lifecycle::default()),
+        })
+    }
+
+    #[test]
+    fn sizes_are_bounded_before_validation_naming_the_field() {
+        let limits = ServerLimits {
+            max_name_bytes: 8,
+            max_spec_nodes: 3,
+            max_spec_edges: 2,
+            ..ServerLimits::default()
+        };
+        let ok = spec(serde_json::json!({"name": "12345678", "sources": [{"name": "s", "kind": "generator"}]}));
+        check_bounds(&ok, &limits).unwrap();
+        let long = spec(serde_json::json!({"name": "x", "sinks": [{"name": "123456789", "kind": "file"}]}));
+        let e = check_bounds(&long, &limits).unwrap_err();
+        assert_eq!(e.status, 422);
+        assert!(
+            e.message
+                .contains("`spec.sinks[0].name` is 9 bytes long; names may have at most 8 bytes"),
+            "{}",
+            e.message
+        );
+        let edge = spec(serde_json::json!({"name": "x", "edges": [{"from": "a", "to": "123456789"}]}));
+        assert!(check_bounds(&edge, &limits).unwrap_err().message.contains("`spec.edges[0].to`"));
+        let nodes: Vec<_> = (0..4)
+            .map(|i| serde_json::json!({"name": format!("s{i}"), "kind": "generator"}))
+            .collect();
+        let many = spec(serde_json::json!({"name": "x", "sources": nodes}));
+        assert!(check_bounds(&many, &limits).unwrap_err().message.contains("4 nodes"));
+        let edges: Vec<_> = (0..3).map(|_| serde_json::json!({"from": "a", "to": "b"})).collect();
+        let many = spec(serde_json::json!({"name": "x", "edges": edges}));
+        assert!(check_bounds(&many, &limits).unwrap_err().message.contains("max_spec_edges"));
+    }
+
+    #[test]
+    fn a_panicking_job_thread_fails_its_job_with_the_message() {
+        let j = job("0000000000000001", None);
+        run_guarded(&j, || panic!("boom at record {}", 7));
+        assert_eq!(j.state(), JobState::Failed);
+        let d = j.details();
+        assert_eq!(d["error"], "the job's thread panicked: boom at record 7", "{d}");
+        // A thread that ends normally keeps the state it recorded.
+        let k = job("0000000000000002", None);
+        run_guarded(&k, || k.end(JobState::Finished, None, None));
+        assert_eq!(k.state(), JobState::Finished);
+    }
+
+    #[test]
+    fn a_stop_by_the_server_is_a_failure_naming_the_reason() {
+        let j = job("0000000000000003", None);
+        assert!(j.fail("disk quota exceeded".into()));
+        assert_eq!(j.failure().as_deref(), Some("disk quota exceeded"));
+        j.end(JobState::Failed, j.failure(), None);
+        assert!(!j.fail("again".into()), "an ended job cannot fail again");
+        assert_eq!(j.details()["error"], "disk quota exceeded");
+    }
+
+    #[test]
+    fn disk_use_is_checked_against_both_quotas() {
+        let q = Quotas {
+            max_disk_mb: 1,
+            max_files: 10,
+            ..Quotas::default()
+        };
+        let (root, t) = tenant("disk", q);
+        let u = |bytes, entries| Usage {
+            bytes,
+            entries,
+            truncated: false,
+        };
+        let cost = |replaced, bytes, new_entries| super::super::files::PutCost {
+            replaced,
+            bytes,
+            new_entries,
+        };
+        assert!(t.over_disk_quota(u(1 << 20, 10)).is_none());
+        assert!(t.over_disk_quota(u((1 << 20) + 1, 0)).unwrap().contains("`max_disk_mb` = 1"));
+        assert!(t.over_disk_quota(u(0, 11)).unwrap().contains("max_files"));
+        t.admit_put(u(1000, 1), cost(0, (1 << 20) - 1000, 1)).unwrap();
+        assert!(matches!(
+            t.admit_put(u(1000, 1), cost(0, 1 << 20, 1)),
+            Err(FileError::DiskQuota { .. })
+        ));
+        // A replacement counts only what it adds.
+        t.admit_put(u(1 << 20, 1), cost(1 << 20, 1 << 20, 0)).unwrap();
+        assert!(matches!(t.admit_put(u(0, 9), cost(0, 1, 2)), Err(FileError::FileQuota { .. })));
+        let _ = std::fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn savepoints_beyond_the_retention_are_pruned_oldest_first() {
+        let q = Quotas {
+            max_savepoints_per_job: 2,
+            ..Quotas::default()
+        };
+        let (root, t) = tenant("savepoints", q);
+        let dir = root.join("jobs/x/checkpoints");
+        for n in [3, 1, 2, 10] {
+            std::fs::create_dir_all(dir.join(format!("savepoints/savepoint-{n:08}"))).unwrap();
+        }
+        let j = job("0000000000000004", Some(dir.clone()));
+        t.prune_savepoints(&j);
+        let mut left: Vec<String> = std::fs::read_dir(dir.join("savepoints"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["savepoint-00000003", "savepoint-00000010"]);
+        let _ = std::fs::remove_dir_all(root);
     }
 
     #[test]

@@ -1,25 +1,25 @@
-//! The server: listening, authentication, routing and the handlers.
+//! The server: authentication, routing and the handlers (listening and
+//! connections are in `listener`).
 //!
 //! Handlers that touch the disk, compile a component or wait for a
 //! savepoint run on tokio's blocking pool, so a slow request never stalls
-//! another. Every answer is JSON except file downloads and `/metrics`.
+//! another. Every answer is JSON except file downloads (streamed) and
+//! `/metrics`. A request body is read only once its tenant's and the
+//! server's body budgets admit it, and only until its deadline.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
-use std::io::Write;
-use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
-use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
+use super::body::{FileBody, ReplyBody};
+use super::budget::{BodyBudget, BodyPermit, BudgetExceeded};
+use super::files::{Entry, FileError};
 use super::jobs::{self, Tenant};
 use super::store::{canonical_digest, safe_relative, validate_component};
 use super::{ApiError, ServerConfig, metrics};
@@ -53,9 +53,6 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/jobs/{id}/logs"),
 ];
 
-/// Largest JSON body of requests that are not uploads.
-const MAX_JSON_BODY: u64 = 4 << 20;
-
 /// Who is asking.
 enum Caller {
     Tenant(Arc<Tenant>),
@@ -64,21 +61,25 @@ enum Caller {
 
 /// The server's shared state.
 pub struct Server {
-    config: ServerConfig,
+    pub(super) config: ServerConfig,
     engine: Arc<WasmEngine>,
     fuel_engine: OnceLock<Arc<WasmEngine>>,
     tenants: HashMap<TenantId, Arc<Tenant>>,
     tokens: HashMap<String, TenantId>,
+    /// Request bodies in flight over every tenant.
+    bodies: Arc<BodyBudget>,
+    /// `/metrics` answers being rendered.
+    scrapes: Arc<Semaphore>,
 }
 
-type Reply = Response<Full<Bytes>>;
+pub(super) type Reply = Response<ReplyBody>;
 
 fn json_reply(status: u16, value: &serde_json::Value) -> Reply {
     reply(status, "application/json", serde_json::to_vec(value).unwrap_or_default())
 }
 
 fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Reply {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let mut r = Response::new(ReplyBody::from(body));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     if let Ok(v) = content_type.parse() {
         r.headers_mut().insert(CONTENT_TYPE, v);
@@ -86,14 +87,37 @@ fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Reply {
     r
 }
 
-fn error_reply(e: &ApiError) -> Reply {
+fn error_reply(e: &ApiError, allow: Option<String>) -> Reply {
     let mut r = reply(e.status, "application/json", e.body());
-    if e.status == 401
-        && let Ok(v) = "Bearer".parse()
-    {
-        r.headers_mut().insert(WWW_AUTHENTICATE, v);
+    let h = r.headers_mut();
+    match e.status {
+        401 => {
+            if let Ok(v) = "Bearer".parse() {
+                h.insert(WWW_AUTHENTICATE, v);
+            }
+        }
+        405 => {
+            if let Some(v) = allow.and_then(|a| a.parse().ok()) {
+                h.insert(ALLOW, v);
+            }
+        }
+        429 | 503 => {
+            if let Ok(v) = "1".parse() {
+                h.insert(RETRY_AFTER, v);
+            }
+        }
+        _ => {}
     }
     r
+}
+
+/// The methods `ROUTES` serve at `path`, for a 405's `Allow`.
+fn allowed_methods(path: &str) -> String {
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let mut methods: Vec<&str> = ROUTES.iter().filter(|(_, p)| pattern_matches(p, &segs)).map(|(m, _)| *m).collect();
+    methods.sort_unstable();
+    methods.dedup();
+    methods.join(", ")
 }
 
 /// Run blocking work off the async threads.
@@ -119,12 +143,22 @@ impl Server {
             tokens.insert(t.token_sha256.to_ascii_lowercase(), t.id.clone());
             tenants.insert(t.id.clone(), Arc::new(tenant));
         }
+        let l = &config.limits;
+        let bodies = BodyBudget::new(
+            "the server",
+            ("max_bodies_in_flight", "max_body_mb_in_flight"),
+            l.max_bodies_in_flight,
+            l.max_body_mb_in_flight.saturating_mul(1 << 20),
+        );
+        let scrapes = Arc::new(Semaphore::new(l.max_concurrent_scrapes));
         Ok(Arc::new(Server {
             config,
             engine,
             fuel_engine: OnceLock::new(),
             tenants,
             tokens,
+            bodies,
+            scrapes,
         }))
     }
 
@@ -179,6 +213,32 @@ impl Server {
         self.tenants.values().all(|t| t.jobs().iter().all(|j| j.state().is_terminal()))
     }
 
+    /// Fail the writing jobs of every tenant over its disk quota (blocking:
+    /// it walks directories).
+    pub(super) fn enforce_disk_quotas(&self) {
+        for t in self.tenants.values() {
+            t.enforce_disk_quota();
+        }
+    }
+
+    /// Read the body of `req` for `tenant`, at most `limit` bytes, within
+    /// the tenant's and the server's body budgets and the body deadline.
+    async fn body(&self, tenant: &Tenant, req: Request<Incoming>, limit: u64) -> Result<(Vec<u8>, BodyPermit), ApiError> {
+        let deadline = Duration::from_millis(self.config.limits.body_read_timeout_ms);
+        read_body(req, limit, &[&tenant.bodies, &self.bodies], deadline).await
+    }
+
+    /// `/metrics` for `tenants`, at most `max_concurrent_scrapes` at once.
+    async fn metrics(&self, tenants: Vec<Arc<Tenant>>) -> Result<Reply, ApiError> {
+        let Ok(_permit) = self.scrapes.clone().try_acquire_owned() else {
+            return Err(ApiError::unavailable(format!(
+                "{} /metrics answers are being rendered, the limit (`max_concurrent_scrapes`); retry later",
+                self.config.limits.max_concurrent_scrapes
+            )));
+        };
+        blocking(move || Ok(metrics_reply(&tenants))).await
+    }
+
     /// Answer one request.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Reply {
         let method = req.method().clone();
@@ -187,12 +247,13 @@ impl Server {
         match result {
             Ok(r) => r,
             Err(e) => {
-                if e.status >= 500 {
+                if e.status >= 500 && e.status != 503 && e.status != 507 {
                     tracing::error!(%method, %path, error = %e, "request failed");
                 } else {
                     tracing::debug!(%method, %path, error = %e, "request refused");
                 }
-                error_reply(&e)
+                let allow = (e.status == 405).then(|| allowed_methods(&path));
+                error_reply(&e, allow)
             }
         }
     }
@@ -217,7 +278,7 @@ impl Server {
         let tenant = match caller {
             Caller::Admin if segs == ["metrics"] => {
                 let all: Vec<Arc<Tenant>> = self.tenants.values().cloned().collect();
-                return Ok(metrics_reply(&all));
+                return self.metrics(all).await;
             }
             Caller::Admin => {
                 return Err(ApiError::not_found(format!(
@@ -229,10 +290,10 @@ impl Server {
         let engine = self.engine.clone();
         let now = SystemClock.now_ms();
         match (method, segs.as_slice()) {
-            (Method::GET, ["metrics"]) => Ok(metrics_reply(&[tenant])),
+            (Method::GET, ["metrics"]) => self.metrics(vec![tenant]).await,
             (Method::POST, ["v1", "components"]) => {
                 let limit = tenant.config.quotas.max_upload_bytes;
-                let body = read_body(req, limit).await?;
+                let (body, _held) = self.body(&tenant, req, limit).await?;
                 blocking(move || upload_component(&tenant, &engine, &body, now)).await
             }
             (Method::GET, ["v1", "components"]) => {
@@ -261,7 +322,8 @@ impl Server {
             }
             (Method::PUT, ["v1", "files", rest @ ..]) => {
                 let p = rest.join("/");
-                let body = read_body(req, tenant.config.quotas.max_upload_bytes).await?;
+                file_path(&p)?;
+                let (body, _held) = self.body(&tenant, req, tenant.config.quotas.max_upload_bytes).await?;
                 blocking(move || put_file(&tenant, &p, &body)).await
             }
             (Method::DELETE, ["v1", "files", rest @ ..]) => {
@@ -269,12 +331,15 @@ impl Server {
                 blocking(move || delete_file(&tenant, &p)).await
             }
             (Method::POST, ["v1", "jobs"]) => {
-                let body = read_body(req, MAX_JSON_BODY.min(tenant.config.quotas.max_upload_bytes.max(64 << 10))).await?;
+                // Cheapest first: the job quota before the body is even read.
+                jobs::precheck(&tenant)?;
+                let (body, _held) = self.body(&tenant, req, self.config.limits.max_spec_bytes).await?;
                 let engine = self.engine_for(&tenant)?;
-                let lines = self.config.job_log_lines;
+                let (lines, limits) = (self.config.job_log_lines, self.config.limits.clone());
                 blocking(move || {
                     let request = jobs::parse_submit(&body)?;
-                    let job = jobs::submit(&tenant, &engine, request, lines)?;
+                    drop(body);
+                    let job = jobs::submit(&tenant, &engine, request, lines, &limits)?;
                     Ok(json_reply(201, &job.details()))
                 })
                 .await
@@ -302,7 +367,12 @@ impl Server {
             (Method::POST, ["v1", "jobs", id, action @ ("savepoints" | "stop")]) => {
                 let j = job(&tenant, id)?;
                 let stop = *action == "stop";
-                blocking(move || Ok(json_reply(201, &j.savepoint(stop)?))).await
+                blocking(move || {
+                    let taken = j.savepoint(stop)?;
+                    tenant.prune_savepoints(&j);
+                    Ok(json_reply(201, &taken))
+                })
+                .await
             }
             (Method::GET, ["v1", "jobs", id, kind @ ("savepoints" | "checkpoints")]) => {
                 let j = job(&tenant, id)?;
@@ -344,34 +414,73 @@ fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
 /// a client still sending it gets the answer instead of a broken pipe.
 const DRAIN_CAP: u64 = 64 << 20;
 
-/// Read a body of at most `limit` bytes; 413 beyond it.
-async fn read_body(req: Request<Incoming>, limit: u64) -> Result<Vec<u8>, ApiError> {
+/// Read a body of at most `limit` bytes (413 beyond it) within
+/// `deadline` (408 after it), admitted by `budgets` (429 when the tenant's
+/// is full, 503 when the server's is). The permit holds the body's bytes
+/// in the budgets until it is dropped.
+async fn read_body(
+    req: Request<Incoming>,
+    limit: u64,
+    budgets: &[&Arc<BodyBudget>],
+    deadline: Duration,
+) -> Result<(Vec<u8>, BodyPermit), ApiError> {
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let mut body = req.into_body();
+    let body = req.into_body();
     if declared.is_some_and(|len| len > limit.max(DRAIN_CAP)) {
         return Err(ApiError::too_large(limit));
     }
+    let mut permit = BodyPermit::acquire(budgets).map_err(budget_error)?;
+    // Claim the declared length at once: a body that cannot fit now is
+    // refused before a byte of it is read.
+    let upfront = declared.unwrap_or(0).min(limit);
+    permit.grow(upfront).map_err(budget_error)?;
     let mut bytes = Vec::new();
-    let mut seen: u64 = 0;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ApiError::bad_request("bad_body", format!("reading the request body: {e}")))?;
-        if let Ok(data) = frame.into_data() {
-            seen += data.len() as u64;
-            if seen <= limit {
-                bytes.extend_from_slice(&data);
-            } else if seen > limit.max(DRAIN_CAP) {
-                break;
-            }
-        }
-    }
+    bytes
+        .try_reserve_exact(usize::try_from(upfront).unwrap_or(usize::MAX))
+        .map_err(|_| ApiError::unavailable(format!("cannot allocate {upfront} bytes for the request body")))?;
+    let received = tokio::time::timeout(deadline, collect(body, limit, &mut bytes, &mut permit)).await;
+    let seen = match received {
+        Ok(r) => r?,
+        Err(_) => return Err(ApiError::body_timeout(u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX))),
+    };
     if seen > limit {
         return Err(ApiError::too_large(limit));
     }
-    Ok(bytes)
+    Ok((bytes, permit))
+}
+
+/// Append the frames of `body` to `bytes` up to `limit` (claiming bytes
+/// beyond what `permit` holds), reading and discarding the rest up to
+/// [`DRAIN_CAP`]; how many bytes were seen.
+async fn collect(mut body: Incoming, limit: u64, bytes: &mut Vec<u8>, permit: &mut BodyPermit) -> Result<u64, ApiError> {
+    let mut seen: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad_request("bad_body", format!("reading the request body: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        seen = seen.saturating_add(data.len() as u64);
+        if seen <= limit {
+            permit.grow(seen.saturating_sub(permit.bytes())).map_err(budget_error)?;
+            bytes
+                .try_reserve(data.len())
+                .map_err(|_| ApiError::unavailable("cannot allocate memory for the request body"))?;
+            bytes.extend_from_slice(&data);
+        } else if seen > limit.max(DRAIN_CAP) {
+            break;
+        }
+    }
+    Ok(seen)
+}
+
+fn budget_error(e: BudgetExceeded) -> ApiError {
+    match e {
+        BudgetExceeded::Never { .. } => ApiError::too_large_because(e.to_string()),
+        e if e.is_tenant() => ApiError::too_many_requests(e.to_string()),
+        e => ApiError::unavailable(e.to_string()),
+    }
 }
 
 fn upload_component(tenant: &Tenant, engine: &WasmEngine, body: &[u8], now: i64) -> Result<Reply, ApiError> {
@@ -408,7 +517,8 @@ fn delete_component(tenant: &Tenant, digest: &str) -> Result<Reply, ApiError> {
     Ok(reply(204, "application/json", Vec::new()))
 }
 
-fn file_path(tenant: &Tenant, path: &str) -> Result<std::path::PathBuf, ApiError> {
+/// `path` as a relative path of the file area: plain parts, no hidden name.
+fn file_path(path: &str) -> Result<std::path::PathBuf, ApiError> {
     let rel = safe_relative(path, "file").map_err(|e| ApiError::bad_request("invalid_path", e.message))?;
     if rel.components().any(|c| c.as_os_str().to_string_lossy().starts_with('.')) {
         return Err(ApiError::bad_request(
@@ -416,116 +526,56 @@ fn file_path(tenant: &Tenant, path: &str) -> Result<std::path::PathBuf, ApiError
             format!("file {path:?}: names starting with '.' are reserved"),
         ));
     }
-    Ok(tenant.store.files_dir().join(rel))
+    Ok(rel)
+}
+
+fn file_error(e: FileError) -> ApiError {
+    match e {
+        FileError::NotFound(p) => ApiError::not_found(format!("file {p:?}")),
+        FileError::Symlink(_) | FileError::Special(_) => ApiError::forbidden("not_a_regular_file", e.to_string()),
+        FileError::NotADirectory(_) | FileError::IsADirectory(_) => ApiError::conflict(e.to_string()),
+        FileError::DiskQuota { .. } | FileError::FileQuota { .. } => ApiError::insufficient_storage(e.to_string()),
+        FileError::Io { .. } => ApiError::internal(e.to_string()),
+    }
 }
 
 fn get_file(tenant: &Tenant, path: Option<&str>) -> Result<Reply, ApiError> {
-    let full = match path {
-        Some(p) => file_path(tenant, p)?,
-        None => tenant.store.files_dir(),
-    };
-    let name = path.unwrap_or("");
-    let meta = std::fs::symlink_metadata(&full).map_err(|_| ApiError::not_found(format!("file {name:?}")))?;
-    if meta.is_dir() {
-        let mut entries: Vec<serde_json::Value> = std::fs::read_dir(&full)
-            .map_err(|e| ApiError::internal(format!("listing {name:?}: {e}")))?
-            .flatten()
-            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-            .filter_map(|e| {
-                let m = e.metadata().ok()?;
-                Some(serde_json::json!({
-                    "name": e.file_name().to_string_lossy(),
-                    "dir": m.is_dir(),
-                    "size": m.len(),
-                }))
-            })
-            .collect();
-        entries.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-        return Ok(json_reply(200, &serde_json::json!({ "entries": entries })));
+    let rel = path.map(file_path).transpose()?;
+    match tenant.store.files().get(rel.as_deref()).map_err(file_error)? {
+        Entry::Dir(listed) => {
+            let entries: Vec<serde_json::Value> = listed
+                .into_iter()
+                .map(|e| serde_json::json!({"name": e.name, "dir": e.dir, "size": e.size}))
+                .collect();
+            Ok(json_reply(200, &serde_json::json!({ "entries": entries })))
+        }
+        Entry::File(file, len) => {
+            let mut r = Response::new(ReplyBody::File(FileBody::new(file, len)));
+            if let Ok(v) = "application/octet-stream".parse() {
+                r.headers_mut().insert(CONTENT_TYPE, v);
+            }
+            Ok(r)
+        }
     }
-    if !meta.is_file() {
-        return Err(ApiError::not_found(format!("file {name:?}")));
-    }
-    let bytes = std::fs::read(&full).map_err(|e| ApiError::internal(format!("reading {name:?}: {e}")))?;
-    Ok(reply(200, "application/octet-stream", bytes))
 }
 
 fn put_file(tenant: &Tenant, path: &str, body: &[u8]) -> Result<Reply, ApiError> {
-    let full = file_path(tenant, path)?;
-    if full.is_dir() {
-        return Err(ApiError::conflict(format!("{path:?} is a directory")));
-    }
-    let parent = full.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| ApiError::conflict(format!("creating the directory of {path:?}: {e}")))?;
-    let tmp = parent.join(format!(
-        ".upload-{}.tmp",
-        full.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-    ));
-    let written = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(body)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &full)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(ApiError::internal(format!("writing {path:?}: {e}")));
-    }
+    let rel = file_path(path)?;
+    // One put at a time per tenant: its disk use is checked and changed as one step.
+    let _one_at_a_time = tenant.disk.lock().unwrap_or_else(|p| p.into_inner());
+    let used = tenant.disk_usage();
+    tenant
+        .store
+        .files()
+        .put(&rel, body, |cost| tenant.admit_put(used, cost))
+        .map_err(file_error)?;
     Ok(json_reply(201, &serde_json::json!({ "path": path, "size": body.len() })))
 }
 
 fn delete_file(tenant: &Tenant, path: &str) -> Result<Reply, ApiError> {
-    let full = file_path(tenant, path)?;
-    let meta = std::fs::symlink_metadata(&full).map_err(|_| ApiError::not_found(format!("file {path:?}")))?;
-    let r = if meta.is_dir() {
-        std::fs::remove_dir_all(&full)
-    } else {
-        std::fs::remove_file(&full)
-    };
-    r.map_err(|e| ApiError::internal(format!("deleting {path:?}: {e}")))?;
+    let rel = file_path(path)?;
+    tenant.store.files().delete(&rel).map_err(file_error)?;
     Ok(reply(204, "application/json", Vec::new()))
-}
-
-/// Run the server until Ctrl-C or SIGTERM; `on_ready` gets the address it
-/// listens on. At shutdown every job is cancelled.
-pub async fn serve(server: Arc<Server>, on_ready: impl FnOnce(SocketAddr)) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(&server.config.listen).await?;
-    on_ready(listener.local_addr()?);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        continue;
-                    }
-                };
-                let server = server.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| {
-                        let s = server.clone();
-                        async move { Ok::<_, Infallible>(s.handle(req).await) }
-                    });
-                    if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
-            }
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
-        }
-    }
-    tracing::info!("shutting down: cancelling every job");
-    server.cancel_all();
-    for _ in 0..100 {
-        if server.all_jobs_ended() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

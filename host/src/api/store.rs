@@ -10,8 +10,9 @@
 //! Components are opened through a cap-std [`Dir`], so no name can leave the
 //! directory. Files are named by relative paths of plain components only
 //! (no `..`, no root, no `.`), checked by [`safe_relative`] before any
-//! path is built. Writes go to a temporary name first and are renamed into
-//! place, so a failed upload leaves nothing behind.
+//! path is built, and opened through the [`FileArea`], which follows no
+//! link and opens no special file. Writes go to a temporary name first and
+//! are renamed into place, so a failed upload leaves nothing behind.
 
 use std::io::Write;
 use std::path::{Component as PathPart, Path, PathBuf};
@@ -21,6 +22,7 @@ use cap_std::fs::Dir;
 use serde::{Deserialize, Serialize};
 
 use super::ApiError;
+use super::files::{FileArea, Usage, usage};
 use crate::wasm::{WasmEngine, WasmError};
 
 /// What the server knows of a stored component.
@@ -98,6 +100,7 @@ pub fn validate_component(engine: &WasmEngine, bytes: &[u8], now_ms: i64) -> Res
 pub struct TenantStore {
     root: PathBuf,
     components: Dir,
+    files: FileArea,
 }
 
 fn io(context: &str, e: std::io::Error) -> ApiError {
@@ -111,12 +114,24 @@ impl TenantStore {
             std::fs::create_dir_all(root.join(sub))?;
         }
         let components = Dir::open_ambient_dir(root.join("components"), ambient_authority())?;
-        Ok(TenantStore { root, components })
+        let files = FileArea::open(root.join("files"))?;
+        Ok(TenantStore { root, components, files })
+    }
+
+    /// The file area's path (jobs resolve their paths against it).
+    pub fn files_dir(&self) -> PathBuf {
+        self.files.root().to_owned()
     }
 
     /// The file area.
-    pub fn files_dir(&self) -> PathBuf {
-        self.root.join("files")
+    pub fn files(&self) -> &FileArea {
+        &self.files
+    }
+
+    /// Disk use of the file area and the job directories (checkpoints,
+    /// savepoints) together, walking at most `max_entries` entries.
+    pub fn disk_usage(&self, max_entries: u64) -> Usage {
+        usage(&[self.files.root(), &self.root.join("jobs")], max_entries)
     }
 
     /// The directory of job `id`.

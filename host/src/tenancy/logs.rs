@@ -4,8 +4,14 @@
 //! The buffer is bounded (oldest lines go first), so a guest that floods its
 //! log costs the host a fixed amount of memory; how many lines the rate
 //! limit and the bound dropped is counted and shown with the lines.
+//!
+//! Guest text is escaped on the way in ([`escape_control`]): a message with a
+//! newline, a carriage return or a terminal escape cannot forge a line of
+//! the server's own log.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
+use std::fmt::Write;
 use std::sync::Mutex;
 
 use serde::Serialize;
@@ -93,9 +99,42 @@ impl GuestLogBuffer {
     }
 }
 
+/// `text` with every control character (C0, DEL, C1) and the Unicode line
+/// and paragraph separators written as an escape: `\n`, `\r`, `\t`, or
+/// `\u{..}`. Borrowed when there is none (the common case).
+pub fn escape_control(text: &str) -> Cow<'_, str> {
+    let needs = |c: char| c.is_control() || c == '\u{2028}' || c == '\u{2029}';
+    if !text.chars().any(needs) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if needs(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert!(matches!(escape_control("plain text, ünïcode"), Cow::Borrowed(_)));
+        assert_eq!(
+            escape_control("ok\n2024-01-01T00:00:00Z ERROR forged\r\tx\u{1b}[31m\u{7f}\u{85}\u{2028}"),
+            "ok\\n2024-01-01T00:00:00Z ERROR forged\\r\\tx\\u{1b}[31m\\u{7f}\\u{85}\\u{2028}"
+        );
+        assert!(!escape_control("a\nb\rc").contains(['\n', '\r']));
+    }
 
     fn line(n: usize) -> LogLine {
         LogLine {

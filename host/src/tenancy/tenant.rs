@@ -4,7 +4,8 @@
 //! Tokens are never stored: the server's config holds their SHA-256, and a
 //! request's token is hashed and looked up. Quotas are policy only; the
 //! API enforces the counting ones (components, running jobs, parallelism,
-//! upload size) when a request arrives, and the engine enforces the ones
+//! upload size, request bodies in flight, disk) when a request arrives (disk
+//! also while jobs run), and the engine enforces the ones
 //! that bite while a job runs (memory, CPU per call, fuel, state size,
 //! log rate) through each job's limits and the tenant's
 //! [`TenantMeter`](super::TenantMeter).
@@ -87,6 +88,44 @@ pub struct Quotas {
     /// Ended jobs kept for inspection; older ones are deleted with their
     /// files. Default 100.
     pub max_finished_jobs: usize,
+    /// Request bodies of the tenant being received at once. Default 8.
+    pub max_bodies_in_flight: usize,
+    /// Bytes of the tenant's request bodies held at once, MiB. Default 128.
+    pub max_body_mb_in_flight: u64,
+    /// Disk the tenant's file area (inputs, sink output) and job
+    /// directories (checkpoints, savepoints) may take together, MiB.
+    /// Default 10240.
+    pub max_disk_mb: u64,
+    /// Files and directories in those areas together. Default 100000.
+    pub max_files: u64,
+    /// Savepoints kept per job; taking one more deletes the oldest.
+    /// Default 10.
+    pub max_savepoints_per_job: usize,
+    /// Most completed checkpoints a job may keep (its
+    /// `[checkpoints] retain` is capped at it). Default 10.
+    pub max_checkpoints_retained: usize,
+}
+
+impl Quotas {
+    /// Quotas that would refuse every request are errors.
+    pub fn check(&self) -> Result<(), String> {
+        for (key, value) in [
+            ("max_bodies_in_flight", self.max_bodies_in_flight as u64),
+            ("max_body_mb_in_flight", self.max_body_mb_in_flight),
+            ("max_savepoints_per_job", self.max_savepoints_per_job as u64),
+            ("max_checkpoints_retained", self.max_checkpoints_retained as u64),
+        ] {
+            if value == 0 {
+                return Err(format!("quota {key} must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+
+    /// [`max_disk_mb`](Self::max_disk_mb) in bytes.
+    pub fn max_disk_bytes(&self) -> u64 {
+        self.max_disk_mb.saturating_mul(1 << 20)
+    }
 }
 
 impl Default for Quotas {
@@ -103,6 +142,12 @@ impl Default for Quotas {
             max_upload_bytes: 64 << 20,
             max_state_mb: 1024,
             max_finished_jobs: 100,
+            max_bodies_in_flight: 8,
+            max_body_mb_in_flight: 128,
+            max_disk_mb: 10 << 10,
+            max_files: 100_000,
+            max_savepoints_per_job: 10,
+            max_checkpoints_retained: 10,
         }
     }
 }
@@ -133,5 +178,16 @@ mod tests {
             token_hash("secret"),
             "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"
         );
+    }
+
+    #[test]
+    fn quotas_that_refuse_everything_are_errors() {
+        assert_eq!(Quotas::default().check(), Ok(()));
+        let q = Quotas {
+            max_bodies_in_flight: 0,
+            ..Quotas::default()
+        };
+        assert!(q.check().unwrap_err().contains("max_bodies_in_flight"));
+        assert_eq!(Quotas::default().max_disk_bytes(), 10 << 30);
     }
 }

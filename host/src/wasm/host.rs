@@ -197,6 +197,10 @@ impl log::Host for HostState {
             message.truncate(cut);
             message.push('…');
         }
+        // After the cut, so escaping costs at most a few times the cut length.
+        if let std::borrow::Cow::Owned(escaped) = crate::tenancy::logs::escape_control(&message) {
+            message = escaped;
+        }
         let l = &mut self.log;
         if matches!(level, log::Level::Error) {
             if l.recent_errors.len() == RECENT_ERRORS {
