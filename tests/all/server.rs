@@ -1,7 +1,8 @@
 //! The HTTP API: a real `sluice serve` process on 127.0.0.1, driven by a
 //! real HTTP client (`sluice::api::Client`, hyper over TCP).
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,14 +18,21 @@ struct TestServer {
     child: Child,
     addr: String,
     data: PathBuf,
+    log: PathBuf,
 }
 
 impl TestServer {
     /// Start a server whose tenants are `(id, quotas as TOML lines)`; tenant
     /// `x` has the token `x-token`.
     fn start(name: &str, tenants: &[(&str, &str)]) -> Self {
+        Self::start_with(name, "", tenants)
+    }
+
+    /// The same with server `[limits]` (TOML lines).
+    fn start_with(name: &str, limits: &str, tenants: &[(&str, &str)]) -> Self {
         let dir = temp_dir(name);
         let mut config = String::from("listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n");
+        config.push_str(&format!("[limits]\n{limits}\n"));
         for (id, quotas) in tenants {
             config.push_str(&format!(
                 "[[tenants]]\nid = \"{id}\"\ntoken_sha256 = \"{}\"\n[tenants.quotas]\n{quotas}\n",
@@ -57,7 +65,17 @@ impl TestServer {
             child,
             addr,
             data: dir.join("data"),
+            log: dir.join("server.log"),
         }
+    }
+
+    /// A raw connection (for what `Client` hides: headers, half-sent
+    /// requests, idle sockets), with 10 s read and write timeouts.
+    fn raw(&self) -> TcpStream {
+        let s = TcpStream::connect(self.addr.trim_start_matches("http://")).expect("connecting");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
     }
 
     fn client(&self, tenant: &str) -> Client {
@@ -877,4 +895,415 @@ fn the_cli_client_uploads_submits_lists_savepoints_and_cancels() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("SLUICE_TOKEN"));
+}
+
+/// Read what the server sends on `s` until it closes the connection, the
+/// read times out, or 64 KiB arrived; the text, and whether it closed.
+fn read_until_closed(s: &mut TcpStream) -> (String, bool) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                if got.len() > 64 << 10 {
+                    break false;
+                }
+            }
+            // A reset is a close too.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+    };
+    (String::from_utf8_lossy(&got).into_owned(), closed)
+}
+
+/// One request on a raw connection; the answer's head (status line and
+/// headers).
+fn raw_head(server: &TestServer, request: &str) -> String {
+    let mut s = server.raw();
+    s.write_all(request.as_bytes()).unwrap();
+    let (text, _) = read_until_closed(&mut s);
+    text.split("\r\n\r\n").next().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn slow_incomplete_bodies_from_many_connections_hold_only_their_budget() {
+    let mut server = TestServer::start_with(
+        "api-slow-bodies",
+        "body_read_timeout_ms = 8000",
+        &[("mallory", "max_bodies_in_flight = 4\nmax_body_mb_in_flight = 32"), ("beta", "")],
+    );
+    let b = server.client("beta");
+    let expected = expected_wordcount();
+    let (bt, bc) = (upload(&b, "tokenize"), upload(&b, "count"));
+    put_input(&b, "in/words.txt");
+    std::thread::sleep(Duration::from_millis(300));
+    let baseline = server.rss_kb();
+
+    // 40 connections each send all of a 16 MiB body but its last byte.
+    const BODY: usize = 16 << 20;
+    let started = Instant::now();
+    let conns: Vec<(TcpStream, Option<String>)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..40)
+            .map(|i| {
+                let server = &server;
+                s.spawn(move || {
+                    let mut c = server.raw();
+                    let head = format!(
+                        "PUT /v1/files/big-{i} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer mallory-token\r\ncontent-length: {BODY}\r\n\r\n"
+                    );
+                    let chunk = vec![b'x'; 1 << 20];
+                    let mut ok = c.write_all(head.as_bytes()).is_ok();
+                    let mut left = BODY - 1;
+                    while ok && left > 0 {
+                        let n = left.min(chunk.len());
+                        ok = c.write_all(&chunk[..n]).is_ok();
+                        left -= n;
+                    }
+                    // A refused body is answered at once; a held one is not.
+                    c.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+                    let mut buf = [0u8; 512];
+                    let answer = match c.read(&mut buf) {
+                        Ok(n) => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => None,
+                        Err(e) => Some(format!("error: {e}")),
+                    };
+                    (c, answer)
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("worker")).collect()
+    });
+    let (held, refused): (Vec<_>, Vec<_>) = conns.into_iter().partition(|(_, a)| a.is_none());
+    eprintln!(
+        "slow bodies: {} held, {} refused, in {:?}",
+        held.len(),
+        refused.len(),
+        started.elapsed()
+    );
+    assert!(
+        (1..=2).contains(&held.len()),
+        "32 MiB of budget holds at most two 16 MiB bodies: {} held",
+        held.len()
+    );
+    for (_, answer) in &refused {
+        let a = answer.as_deref().unwrap_or_default();
+        assert!(
+            a.starts_with("HTTP/1.1 429") || a.starts_with("error:") || a.is_empty(),
+            "a refused body is answered 429: {a:?}"
+        );
+    }
+    // One more body of the same tenant, while those are held: 429 naming the quota.
+    let m = server.client("mallory");
+    let r = m.put_bytes("/v1/files/small.txt", b"0123456789".to_vec()).unwrap();
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(r.error_message().contains("max_body_mb_in_flight"), "{}", r.text());
+    let rss = server.rss_kb();
+    eprintln!("slow bodies: server RSS {baseline} KiB before, {rss} KiB while held");
+    assert!(
+        rss < baseline + 160 * 1024,
+        "the server holds the budget, not 40 bodies: {baseline} KiB before, {rss} KiB now"
+    );
+
+    // Beside them, another tenant's word count runs to its exact output.
+    assert_eq!(server.anonymous().get("/healthz").unwrap().status, 200);
+    let spec = wordcount(&bt, &bc, "in/words.txt", "out/wc", None, true);
+    let id = expect(b.post_json("/v1/jobs", &json!({ "spec": spec })).unwrap(), 201, "beta's job")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let v = wait_for(&b, &id, &["finished", "failed"], Duration::from_secs(60));
+    assert_eq!(v["state"], "finished", "{v}");
+    assert_eq!(committed_lines(&b, "out/wc"), expected);
+
+    // The held bodies meet their deadline: 408, and their connections close.
+    for (mut c, _) in held {
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let (text, closed) = read_until_closed(&mut c);
+        assert!(text.starts_with("HTTP/1.1 408"), "{text:?}");
+        assert!(text.contains("body_read_timeout_ms") && closed, "{text:?}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let listing = expect(m.get("/v1/files").unwrap(), 200, "mallory's files");
+    assert_eq!(listing["entries"], json!([]), "no partial body was stored");
+    // Once they are gone, mallory may upload again.
+    expect(m.put_bytes("/v1/files/small.txt", b"ok".to_vec()).unwrap(), 201, "a put after");
+    assert!(server.alive());
+}
+
+#[test]
+fn idle_and_slow_connections_are_closed_and_their_number_is_capped() {
+    let server = TestServer::start_with(
+        "api-idle",
+        "header_read_timeout_ms = 1000\nidle_timeout_ms = 1500\nmax_connections = 4",
+        &[("acme", "")],
+    );
+    let started = Instant::now();
+    // Silent; headers half sent; kept alive after one answer; silent again.
+    let silent = server.raw();
+    let mut partial = server.raw();
+    partial.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n").unwrap();
+    let mut kept = server.raw();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let mut head = [0u8; 12];
+    kept.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let fourth = server.raw();
+    std::thread::sleep(Duration::from_millis(100));
+    // A fifth is over max_connections: 503 and closed at once.
+    let mut fifth = server.raw();
+    let (text, closed) = read_until_closed(&mut fifth);
+    assert!(text.starts_with("HTTP/1.1 503") && text.contains("max_connections"), "{text:?}");
+    assert!(closed && started.elapsed() < Duration::from_millis(900), "{:?}", started.elapsed());
+    // The server closes each of the four after its timeout.
+    for (what, mut c) in [
+        ("silent", silent),
+        ("partial headers", partial),
+        ("kept alive", kept),
+        ("fourth", fourth),
+    ] {
+        let (_, closed) = read_until_closed(&mut c);
+        assert!(closed, "{what}: still open after {:?}", started.elapsed());
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(8),
+        "closed after {took:?}"
+    );
+    // And it takes new connections again.
+    assert_eq!(server.anonymous().get("/healthz").unwrap().status, 200);
+}
+
+#[test]
+fn long_names_and_oversized_specs_are_refused_before_validation() {
+    let mut server = TestServer::start("api-names", &[("acme", "")]);
+    let c = server.client("acme");
+    let upper = upload(&c, "uppercase");
+    let spec = |job: &str, op: &str| {
+        json!({"spec": {
+            "name": job,
+            "sources": [{"name": "gen", "kind": "generator", "count": 10}],
+            "operators": [{"name": op, "kind": "map", "component": upper}],
+            "sinks": [{"name": "out", "kind": "file", "path": "out/names"}],
+            "edges": [{"from": "gen", "to": op}, {"from": op, "to": "out"}]
+        }})
+    };
+    let refused = |r: ApiResponse, status: u16, texts: &[&str]| {
+        assert_eq!(r.status, status, "{}", r.text());
+        let m = r.error_message();
+        assert!(m.len() < 1024, "the error does not echo the name: {} bytes", m.len());
+        for t in texts {
+            assert!(m.contains(t), "expected {t:?} in {m:?}");
+        }
+    };
+    let huge = "j".repeat(900 << 10);
+    refused(
+        c.post_json("/v1/jobs", &spec(&huge, "upper")).unwrap(),
+        422,
+        &["`spec.name`", "921600 bytes", "at most 128 bytes", "max_name_bytes"],
+    );
+    let op = "o".repeat(129);
+    refused(
+        c.post_json("/v1/jobs", &spec("names", &op)).unwrap(),
+        422,
+        &["`spec.operators[0].name`", "129 bytes"],
+    );
+    let mut many = spec("names", "upper");
+    many["spec"]["operators"] = (0..300)
+        .map(|i| json!({"name": format!("op{i}"), "kind": "map", "component": upper}))
+        .collect();
+    refused(c.post_json("/v1/jobs", &many).unwrap(), 422, &["302 nodes", "max_spec_nodes"]);
+    let mut big = spec("names", "upper");
+    big["spec"]["operators"][0]["config"] = json!({"blob": "x".repeat(3 << 20)});
+    refused(c.post_json("/v1/jobs", &big).unwrap(), 413, &["1048576 bytes"]);
+    // At the limit, names are fine, and /metrics stays small.
+    let name = "n".repeat(128);
+    let id = expect(c.post_json("/v1/jobs", &spec(&name, &name)).unwrap(), 201, "128-byte names")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let v = wait_for(&c, &id, &["finished", "failed"], Duration::from_secs(30));
+    assert_eq!(v["state"], "finished", "{v}");
+    let metrics = c.get("/metrics").unwrap();
+    assert_eq!(metrics.status, 200);
+    assert!(metrics.body.len() < 64 << 10, "{} bytes", metrics.body.len());
+    assert!(server.alive());
+}
+
+#[test]
+fn a_symlink_in_a_file_area_is_never_followed() {
+    let mut server = TestServer::start("api-symlink", &[("acme", ""), ("beta", "")]);
+    let (a, b) = (server.client("acme"), server.client("beta"));
+    expect(
+        b.put_bytes("/v1/files/secret.txt", b"beta's secret".to_vec()).unwrap(),
+        201,
+        "beta's file",
+    );
+    expect(a.put_bytes("/v1/files/in/ok.txt", b"fine".to_vec()).unwrap(), 201, "acme's file");
+    let (acme, beta) = (server.tenant_dir("acme").join("files"), server.tenant_dir("beta").join("files"));
+    std::os::unix::fs::symlink(beta.join("secret.txt"), acme.join("link.txt")).unwrap();
+    std::os::unix::fs::symlink(&beta, acme.join("linkdir")).unwrap();
+    let forbidden = |r: ApiResponse, what: &str| {
+        assert_eq!(r.status, 403, "{what}: {}", r.text());
+        assert_eq!(r.json()["error"]["code"], "not_a_regular_file", "{what}");
+        assert!(!r.text().contains("beta's secret"), "{what}");
+    };
+    forbidden(a.get("/v1/files/link.txt").unwrap(), "get through a file link");
+    forbidden(a.get("/v1/files/linkdir/secret.txt").unwrap(), "get through a directory link");
+    forbidden(a.get("/v1/files/linkdir").unwrap(), "list a directory link");
+    forbidden(
+        a.put_bytes("/v1/files/link.txt", b"overwritten".to_vec()).unwrap(),
+        "put over a link",
+    );
+    forbidden(
+        a.put_bytes("/v1/files/linkdir/new.txt", b"planted".to_vec()).unwrap(),
+        "put through a link",
+    );
+    forbidden(a.delete("/v1/files/link.txt").unwrap(), "delete a link");
+    forbidden(a.delete("/v1/files/linkdir/secret.txt").unwrap(), "delete through a link");
+    // Listings leave links out.
+    let listing = expect(a.get("/v1/files").unwrap(), 200, "listing");
+    assert_eq!(listing["entries"], json!([{"name": "in", "dir": true, "size": 0}]), "{listing}");
+    // Jobs may neither read nor write through a link.
+    let upper = upload(&a, "uppercase");
+    for (input, output, what) in [("link.txt", "out/x", "source `in`"), ("in/ok.txt", "linkdir/out", "sink `out`")] {
+        let spec = json!({"spec": {
+            "name": "through-a-link",
+            "sources": [{"name": "in", "kind": "file", "path": input}],
+            "operators": [{"name": "upper", "kind": "map", "component": upper}],
+            "sinks": [{"name": "out", "kind": "file", "path": output}],
+            "edges": [{"from": "in", "to": "upper"}, {"from": "upper", "to": "out"}]
+        }});
+        let r = a.post_json("/v1/jobs", &spec).unwrap();
+        assert_eq!(r.status, 422, "{}", r.text());
+        assert!(
+            r.error_message().contains(what) && r.error_message().contains("symbolic link"),
+            "{}",
+            r.text()
+        );
+    }
+    // Beta's area is untouched.
+    assert_eq!(std::fs::read(beta.join("secret.txt")).unwrap(), b"beta's secret");
+    assert!(!beta.join("new.txt").exists() && !beta.join("out").exists());
+    assert!(server.alive());
+}
+
+#[test]
+fn disk_quotas_refuse_puts_and_fail_writing_jobs_and_savepoints_are_pruned() {
+    let mut server = TestServer::start_with(
+        "api-disk",
+        "disk_check_interval_ms = 300",
+        &[("small", "max_disk_mb = 1\nmax_savepoints_per_job = 2")],
+    );
+    let c = server.client("small");
+    expect(c.put_bytes("/v1/files/a.bin", vec![1; 600 << 10]).unwrap(), 201, "under the quota");
+    let r = c.put_bytes("/v1/files/b.bin", vec![2; 600 << 10]).unwrap();
+    assert_eq!(r.status, 507, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "disk_quota_exceeded");
+    assert!(r.error_message().contains("max_disk_mb"), "{}", r.text());
+    let listing = expect(c.get("/v1/files").unwrap(), 200, "listing");
+    assert_eq!(
+        listing["entries"].as_array().unwrap().len(),
+        1,
+        "the refused put stored nothing: {listing}"
+    );
+    // Replacing a file counts only the difference.
+    expect(c.put_bytes("/v1/files/a.bin", vec![3; 700 << 10]).unwrap(), 201, "a replacement");
+    expect(c.delete("/v1/files/a.bin").unwrap(), 204, "delete");
+
+    // Savepoints beyond the retention are pruned, oldest first.
+    let upper = upload(&c, "uppercase");
+    let mut slow = endless(&upper, "out/sp", true);
+    slow["sources"][0]["records_per_second"] = json!(50);
+    let id = expect(c.post_json("/v1/jobs", &json!({ "spec": slow })).unwrap(), 201, "submit")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_for(&c, &id, &["running"], Duration::from_secs(30));
+    let mut taken = Vec::new();
+    for _ in 0..3 {
+        let sp = expect(
+            c.send("POST", &format!("/v1/jobs/{id}/savepoints"), None).unwrap(),
+            201,
+            "savepoint",
+        );
+        taken.push(sp["savepoint"].as_str().unwrap().to_owned());
+    }
+    let kept = expect(c.get(&format!("/v1/jobs/{id}/savepoints")).unwrap(), 200, "savepoints");
+    let kept: Vec<&str> = kept["savepoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["savepoint"].as_str().unwrap())
+        .collect();
+    assert_eq!(kept, [taken[1].as_str(), taken[2].as_str()]);
+    expect(c.send("POST", &format!("/v1/jobs/{id}/cancel"), None).unwrap(), 202, "cancel");
+    wait_for(&c, &id, &["canceled", "failed"], Duration::from_secs(30));
+
+    // A job whose output outgrows the quota fails, naming it.
+    let fast = endless(&upper, "out/fast", false);
+    let id = expect(c.post_json("/v1/jobs", &json!({ "spec": fast })).unwrap(), 201, "submit")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let v = wait_for(&c, &id, &["failed", "finished", "canceled"], Duration::from_secs(30));
+    assert_eq!(v["state"], "failed", "{v}");
+    assert!(v["error"].as_str().unwrap_or_default().contains("max_disk_mb"), "{v}");
+    // Over the quota, a put is refused until space is freed.
+    let r = c.put_bytes("/v1/files/c.bin", vec![4; 10]).unwrap();
+    assert_eq!(r.status, 507, "{}", r.text());
+    expect(c.delete("/v1/files/out").unwrap(), 204, "free the space");
+    expect(c.put_bytes("/v1/files/c.bin", vec![4; 10]).unwrap(), 201, "a put after");
+    assert!(server.alive());
+}
+
+#[test]
+fn a_405_names_the_allowed_methods() {
+    let server = TestServer::start("api-405", &[("acme", "")]);
+    let head = raw_head(&server, "PATCH /v1/jobs HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 405"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("\r\nallow: get, post"), "{head}");
+    let head = raw_head(
+        &server,
+        "PUT /v1/jobs/0123456789abcdef HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    );
+    assert!(head.to_ascii_lowercase().contains("\r\nallow: delete, get"), "{head}");
+}
+
+#[test]
+fn guest_log_lines_cannot_forge_server_log_lines() {
+    let server = TestServer::start("api-log-escape", &[("acme", "")]);
+    let c = server.client("acme");
+    let evil = upload(&c, "test_hostile");
+    expect(c.put_bytes("/v1/files/in/x.txt", b"a\nboom\nc\n".to_vec()).unwrap(), 201, "input");
+    let forged = "2026-01-01T00:00:00.000000Z ERROR sluice::api: forged by a guest";
+    let message = format!("first\n{forged}\r\x1b[2Kthird");
+    let spec = json!({
+        "name": "log-escape",
+        "sources": [{"name": "in", "kind": "file", "path": "in/x.txt"}],
+        "operators": [{"name": "evil", "kind": "map", "component": evil,
+                       "config": {"on": "boom", "act": "log", "message": message}}],
+        "sinks": [{"name": "out", "kind": "file", "path": "out/x"}],
+        "edges": [{"from": "in", "to": "evil"}, {"from": "evil", "to": "out"}]
+    });
+    let id = expect(c.post_json("/v1/jobs", &json!({ "spec": spec })).unwrap(), 201, "submit")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let v = wait_for(&c, &id, &["finished", "failed"], Duration::from_secs(30));
+    assert_eq!(v["state"], "finished", "{v}");
+    // The job's log keeps the line, escaped.
+    let logs = expect(c.get(&format!("/v1/jobs/{id}/logs")).unwrap(), 200, "logs");
+    let lines = logs["lines"].as_array().unwrap();
+    assert_eq!(lines.len(), 1, "{logs}");
+    assert_eq!(lines[0]["message"], format!("first\\n{forged}\\r\\u{{1b}}[2Kthird"), "{logs}");
+    // The server's own log has it on one line, and no line it did not write.
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    let with = log.lines().filter(|l| l.contains("forged by a guest")).collect::<Vec<_>>();
+    assert_eq!(with.len(), 1, "{log}");
+    assert!(with[0].contains("first\\n2026") && with[0].contains("operator"), "{}", with[0]);
+    assert!(!log.lines().any(|l| l.starts_with("2026-01-01")), "{log}");
+    assert!(!log.contains('\r') && !log.contains('\u{1b}'), "{log:?}");
 }

@@ -6,7 +6,9 @@
 //! - `recurse`: recurses without end (a stack-overflow trap);
 //! - `trap`: panics (a trap in the middle of a batch);
 //! - `log-flood`: writes `lines` log lines (default 10,000) for that record,
-//!   and one per other record (the rate limit must cut them).
+//!   and one per other record (the rate limit must cut them);
+//! - `log`: writes `message` as one warning (newlines and all: the host must
+//!   escape them).
 
 use sluice_guest::{Error, Map, Output, Record};
 
@@ -16,6 +18,8 @@ struct Config {
     act: String,
     #[serde(default = "default_lines")]
     lines: u32,
+    #[serde(default)]
+    message: String,
 }
 
 fn default_lines() -> u32 {
@@ -61,6 +65,7 @@ impl Map for Hostile {
                     std::hint::black_box(recurse(0));
                 }
                 "trap" => panic!("hostile guest traps on {v:?}"),
+                "log" => sluice_guest::log::warn(&self.0.message),
                 "log-flood" => {
                     for i in 0..self.0.lines {
                         sluice_guest::log::info(&format!("flood line {i}"));
