@@ -435,14 +435,17 @@ async fn read_body(
     }
     let mut permit = BodyPermit::acquire(budgets).map_err(budget_error)?;
     // Claim the declared length at once: a body that cannot fit now is
-    // refused before a byte of it is read.
-    let upfront = declared.unwrap_or(0).min(limit);
+    // refused before a byte of it is read. One declared over the limit is
+    // only drained, never kept.
+    let oversized = declared.is_some_and(|len| len > limit);
+    let upfront = if oversized { 0 } else { declared.unwrap_or(0) };
     permit.grow(upfront).map_err(budget_error)?;
     let mut bytes = Vec::new();
     bytes
         .try_reserve_exact(usize::try_from(upfront).unwrap_or(usize::MAX))
         .map_err(|_| ApiError::unavailable(format!("cannot allocate {upfront} bytes for the request body")))?;
-    let received = tokio::time::timeout(deadline, collect(body, limit, &mut bytes, &mut permit)).await;
+    let keep = if oversized { 0 } else { limit };
+    let received = tokio::time::timeout(deadline, collect(body, keep, limit, &mut bytes, &mut permit)).await;
     let seen = match received {
         Ok(r) => r?,
         Err(_) => return Err(ApiError::body_timeout(u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX))),
@@ -453,16 +456,16 @@ async fn read_body(
     Ok((bytes, permit))
 }
 
-/// Append the frames of `body` to `bytes` up to `limit` (claiming bytes
-/// beyond what `permit` holds), reading and discarding the rest up to
-/// [`DRAIN_CAP`]; how many bytes were seen.
-async fn collect(mut body: Incoming, limit: u64, bytes: &mut Vec<u8>, permit: &mut BodyPermit) -> Result<u64, ApiError> {
+/// Append the frames of `body` to `bytes` while at most `keep` bytes came
+/// (claiming bytes beyond what `permit` holds), reading and discarding the
+/// rest up to [`DRAIN_CAP`] past `limit`; how many bytes were seen.
+async fn collect(mut body: Incoming, keep: u64, limit: u64, bytes: &mut Vec<u8>, permit: &mut BodyPermit) -> Result<u64, ApiError> {
     let mut seen: u64 = 0;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| ApiError::bad_request("bad_body", format!("reading the request body: {e}")))?;
         let Ok(data) = frame.into_data() else { continue };
         seen = seen.saturating_add(data.len() as u64);
-        if seen <= limit {
+        if seen <= keep {
             permit.grow(seen.saturating_sub(permit.bytes())).map_err(budget_error)?;
             bytes
                 .try_reserve(data.len())
