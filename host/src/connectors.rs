@@ -63,6 +63,10 @@ pub(crate) fn position_pair(position: &[u8]) -> Option<(u64, u64)> {
     (position.len() == 16).then_some((a, b))
 }
 
+/// A source ends a batch once it holds this many bytes, whatever its
+/// `batch_size`: batches of big records stay bounded in memory.
+pub const SOURCE_BATCH_BYTES: usize = 16 << 20;
+
 /// The record indexes one subtask of a generating source produces:
 /// `subtask, subtask + parallelism, …` below `count`. Its position is
 /// `[next, step]`, checked against the subtask's stride on resume.
@@ -94,16 +98,19 @@ impl Strided {
         self.step
     }
 
-    /// The next batch of at most `max_records`, `write` appending record `i`
-    /// (reserving `bytes_per_record` for each); none at the end.
+    /// The next batch of at most `max_records` and about
+    /// [`SOURCE_BATCH_BYTES`], `write` appending record `i` (reserving
+    /// `bytes_per_record` for each, up to that size); none at the end.
     pub fn batch(
         &mut self,
         max_records: usize,
         bytes_per_record: usize,
         mut write: impl FnMut(u64, &mut BatchWriter),
     ) -> Option<RecordBatch> {
-        let mut w = BatchWriter::with_capacity(max_records * bytes_per_record);
-        while w.len() < max_records && self.next < self.count {
+        let left = self.count.saturating_sub(self.next).div_ceil(self.step);
+        let records = (max_records as u64).min(left) as usize;
+        let mut w = BatchWriter::with_capacity(records.saturating_mul(bytes_per_record).min(SOURCE_BATCH_BYTES));
+        while w.len() < max_records && self.next < self.count && w.byte_len() < SOURCE_BATCH_BYTES {
             write(self.next, &mut w);
             self.next += self.step;
         }

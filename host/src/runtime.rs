@@ -21,7 +21,9 @@ pub mod join;
 pub(crate) mod operator;
 pub(crate) mod partition;
 
-pub use channel::{ChannelClosed, ElementSender, GateEvent, InputGate, LocalInputGate, RecordBatch, StreamElement, local_channel};
+pub use channel::{
+    ChannelClosed, ElementSender, GateEvent, InputGate, LocalInputGate, LocalReceiver, RecordBatch, StreamElement, local_channel,
+};
 pub use executor::{JobHandle, JobSummary, OperatorMetrics, Restore, RunOptions, TaskError, run_job};
 pub use operator::{Emit, Operator};
 pub(crate) use operator::{KeyedOperator, StatelessOperator};

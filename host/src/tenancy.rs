@@ -10,5 +10,5 @@ pub mod tenant;
 
 pub use limits::{InstanceLimits, LogRateLimiter, MemoryLimiter};
 pub use logs::{GuestLogBuffer, LogLine, LogSnapshot};
-pub use meter::{StateGauge, StateLimitExceeded, TenantMeter, process_status_kb};
+pub use meter::{JobStateMeter, StateAccount, StateBudget, StateLimitExceeded, TenantMeter, process_status_kb};
 pub use tenant::{Quotas, TenantConfig, TenantId, token_hash};

@@ -14,7 +14,7 @@ use crate::harness::{root, run_toml, sluice_bin, temp_dir, udf};
 use crate::wordcount::job;
 
 /// A `sluice serve` child process, killed when dropped.
-struct TestServer {
+pub(crate) struct TestServer {
     child: Child,
     addr: String,
     data: PathBuf,
@@ -24,12 +24,22 @@ struct TestServer {
 impl TestServer {
     /// Start a server whose tenants are `(id, quotas as TOML lines)`; tenant
     /// `x` has the token `x-token`.
-    fn start(name: &str, tenants: &[(&str, &str)]) -> Self {
-        Self::start_with(name, "", tenants)
+    pub(crate) fn start(name: &str, tenants: &[(&str, &str)]) -> Self {
+        Self::start_limited(name, tenants, None)
+    }
+
+    /// The same, under a data-size limit (`prlimit --data`) when given, so an
+    /// unbounded allocation aborts the server instead of meeting the OOM killer.
+    pub(crate) fn start_limited(name: &str, tenants: &[(&str, &str)], data_bytes: Option<u64>) -> Self {
+        Self::start_configured(name, "", tenants, data_bytes)
     }
 
     /// The same with server `[limits]` (TOML lines).
-    fn start_with(name: &str, limits: &str, tenants: &[(&str, &str)]) -> Self {
+    pub(crate) fn start_with(name: &str, limits: &str, tenants: &[(&str, &str)]) -> Self {
+        Self::start_configured(name, limits, tenants, None)
+    }
+
+    pub(crate) fn start_configured(name: &str, limits: &str, tenants: &[(&str, &str)], data_bytes: Option<u64>) -> Self {
         let dir = temp_dir(name);
         let mut config = String::from("listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n");
         config.push_str(&format!("[limits]\n{limits}\n"));
@@ -41,7 +51,15 @@ impl TestServer {
         }
         std::fs::write(dir.join("sluice.toml"), config).unwrap();
         let stderr = std::fs::File::create(dir.join("server.log")).unwrap();
-        let mut child = Command::new(sluice_bin())
+        let mut command = match data_bytes {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--data={n}")).arg(sluice_bin());
+                c
+            }
+            None => Command::new(sluice_bin()),
+        };
+        let mut child = command
             .args(["serve", "--config"])
             .arg(dir.join("sluice.toml"))
             .env("SLUICE_LOG", "warn")
@@ -78,7 +96,7 @@ impl TestServer {
         s
     }
 
-    fn client(&self, tenant: &str) -> Client {
+    pub(crate) fn client(&self, tenant: &str) -> Client {
         Client::new(&self.addr, Some(format!("{tenant}-token"))).unwrap()
     }
 
@@ -91,12 +109,12 @@ impl TestServer {
     }
 
     /// Still running?
-    fn alive(&mut self) -> bool {
+    pub(crate) fn alive(&mut self) -> bool {
         self.child.try_wait().ok().flatten().is_none()
     }
 
     /// Resident memory, KiB.
-    fn rss_kb(&self) -> u64 {
+    pub(crate) fn rss_kb(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
         status
             .lines()
@@ -113,13 +131,13 @@ impl Drop for TestServer {
     }
 }
 
-fn expect(r: ApiResponse, status: u16, what: &str) -> Value {
+pub(crate) fn expect(r: ApiResponse, status: u16, what: &str) -> Value {
     assert_eq!(r.status, status, "{what}: {}", r.text());
     r.json()
 }
 
 /// Upload a built UDF; its digest.
-fn upload(c: &Client, name: &str) -> String {
+pub(crate) fn upload(c: &Client, name: &str) -> String {
     let r = c.post_bytes("/v1/components", std::fs::read(udf(name)).unwrap()).unwrap();
     assert!(r.status == 201 || r.status == 200, "uploading {name}: {}", r.text());
     r.json()["digest"].as_str().unwrap().to_owned()
@@ -127,7 +145,7 @@ fn upload(c: &Client, name: &str) -> String {
 
 /// The word count as a JSON spec: `lines` from `input` (rate-capped), into
 /// `output` (a directory when `checkpoints`).
-fn wordcount(tokenize: &str, count: &str, input: &str, output: &str, rate: Option<u64>, checkpoints: bool) -> Value {
+pub(crate) fn wordcount(tokenize: &str, count: &str, input: &str, output: &str, rate: Option<u64>, checkpoints: bool) -> Value {
     let mut spec = json!({
         "name": "wordcount",
         "sources": [{"name": "lines", "kind": "file", "path": input, "records_per_second": rate}],
@@ -149,7 +167,7 @@ fn wordcount(tokenize: &str, count: &str, input: &str, output: &str, rate: Optio
 }
 
 /// Poll a job until its state is one of `states`.
-fn wait_for(c: &Client, id: &str, states: &[&str], timeout: Duration) -> Value {
+pub(crate) fn wait_for(c: &Client, id: &str, states: &[&str], timeout: Duration) -> Value {
     let start = Instant::now();
     loop {
         let v = expect(c.get(&format!("/v1/jobs/{id}")).unwrap(), 200, "job status");
@@ -176,7 +194,7 @@ fn file_lines(c: &Client, path: &str) -> Vec<String> {
 }
 
 /// Sorted committed lines of a two-phase-commit sink directory.
-fn committed_lines(c: &Client, dir: &str) -> Vec<String> {
+pub(crate) fn committed_lines(c: &Client, dir: &str) -> Vec<String> {
     let listing = expect(c.get(&format!("/v1/files/{dir}")).unwrap(), 200, "listing output");
     let mut lines = Vec::new();
     for e in listing["entries"].as_array().unwrap() {
@@ -191,7 +209,7 @@ fn committed_lines(c: &Client, dir: &str) -> Vec<String> {
 }
 
 /// The word count's output from an uninterrupted in-process run.
-fn expected_wordcount() -> Vec<String> {
+pub(crate) fn expected_wordcount() -> Vec<String> {
     let dir = temp_dir("server-expected");
     let out = dir.join("out.jsonl");
     run_toml(&job(&root().join("examples/data/wordcount.txt"), &out, 1, 1024), &dir).unwrap();
@@ -200,7 +218,7 @@ fn expected_wordcount() -> Vec<String> {
     lines
 }
 
-fn put_input(c: &Client, path: &str) {
+pub(crate) fn put_input(c: &Client, path: &str) {
     let bytes = std::fs::read(root().join("examples/data/wordcount.txt")).unwrap();
     expect(c.put_bytes(&format!("/v1/files/{path}"), bytes).unwrap(), 201, "uploading input");
 }

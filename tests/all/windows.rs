@@ -284,6 +284,153 @@ fn allowed_lateness_refires_and_later_records_reach_the_late_output() {
     assert_eq!((win.records_late(), win.records_late_dropped()), (1, 1));
 }
 
+/// A window's (start, end, count).
+type Row = (i64, i64, u64);
+/// Every emitted row, per key in emission order.
+type RowsPerKey = BTreeMap<String, Vec<Row>>;
+
+/// Every emitted (start, end, count) row, per key in emission order.
+fn rows_per_key(lines: &[Value]) -> RowsPerKey {
+    let mut m = RowsPerKey::new();
+    for l in lines {
+        let key = l["key"].as_str().or_else(|| l["word"].as_str()).unwrap().to_owned();
+        let row = (
+            l["start"].as_i64().unwrap(),
+            l["end"].as_i64().unwrap(),
+            l["count"].as_u64().unwrap(),
+        );
+        m.entry(key).or_default().push(row);
+    }
+    m
+}
+
+/// Runs `rows` (one watermark, `max - 1`, after every record) through a
+/// built-in count over `window`; returns the rows and the late side output.
+fn run_counted(name: &str, rows: &[(i64, &str)], window: &str) -> (RowsPerKey, Vec<i64>) {
+    let late_sink = r#"
+        [[sinks]]
+        name = "late"
+        kind = "file"
+        path = "late.jsonl"
+        format = "envelope"
+        [[edges]]
+        from = "win"
+        to = "late"
+        output = "late"
+    "#;
+    let dir = temp_dir(name);
+    let toml = window_job(&dir, rows, 0, 1, window, "", "").replace("[[sinks]]", &format!("{late_sink}\n[[sinks]]"));
+    run_toml(&toml, &dir).unwrap();
+    let late = lines_of(&dir.join("late.jsonl"))
+        .iter()
+        .map(|l| l["timestamp"].as_i64().unwrap())
+        .collect();
+    (rows_per_key(&read_json_lines(&dir.join("out.jsonl"))), late)
+}
+
+fn expect(rows: &[(&str, &[Row])]) -> RowsPerKey {
+    rows.iter().map(|(k, r)| (k.to_string(), r.to_vec())).collect()
+}
+
+// The three cases below are Flink's documented window semantics (its
+// `WindowOperator` with `EventTimeTrigger`), worked by hand: the trigger
+// fires at once for an element whose window end the watermark has passed,
+// and registers an end-of-window timer only while that end is ahead; merging
+// windows are tested for lateness after the merge.
+
+#[test]
+fn a_late_window_created_within_the_lateness_fires_once() {
+    // 100 → [0,1000); 6500 → watermark 6499 fires [0,1000) with 1 (its
+    // cleanup, 2999, is due too); 4200 opens [4000,5000), whose end passed but
+    // whose cleanup (6999) has not: it fires at once with 1, and never again
+    // by a timer; 4300 reaches the existing window: a re-firing with 2 (that
+    // stays); 7500 → watermark 7499 fires [6000,7000) and purges
+    // [4000,5000); the end fires [7000,8000).
+    let rows = [(100, "a"), (6500, "a"), (4200, "a"), (4300, "a"), (7500, "a")];
+    let window = r#"{ assigner = "tumbling", size_ms = 1000, allowed_lateness_ms = 2000, aggregate = "count" }"#;
+    let (got, late) = run_counted("late-window", &rows, window);
+    assert_eq!(
+        got,
+        expect(&[(
+            "a",
+            &[(0, 1000, 1), (4000, 5000, 1), (4000, 5000, 2), (6000, 7000, 1), (7000, 8000, 1)]
+        )])
+    );
+    assert!(late.is_empty(), "{late:?}");
+}
+
+#[test]
+fn a_session_takes_a_record_whose_own_window_is_late() {
+    // Gap 1 s, no lateness. Key a: 22100 and 22500 make [22100,23500); b at
+    // 22951 moves the watermark to 22950; a at 21900 has its own window
+    // [21900,22900) behind the watermark, but it touches the live session:
+    // merged first, [21900,23500) is not late, so it takes the record.
+    let rows = [(22_100, "a"), (22_500, "a"), (22_951, "b"), (21_900, "a")];
+    let (got, late) = run_counted(
+        "session-late-own",
+        &rows,
+        r#"{ assigner = "session", gap_ms = 1000, aggregate = "count" }"#,
+    );
+    assert_eq!(got, expect(&[("a", &[(21_900, 23_500, 3)]), ("b", &[(22_951, 23_951, 1)])]));
+    assert!(late.is_empty(), "{late:?}");
+    // A record that touches no session and whose window is late still is.
+    let rows = [(22_100, "a"), (22_500, "a"), (22_951, "b"), (20_000, "a")];
+    let (got, late) = run_counted(
+        "session-late-alone",
+        &rows,
+        r#"{ assigner = "session", gap_ms = 1000, aggregate = "count" }"#,
+    );
+    assert_eq!(got, expect(&[("a", &[(22_100, 23_500, 2)]), ("b", &[(22_951, 23_951, 1)])]));
+    assert_eq!(late, [20_000]);
+}
+
+#[test]
+fn a_late_record_merging_two_fired_sessions_fires_the_merge_once() {
+    // Gap 1 s, lateness 5 s. a: [1000,2000) and [2500,3500) fire at
+    // watermarks 2499 and 3999 (b at 4000 moves it); a at 1800 bridges both:
+    // [1000,3500) with 3, whose end passed: it fires at once, and no timer
+    // fires it again; a at 2000 re-fires it with 4; b at 9000 (watermark 8999)
+    // fires b's first session and purges a's (cleanup 8499); the end fires
+    // b's second.
+    let rows = [(1000, "a"), (2500, "a"), (4000, "b"), (1800, "a"), (2000, "a"), (9000, "b")];
+    let window = r#"{ assigner = "session", gap_ms = 1000, allowed_lateness_ms = 5000, aggregate = "count" }"#;
+    let (got, late) = run_counted("session-merge-fired", &rows, window);
+    let a: &[Row] = &[(1000, 2000, 1), (2500, 3500, 1), (1000, 3500, 3), (1000, 3500, 4)];
+    assert_eq!(got, expect(&[("a", a), ("b", &[(4000, 5000, 1), (9000, 10_000, 1)])]));
+    assert!(late.is_empty(), "{late:?}");
+}
+
+#[test]
+fn sluice_run_reports_dropped_late_records_in_plain_text() {
+    // The lateness job without a late edge: 300 is dropped.
+    let rows = [(100, "a"), (1500, "a"), (200, "a"), (2500, "a"), (300, "a")];
+    let window = r#"{ assigner = "tumbling", size_ms = 1000, allowed_lateness_ms = 1000, aggregate = "count" }"#;
+    let dir = temp_dir("late-cli");
+    std::fs::write(dir.join("job.toml"), window_job(&dir, &rows, 0, 1, window, "", "")).unwrap();
+    let out = std::process::Command::new(crate::harness::sluice_bin())
+        .arg("run")
+        .arg(dir.join("job.toml"))
+        .env("SLUICE_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let summary = stderr.lines().last().unwrap_or_default();
+    assert!(
+        summary.contains("(1 late records dropped)"),
+        "the summary line counts them: {stderr}"
+    );
+    assert!(
+        stderr.contains("win in=5 out=4 late=1 (dropped 1)"),
+        "the final progress line too: {stderr}"
+    );
+    assert!(stderr.contains("late records are dropped"), "and the warning says why: {stderr}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "no colour codes when stderr is not a terminal: {stderr:?}"
+    );
+}
+
 fn start(toml: &str, dir: &Path, clock: &ManualClock) -> JobHandle {
     let graph = JobGraph::build(JobSpec::from_toml(toml).unwrap(), dir).unwrap();
     run_job(

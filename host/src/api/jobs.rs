@@ -44,6 +44,7 @@ use crate::checkpoint::storage::Metadata;
 use crate::job::spec::SinkKind;
 use crate::job::{JobError, JobGraph, JobSpec};
 use crate::runtime::{OperatorMetrics, Restore, RunOptions, TaskError, run_job};
+use crate::tenancy::limits::{DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_OUTPUT_RECORDS, DEFAULT_MAX_RECORD_BYTES};
 use crate::tenancy::logs::escape_control;
 use crate::tenancy::{GuestLogBuffer, Quotas, TenantConfig, TenantMeter};
 use crate::time::{Clock, SystemClock};
@@ -258,6 +259,7 @@ impl ManagedJob {
                         "records_out": m.records_out(),
                         "records_failed": m.records_failed(),
                         "records_late": m.records_late(),
+                        "records_late_dropped": m.records_late_dropped(),
                         "busy_ms": m.busy().as_millis() as u64,
                         "backpressured_ms": m.backpressured().as_millis() as u64,
                         "watermark": wm,
@@ -676,6 +678,10 @@ fn rewrite(spec: &mut JobSpec, tenant: &Tenant, job_dir: &std::path::Path) -> Re
     l.memory_mb = l.memory_mb.min(q.memory_mb);
     l.call_timeout_ms = l.call_timeout_ms.min(q.call_timeout_ms);
     l.log_lines_per_sec = l.log_lines_per_sec.min(q.log_lines_per_sec);
+    l.max_state_mb = Some(l.max_state_mb.unwrap_or(q.max_state_mb).min(q.max_state_mb));
+    l.max_record_bytes = l.max_record_bytes.min(DEFAULT_MAX_RECORD_BYTES);
+    l.max_output_bytes_per_call = l.max_output_bytes_per_call.min(DEFAULT_MAX_OUTPUT_BYTES);
+    l.max_output_records_per_call = l.max_output_records_per_call.min(DEFAULT_MAX_OUTPUT_RECORDS);
     l.fuel_per_call = match (l.fuel_per_call, q.fuel_per_call) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),

@@ -102,6 +102,20 @@ pub fn render(tenants: &[&Tenant]) -> String {
             1.0,
         ),
         (
+            "sluice_operator_records_late_total",
+            "counter",
+            "Records behind their windows' allowed lateness (to the late output, or dropped).",
+            "records_late",
+            1.0,
+        ),
+        (
+            "sluice_operator_records_late_dropped_total",
+            "counter",
+            "Late records dropped because no edge reads the operator's late output.",
+            "records_late_dropped",
+            1.0,
+        ),
+        (
             "sluice_operator_busy_seconds_total",
             "counter",
             "Time spent working, summed over subtasks.",

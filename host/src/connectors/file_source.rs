@@ -116,18 +116,31 @@ impl FileSource {
     }
 }
 
+/// Longest line a file source reads (with its newline): a longer one fails
+/// the job, naming the file and line, before it is held in memory.
+pub const MAX_LINE_BYTES: usize = 16 << 20;
+
 impl SourceReader for FileSource {
     fn next_batch(&mut self, max_records: usize) -> Result<Option<RecordBatch>, ConnectorError> {
         if self.done {
             return Ok(None);
         }
         let mut w = BatchWriter::with_capacity(64 << 10);
-        while w.len() < max_records {
+        while w.len() < max_records && w.byte_len() < super::SOURCE_BATCH_BYTES {
             self.buf.clear();
-            let n = self.reader.read_until(b'\n', &mut self.buf).map_err(|source| ConnectorError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
+            let n = std::io::Read::take(&mut self.reader, MAX_LINE_BYTES as u64 + 1)
+                .read_until(b'\n', &mut self.buf)
+                .map_err(|source| ConnectorError::Io {
+                    path: self.path.clone(),
+                    source,
+                })?;
+            if n > MAX_LINE_BYTES {
+                return Err(ConnectorError::BadRecord {
+                    path: self.path.clone(),
+                    line: self.line + 1,
+                    message: format!("the line is longer than {MAX_LINE_BYTES} bytes, the most a record may hold"),
+                });
+            }
             if n == 0 {
                 if !self.options.follow {
                     self.done = true;

@@ -50,6 +50,10 @@ pub fn splitmix64(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// Most keys a Zipf generator draws from: each subtask holds a table of one
+/// `f64` per key (8 MiB at the limit).
+pub const MAX_ZIPF_KEYS: u64 = 1 << 20;
+
 /// Draws key indices for a generator; shared with benchmarks' native baselines.
 #[derive(Debug, Clone)]
 pub struct KeyChooser {
@@ -63,7 +67,8 @@ impl KeyChooser {
     pub fn new(keys: u64, distribution: Distribution) -> Self {
         let cdf = (distribution == Distribution::Zipf).then(|| {
             let mut acc = 0.0;
-            let mut cdf: Vec<f64> = (1..=keys)
+            // Validation caps `keys`; the cap here keeps any caller bounded.
+            let mut cdf: Vec<f64> = (1..=keys.min(MAX_ZIPF_KEYS))
                 .map(|k| {
                     acc += 1.0 / k as f64;
                     acc

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use super::JobError;
 use super::spec::{
-    FileFormat, JobSpec, OperatorKind, OperatorSpec, OutputTag, Partition, RestartSpec, SinkKind, SinkSpec, SourceKind, SourceSpec,
-    WatermarkSpec, WatermarkStrategy,
+    Distribution, FileFormat, JobSpec, OperatorKind, OperatorSpec, OutputTag, Partition, RestartSpec, SinkKind, SinkSpec, SourceKind,
+    SourceSpec, WatermarkSpec, WatermarkStrategy,
 };
 use crate::wasm::{LoadedComponent, WasmEngine};
 
@@ -503,6 +503,12 @@ fn check_source(s: &SourceSpec) -> Result<(), JobError> {
             }
             if s.value_size.is_some_and(|v| v > 16 << 20) {
                 return Err(invalid("`value_size` is at most 16 MiB"));
+            }
+            let max_zipf = crate::connectors::generator::MAX_ZIPF_KEYS;
+            if s.distribution == Some(Distribution::Zipf) && s.keys.is_some_and(|k| k > max_zipf) {
+                return Err(invalid(&format!(
+                    "`keys` is at most {max_zipf} with distribution = \"zipf\" (each subtask holds a table of the keys' probabilities)"
+                )));
             }
             if has_file_fields(s) {
                 return Err(invalid(

@@ -210,6 +210,23 @@ pub struct LimitsSpec {
     /// tenant with `fuel_metering`). Default: unlimited.
     #[serde(default)]
     pub fuel_per_call: Option<u64>,
+    /// Keyed, window and join state and timers of the whole job together,
+    /// MiB; a write that would cross it fails the job. Default: unlimited
+    /// (on a server, the tenant's `max_state_mb` applies as well).
+    #[serde(default)]
+    pub max_state_mb: Option<u64>,
+    /// Largest record (key and value) a UDF call may emit, bytes. Default
+    /// 16 MiB, which is also the most a server allows.
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: usize,
+    /// Most bytes of records one UDF call may emit. Default 64 MiB, also the
+    /// server's most.
+    #[serde(default = "default_max_output_bytes")]
+    pub max_output_bytes_per_call: usize,
+    /// Most records one UDF call may emit. Default 4194304, also the
+    /// server's most.
+    #[serde(default = "default_max_output_records")]
+    pub max_output_records_per_call: usize,
 }
 
 impl Default for LimitsSpec {
@@ -219,8 +236,22 @@ impl Default for LimitsSpec {
             call_timeout_ms: default_call_timeout_ms(),
             log_lines_per_sec: default_log_rate(),
             fuel_per_call: None,
+            max_state_mb: None,
+            max_record_bytes: default_max_record_bytes(),
+            max_output_bytes_per_call: default_max_output_bytes(),
+            max_output_records_per_call: default_max_output_records(),
         }
     }
+}
+
+fn default_max_record_bytes() -> usize {
+    crate::tenancy::limits::DEFAULT_MAX_RECORD_BYTES
+}
+fn default_max_output_bytes() -> usize {
+    crate::tenancy::limits::DEFAULT_MAX_OUTPUT_BYTES
+}
+fn default_max_output_records() -> usize {
+    crate::tenancy::limits::DEFAULT_MAX_OUTPUT_RECORDS
 }
 
 fn default_memory_mb() -> u64 {

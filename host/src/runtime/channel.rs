@@ -1,5 +1,12 @@
 //! Stream elements and the channels that carry them.
+//!
+//! A local channel is bounded twice: in elements (`channel_capacity`) and
+//! in bytes of queued record batches (`channel_bytes`). A producer waits
+//! while the channel holds more than its bytes, unless it is empty (one
+//! batch always fits), so big records cannot pile up between tasks.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Select, Sender, bounded};
@@ -74,31 +81,126 @@ pub trait InputGate: Send {
     fn set_blocked(&mut self, channel: usize, blocked: bool);
 }
 
-struct LocalSender(Sender<StreamElement>);
+/// Bytes of record batches queued in one channel, and its ceiling.
+#[derive(Debug)]
+struct Queued {
+    bytes: Mutex<usize>,
+    room: Condvar,
+    limit: usize,
+    /// The receiver is gone: nobody will make room.
+    closed: AtomicBool,
+}
 
-impl ElementSender for LocalSender {
-    fn send(&self, element: StreamElement) -> Result<(), ChannelClosed> {
-        self.0.send(element).map_err(|_| ChannelClosed)
+impl Queued {
+    fn size(e: &StreamElement) -> usize {
+        match e {
+            StreamElement::Records(b) => b.bytes.len(),
+            _ => 0,
+        }
     }
 
-    fn try_send(&self, element: StreamElement) -> Result<Option<StreamElement>, ChannelClosed> {
-        match self.0.try_send(element) {
-            Ok(()) => Ok(None),
-            Err(crossbeam_channel::TrySendError::Full(e)) => Ok(Some(e)),
-            Err(crossbeam_channel::TrySendError::Disconnected(_)) => Err(ChannelClosed),
+    /// Take room for `n` bytes: at once if it fits (or nothing is queued),
+    /// else waiting when `wait`; false when it does not fit and `!wait`.
+    fn take(&self, n: usize, wait: bool) -> Result<bool, ChannelClosed> {
+        if n == 0 {
+            return Ok(true);
+        }
+        let mut bytes = self.bytes.lock().unwrap_or_else(|p| p.into_inner());
+        while *bytes > 0 && bytes.saturating_add(n) > self.limit {
+            if self.closed.load(Ordering::Relaxed) {
+                return Err(ChannelClosed);
+            }
+            if !wait {
+                return Ok(false);
+            }
+            bytes = self
+                .room
+                .wait_timeout(bytes, Duration::from_millis(100))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        *bytes += n;
+        Ok(true)
+    }
+
+    fn give(&self, n: usize) {
+        if n > 0 {
+            let mut bytes = self.bytes.lock().unwrap_or_else(|p| p.into_inner());
+            *bytes = bytes.saturating_sub(n);
+            self.room.notify_all();
         }
     }
 }
 
-/// An in-process channel holding at most `capacity` elements.
-pub fn local_channel(capacity: usize) -> (Box<dyn ElementSender>, Receiver<StreamElement>) {
+struct LocalSender {
+    tx: Sender<StreamElement>,
+    queued: Arc<Queued>,
+}
+
+impl ElementSender for LocalSender {
+    fn send(&self, element: StreamElement) -> Result<(), ChannelClosed> {
+        let n = Queued::size(&element);
+        self.queued.take(n, true)?;
+        self.tx.send(element).map_err(|_| {
+            self.queued.give(n);
+            ChannelClosed
+        })
+    }
+
+    fn try_send(&self, element: StreamElement) -> Result<Option<StreamElement>, ChannelClosed> {
+        let n = Queued::size(&element);
+        if !self.queued.take(n, false)? {
+            return Ok(Some(element));
+        }
+        match self.tx.try_send(element) {
+            Ok(()) => Ok(None),
+            Err(crossbeam_channel::TrySendError::Full(e)) => {
+                self.queued.give(n);
+                Ok(Some(e))
+            }
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
+                self.queued.give(n);
+                Err(ChannelClosed)
+            }
+        }
+    }
+}
+
+/// The receiving end of a local channel.
+pub struct LocalReceiver {
+    rx: Receiver<StreamElement>,
+    queued: Arc<Queued>,
+}
+
+impl Drop for LocalReceiver {
+    fn drop(&mut self) {
+        self.queued.closed.store(true, Ordering::Relaxed);
+        self.queued.room.notify_all();
+    }
+}
+
+/// An in-process channel holding at most `capacity` elements and, beyond
+/// one batch, at most `max_bytes` bytes of record batches.
+pub fn local_channel(capacity: usize, max_bytes: usize) -> (Box<dyn ElementSender>, LocalReceiver) {
     let (tx, rx) = bounded(capacity);
-    (Box::new(LocalSender(tx)), rx)
+    let queued = Arc::new(Queued {
+        bytes: Mutex::new(0),
+        room: Condvar::new(),
+        limit: max_bytes,
+        closed: AtomicBool::new(false),
+    });
+    (
+        Box::new(LocalSender {
+            tx,
+            queued: queued.clone(),
+        }),
+        LocalReceiver { rx, queued },
+    )
 }
 
 /// An [`InputGate`] over in-process channels.
 pub struct LocalInputGate {
-    receivers: Vec<Receiver<StreamElement>>,
+    receivers: Vec<LocalReceiver>,
     ended: Vec<bool>,
     blocked: Vec<bool>,
     open: usize,
@@ -106,7 +208,7 @@ pub struct LocalInputGate {
 
 impl LocalInputGate {
     /// A gate over `receivers`.
-    pub fn new(receivers: Vec<Receiver<StreamElement>>) -> Self {
+    pub fn new(receivers: Vec<LocalReceiver>) -> Self {
         let n = receivers.len();
         LocalInputGate {
             receivers,
@@ -126,7 +228,7 @@ impl InputGate for LocalInputGate {
         let mut index = Vec::with_capacity(self.open);
         for (i, r) in self.receivers.iter().enumerate() {
             if !self.ended[i] && !self.blocked[i] {
-                sel.recv(r);
+                sel.recv(&r.rx);
                 index.push(i);
             }
         }
@@ -138,7 +240,11 @@ impl InputGate for LocalInputGate {
             return Ok(GateEvent::Timeout);
         };
         let i = index[op.index()];
-        match op.recv(&self.receivers[i]) {
+        let received = op.recv(&self.receivers[i].rx);
+        if let Ok(e) = &received {
+            self.receivers[i].queued.give(Queued::size(e));
+        }
+        match received {
             Ok(StreamElement::EndOfData) => {
                 self.ended[i] = true;
                 self.open -= 1;
@@ -153,5 +259,49 @@ impl InputGate for LocalInputGate {
         if let Some(b) = self.blocked.get_mut(channel) {
             *b = blocked;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(n: usize) -> StreamElement {
+        StreamElement::Records(RecordBatch { bytes: vec![0; n], len: 1 })
+    }
+
+    #[test]
+    fn a_channel_holds_at_most_its_bytes_beyond_one_batch() {
+        let (tx, rx) = local_channel(100, 1000);
+        // One batch always fits, even a big one.
+        assert_eq!(tx.try_send(batch(5000)).unwrap(), None);
+        assert!(tx.try_send(batch(1)).unwrap().is_some(), "over the bytes: refused");
+        // Control elements take no bytes.
+        assert_eq!(tx.try_send(StreamElement::Watermark(1)).unwrap(), None);
+        let mut gate = LocalInputGate::new(vec![rx]);
+        assert!(matches!(
+            gate.next(Duration::from_secs(1)).unwrap(),
+            GateEvent::Element(0, StreamElement::Records(_))
+        ));
+        for _ in 0..3 {
+            assert_eq!(tx.try_send(batch(300)).unwrap(), None);
+        }
+        assert!(tx.try_send(batch(300)).unwrap().is_some());
+        // A blocked send waits for room and goes through once there is some.
+        let sender = std::thread::spawn(move || tx.send(batch(300)).map(|()| tx));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!sender.is_finished(), "the send waits for room");
+        assert!(matches!(
+            gate.next(Duration::from_secs(1)).unwrap(),
+            GateEvent::Element(0, StreamElement::Watermark(1))
+        ));
+        assert!(matches!(
+            gate.next(Duration::from_secs(1)).unwrap(),
+            GateEvent::Element(0, StreamElement::Records(_))
+        ));
+        let tx = sender.join().unwrap().unwrap();
+        // A receiver that is gone fails a waiting sender instead of hanging it.
+        drop(gate);
+        assert_eq!(tx.send(batch(900)), Err(ChannelClosed));
     }
 }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use sluice_guest::batch::BatchWriter;
 
-use super::channel::{GateEvent, InputGate, LocalInputGate, RecordBatch, StreamElement, local_channel};
+use super::channel::{GateEvent, InputGate, LocalInputGate, LocalReceiver, RecordBatch, StreamElement, local_channel};
 use super::operator::{Emit, GuestOutputs, KeyedOperator, Operator, SinkOperator, StatelessOperator, WatermarkAssigner};
 use super::partition::EdgeWriter;
 use crate::checkpoint::coordinator::{
@@ -44,7 +44,7 @@ use crate::job::spec::{OutputTag, RestartSpec, SinkKind, SourceKind, WatermarkSp
 use crate::job::{JobError, OperatorKind, Partition};
 use crate::runtime::join::{JoinConfig, JoinOperator};
 use crate::state::{HeapKeyedState, KeyGroupRange};
-use crate::tenancy::{GuestLogBuffer, InstanceLimits, TenantMeter};
+use crate::tenancy::{GuestLogBuffer, InstanceLimits, StateBudget, TenantMeter};
 use crate::time::watermarks::ValveOutput;
 use crate::time::{Clock, IdleTracker, PeriodicWatermarks, SystemClock, WatermarkValve};
 use crate::wasm::{GuestEnv, GuestError, GuestInstance, LoadedComponent, WasmEngine, World};
@@ -202,6 +202,9 @@ pub struct RunOptions {
     pub clock: Arc<dyn Clock>,
     /// Batches a channel holds before its producer blocks. Default 8.
     pub channel_capacity: usize,
+    /// Bytes of record batches a channel holds beyond its first batch
+    /// before its producer blocks. Default 32 MiB.
+    pub channel_bytes: usize,
     /// Resume from a checkpoint or savepoint.
     pub restore: Option<Restore>,
     /// Restore even when the checkpoint has state of operators the job no
@@ -219,6 +222,7 @@ impl Default for RunOptions {
         RunOptions {
             clock: Arc::new(SystemClock),
             channel_capacity: 8,
+            channel_bytes: 32 << 20,
             restore: None,
             allow_non_restored_state: false,
             meter: None,
@@ -460,7 +464,7 @@ impl Emit for Downstream<'_> {
 }
 
 /// A channel into a subtask, with the input number (0 or 1) it feeds.
-type InputChannel = (Receiver<StreamElement>, usize);
+type InputChannel = (LocalReceiver, usize);
 
 /// How long a task waits for input before it looks at the clock again.
 const POLL: Duration = Duration::from_millis(10);
@@ -775,6 +779,9 @@ struct JobContext {
     engine: Arc<WasmEngine>,
     options: RunOptions,
     metrics: Vec<Arc<OperatorMetrics>>,
+    /// Where every subtask's keyed state and timers are counted: the job's
+    /// `limits.max_state_mb` and the tenant's ceiling.
+    state_budget: StateBudget,
 }
 
 /// One run of the job's tasks: the first, or one after a restart.
@@ -842,6 +849,16 @@ pub fn run_job(graph: &JobGraph, engine: &Arc<WasmEngine>, options: RunOptions) 
         }
         (Some(Restore::Latest), Some(st)) => {
             let c = st.load_latest(0, &expected_state(graph, true));
+            let refused = st.complete_checkpoints().len();
+            if c.is_none() && refused > 0 {
+                // Starting over would clear committed output the job may not
+                // reproduce (a changed job, a source that cannot replay).
+                return Err(JobError::Restore(format!(
+                    "{}: none of its {refused} complete checkpoints can be restored (the warnings above say why); \
+                     run without `--restore` to start the job from the beginning",
+                    st.path().display()
+                )));
+            }
             if c.is_none() {
                 tracing::warn!(dir = %st.path().display(), "no complete checkpoint to restore; starting from the beginning");
             }
@@ -869,12 +886,14 @@ pub fn run_job(graph: &JobGraph, engine: &Arc<WasmEngine>, options: RunOptions) 
     if coordinator.is_some() {
         prepare_sinks(graph, restored.as_deref())?;
     }
+    let state_budget = StateBudget::new(spec.limits.max_state_mb.map(|mb| mb.saturating_mul(1 << 20)), options.meter.clone());
     let ctx = JobContext {
         graph: graph.clone(),
         components,
         engine: engine.clone(),
         options,
         metrics: metrics.clone(),
+        state_budget,
     };
     let (reports_tx, reports_rx) = crossbeam_channel::unbounded();
     let first = start_attempt(&ctx, 0, restored.as_deref(), coordinator.as_mut(), &reports_tx)?;
@@ -1065,6 +1084,9 @@ fn start_attempt(
         call_timeout: Duration::from_millis(spec.limits.call_timeout_ms.max(1)),
         log_lines_per_sec: spec.limits.log_lines_per_sec,
         fuel_per_call: spec.limits.fuel_per_call,
+        max_record_bytes: spec.limits.max_record_bytes,
+        max_output_bytes: spec.limits.max_output_bytes_per_call,
+        max_output_records: spec.limits.max_output_records_per_call,
     };
     let env = GuestEnv {
         limits,
@@ -1104,7 +1126,7 @@ fn start_attempt(
                     if e.partition == Partition::Forward && a != b {
                         continue;
                     }
-                    let (tx, rx) = local_channel(ctx.options.channel_capacity.max(1));
+                    let (tx, rx) = local_channel(ctx.options.channel_capacity.max(1), ctx.options.channel_bytes);
                     row.push(tx);
                     receivers[e.to][b as usize].push((rx, e.input as usize));
                 }
@@ -1206,10 +1228,11 @@ fn start_attempt(
                     }),
                     NodeKind::Operator(o, _) => {
                         let range = KeyGroupRange::for_subtask(spec.max_parallelism, node.parallelism, s);
+                        let keyed_state = || HeapKeyedState::with_budget(range, Some(ctx.state_budget.clone()));
                         let outputs = GuestOutputs::new(&o.name, s, spec.on_record_error, metrics[n].clone());
                         match o.kind {
                             OperatorKind::KeyedProcess => Box::new(KeyedOperator::new(
-                                guest(n, &o.name, World::KeyedProcess, s, Some(HeapKeyedState::new(range)), &o.config)?,
+                                guest(n, &o.name, World::KeyedProcess, s, Some(keyed_state()), &o.config)?,
                                 outputs,
                                 spec.max_parallelism,
                             )),
@@ -1244,7 +1267,7 @@ fn start_attempt(
                                     WindowOperator::new(
                                         cfg,
                                         function,
-                                        HeapKeyedState::new(range),
+                                        keyed_state(),
                                         ctx.options.clock.clone(),
                                         spec.max_parallelism,
                                         outputs,
@@ -1260,10 +1283,7 @@ fn start_attempt(
                                     })?),
                                     None => None,
                                 };
-                                Box::new(
-                                    JoinOperator::new(cfg, HeapKeyedState::new(range), spec.max_parallelism, outputs)
-                                        .map_err(JobError::Failed)?,
-                                )
+                                Box::new(JoinOperator::new(cfg, keyed_state(), spec.max_parallelism, outputs).map_err(JobError::Failed)?)
                             }
                             _ => Box::new(StatelessOperator::new(
                                 guest(n, &o.name, World::Stateless, s, None, &o.config)?,

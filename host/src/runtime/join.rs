@@ -35,10 +35,16 @@ use crate::job::spec::{JoinSpec, WindowAssignerKind};
 use crate::state::{HeapKeyedState, KeyGroup, StateId};
 use crate::time::{TimeDomain, Timer, TimerService};
 use crate::wasm::RecordError;
-use crate::window::{Assigner, Window};
+use crate::window::{Assigner, MAX_WINDOWS_PER_RECORD, Window};
 
 /// Largest page read from state at once.
 const SCAN_PAGE: usize = 4096;
+/// Pairs are emitted once this many bytes of them are buffered, so one hot
+/// key never holds a batch's pairs in memory at once.
+const EMIT_BYTES: usize = 1 << 20;
+/// Most pairs one input batch may produce (a regular join on a hot key is
+/// quadratic); past it the job fails with a message naming the limit.
+pub const MAX_PAIRS_PER_BATCH: u64 = 10_000_000;
 
 /// A stored record: (user key, value).
 type Entry = (Vec<u8>, Vec<u8>);
@@ -69,11 +75,19 @@ impl JoinConfig {
                 }
             }
             WindowAssignerKind::Sliding => match spec.slide_ms {
-                Some(slide) if slide > 0 && slide <= size => Assigner::Sliding {
-                    size,
-                    slide,
-                    offset: spec.offset_ms,
-                },
+                Some(slide) if slide > 0 && slide <= size => {
+                    let per_record = (size as u64).div_ceil(slide as u64);
+                    if per_record > MAX_WINDOWS_PER_RECORD {
+                        return Err(format!(
+                            "join size_ms / slide_ms puts each record in {per_record} windows; at most {MAX_WINDOWS_PER_RECORD} are allowed"
+                        ));
+                    }
+                    Assigner::Sliding {
+                        size,
+                        slide,
+                        offset: spec.offset_ms,
+                    }
+                }
                 Some(slide) => return Err(format!("join `slide_ms` must be in 1..=size_ms, not {slide}")),
                 None => return Err("window = \"sliding\" needs `slide_ms`".into()),
             },
@@ -144,11 +158,12 @@ impl JoinOperator {
             sides: [id("join-left")?, id("join-right")?],
             seq: id("join-seq")?,
         };
+        let timers = TimerService::with_budget(state.budget());
         Ok(JoinOperator {
             cfg,
             state,
             ids,
-            timers: TimerService::default(),
+            timers,
             watermark: i64::MIN,
             max_parallelism,
             outputs,
@@ -156,7 +171,8 @@ impl JoinOperator {
         })
     }
 
-    /// Every stored record of `side` for `key` under `prefix`, in order.
+    /// Every stored record of `side` for `key` under `prefix`, in order
+    /// (all of one key's window: the state budget bounds it).
     fn stored(&self, g: KeyGroup, key: &[u8], side: usize, prefix: &[u8]) -> Result<Vec<Entry>, TaskError> {
         let mut all = Vec::new();
         let mut after: Option<Vec<u8>> = None;
@@ -191,20 +207,31 @@ impl JoinOperator {
             .map_err(|e| self.outputs.internal(e))
     }
 
-    /// A regular join: store the record, pair it with the other side's.
-    fn regular(&mut self, side: usize, r: &RecordRef<'_>, key: &[u8], w: &mut BatchWriter) -> Result<(), TaskError> {
+    /// A regular join: store the record, pair it with the other side's,
+    /// page by page, emitting pairs as they pile up.
+    fn regular(&mut self, side: usize, r: &RecordRef<'_>, key: &[u8], pairs: &mut Pairs, out: &mut dyn Emit) -> Result<(), TaskError> {
         let g = KeyGroup::of(key, self.max_parallelism);
         self.store(g, key, side, &[], &encode_element(r.timestamp, r.value))?;
-        for (_, other) in self.stored(g, key, 1 - side, &[])? {
-            let (ots, ovalue) = decode_element(&other);
-            let ts = match (r.timestamp, ots) {
-                (Some(a), Some(b)) => Some(a.max(b)),
-                (a, b) => a.or(b),
-            };
-            let (left, right) = if side == 0 { (r.value, ovalue) } else { (ovalue, r.value) };
-            w.push_with(Some(key), ts, |buf| pair(buf, left, right, None));
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self
+                .state
+                .scan(g, key, self.ids.sides[1 - side], &[], after.as_deref(), SCAN_PAGE, usize::MAX)
+                .map_err(|e| self.outputs.internal(e))?;
+            for (_, other) in &page.entries {
+                let (ots, ovalue) = decode_element(other);
+                let ts = match (r.timestamp, ots) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+                let (left, right) = if side == 0 { (r.value, ovalue) } else { (ovalue, r.value) };
+                pairs.push(&self.outputs, key, ts, |buf| pair(buf, left, right, None), out)?;
+            }
+            match page.next {
+                Some(n) => after = Some(n),
+                None => return Ok(()),
+            }
         }
-        Ok(())
     }
 
     /// A window join: store the record under each of its windows still open.
@@ -222,14 +249,16 @@ impl JoinOperator {
         let watermark = self.watermark;
         for win in windows.iter().filter(|win| win.max_timestamp() > watermark) {
             self.store(g, key, side, &win.encode(), &element)?;
-            self.timers.register(
-                TimeDomain::EventTime,
-                Timer {
-                    timestamp: win.max_timestamp(),
-                    key: key.to_vec(),
-                    namespace: win.encode().to_vec(),
-                },
-            );
+            self.timers
+                .try_register(
+                    TimeDomain::EventTime,
+                    Timer {
+                        timestamp: win.max_timestamp(),
+                        key: key.to_vec(),
+                        namespace: win.encode().to_vec(),
+                    },
+                )
+                .map_err(|e| self.outputs.internal(e))?;
             stored = true;
         }
         self.windows = windows;
@@ -238,7 +267,7 @@ impl JoinOperator {
 
     /// Pair and forget the windows due at `watermark`.
     fn fire(&mut self, watermark: i64, out: &mut dyn Emit) -> Result<(), TaskError> {
-        let mut w = BatchWriter::new();
+        let mut pairs = Pairs::default();
         while let Some(t) = self.timers.pop_due(TimeDomain::EventTime, watermark) {
             let Some(win) = Window::decode(&t.namespace) else { continue };
             let g = KeyGroup::of(&t.key, self.max_parallelism);
@@ -248,7 +277,13 @@ impl JoinOperator {
             for (_, l) in &left {
                 for (_, r) in &right {
                     let (lv, rv) = (decode_element(l).1, decode_element(r).1);
-                    w.push_with(Some(&t.key), Some(win.max_timestamp()), |buf| pair(buf, lv, rv, Some(&win)));
+                    pairs.push(
+                        &self.outputs,
+                        &t.key,
+                        Some(win.max_timestamp()),
+                        |buf| pair(buf, lv, rv, Some(&win)),
+                        out,
+                    )?;
                 }
             }
             for (side, entries) in [(0, &left), (1, &right)] {
@@ -258,26 +293,64 @@ impl JoinOperator {
                         .map_err(|e| self.outputs.internal(e))?;
                 }
             }
-            if w.len() >= 1024 {
-                let len = w.len();
-                out.emit(RecordBatch {
-                    bytes: std::mem::take(&mut w).finish(),
-                    len,
-                })?;
-            }
+            // A firing is not one input batch: the cap counts per window.
+            pairs.count = 0;
         }
-        if !w.is_empty() {
-            let len = w.len();
-            out.emit(RecordBatch { bytes: w.finish(), len })?;
+        pairs.flush(out)
+    }
+}
+
+/// Pairs being built, emitted every [`EMIT_BYTES`], counted against
+/// [`MAX_PAIRS_PER_BATCH`].
+#[derive(Default)]
+struct Pairs {
+    w: BatchWriter,
+    bytes: usize,
+    count: u64,
+}
+
+impl Pairs {
+    fn push(
+        &mut self,
+        outputs: &GuestOutputs,
+        key: &[u8],
+        ts: Option<i64>,
+        write: impl FnOnce(&mut Vec<u8>),
+        out: &mut dyn Emit,
+    ) -> Result<(), TaskError> {
+        self.count += 1;
+        if self.count > MAX_PAIRS_PER_BATCH {
+            return Err(outputs.internal(format!(
+                "the join produced more than {MAX_PAIRS_PER_BATCH} pairs for one input batch (the pairs-per-batch limit): \
+                 a key this hot needs a window join or a pre-aggregation"
+            )));
+        }
+        let before = self.w.byte_len();
+        self.w.push_with(Some(key), ts, write);
+        self.bytes += self.w.byte_len() - before;
+        if self.bytes >= EMIT_BYTES {
+            self.flush(out)?;
         }
         Ok(())
+    }
+
+    fn flush(&mut self, out: &mut dyn Emit) -> Result<(), TaskError> {
+        if self.w.is_empty() {
+            return Ok(());
+        }
+        let len = self.w.len();
+        self.bytes = 0;
+        out.emit(RecordBatch {
+            bytes: std::mem::take(&mut self.w).finish(),
+            len,
+        })
     }
 }
 
 impl Operator for JoinOperator {
     fn process(&mut self, input: usize, batch: RecordBatch, out: &mut dyn Emit) -> Result<(), TaskError> {
         let side = input.min(1);
-        let mut w = BatchWriter::new();
+        let mut pairs = Pairs::default();
         let mut errors = Vec::new();
         let mut late = 0u64;
         for (i, r) in batch.records().enumerate() {
@@ -295,7 +368,7 @@ impl Operator for JoinOperator {
                 continue;
             }
             match self.cfg {
-                None => self.regular(side, &r, key, &mut w)?,
+                None => self.regular(side, &r, key, &mut pairs, out)?,
                 Some(cfg) => {
                     if !self.windowed(cfg.assigner, side, &r, key)? {
                         late += 1;
@@ -307,11 +380,7 @@ impl Operator for JoinOperator {
             self.outputs.metrics.add_late(late, true);
         }
         self.outputs.handle_errors(&errors, &batch.bytes)?;
-        if !w.is_empty() {
-            let len = w.len();
-            out.emit(RecordBatch { bytes: w.finish(), len })?;
-        }
-        Ok(())
+        pairs.flush(out)
     }
 
     fn on_watermark(&mut self, watermark: i64, out: &mut dyn Emit) -> Result<(), TaskError> {

@@ -16,6 +16,7 @@ use std::ops::Bound;
 
 use super::KeyHasher;
 use super::key_group::{KeyGroup, KeyGroupRange};
+use crate::tenancy::{StateAccount, StateBudget, StateLimitExceeded};
 
 /// A state declared on a backend, by name; ids are dense and stable for the
 /// backend's lifetime.
@@ -23,6 +24,13 @@ pub type StateId = u32;
 
 /// Longest state name accepted.
 pub const MAX_STATE_NAME: usize = 256;
+/// Bytes counted per entry beyond its user key and value: its two heap
+/// allocations and its share of a map node. Counted so that many small
+/// entries are charged near what they cost, not just their payload.
+pub const ENTRY_OVERHEAD: usize = 64;
+/// Bytes counted per key beyond its bytes: its hash-map slot, allocation and
+/// state list.
+pub const KEY_OVERHEAD: usize = 96;
 
 /// Why a state request is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +51,9 @@ pub enum StateError {
         /// Last owned group.
         end: u32,
     },
+    /// The write would take the job's or tenant's state over its ceiling.
+    #[error(transparent)]
+    QuotaExceeded(#[from] StateLimitExceeded),
 }
 
 #[derive(Debug, Default)]
@@ -67,7 +78,7 @@ impl Entries {
         match self {
             Entries::Empty => {
                 *self = Entries::One(user_key.into(), value.into());
-                (user_key.len() + value.len()) as isize
+                (user_key.len() + value.len() + ENTRY_OVERHEAD) as isize
             }
             Entries::One(k, v) if **k == *user_key => overwrite(v, value),
             Entries::One(..) => {
@@ -76,13 +87,13 @@ impl Entries {
                 m.insert(k, v);
                 m.insert(user_key.into(), value.into());
                 *self = Entries::Many(m);
-                (user_key.len() + value.len()) as isize
+                (user_key.len() + value.len() + ENTRY_OVERHEAD) as isize
             }
             Entries::Many(m) => match m.get_mut(user_key) {
                 Some(v) => overwrite(v, value),
                 None => {
                     m.insert(user_key.into(), value.into());
-                    (user_key.len() + value.len()) as isize
+                    (user_key.len() + value.len() + ENTRY_OVERHEAD) as isize
                 }
             },
         }
@@ -91,12 +102,12 @@ impl Entries {
     fn delete(&mut self, user_key: &[u8]) -> isize {
         match self {
             Entries::One(k, v) if **k == *user_key => {
-                let freed = (k.len() + v.len()) as isize;
+                let freed = (k.len() + v.len() + ENTRY_OVERHEAD) as isize;
                 *self = Entries::Empty;
                 -freed
             }
             Entries::Many(m) => match m.remove_entry(user_key) {
-                Some((k, v)) => -((k.len() + v.len()) as isize),
+                Some((k, v)) => -((k.len() + v.len() + ENTRY_OVERHEAD) as isize),
                 None => 0,
             },
             _ => 0,
@@ -112,7 +123,7 @@ impl Entries {
     }
 
     fn bytes(&self) -> usize {
-        self.iter().map(|(k, v)| k.len() + v.len()).sum()
+        self.iter().map(|(k, v)| k.len() + v.len() + ENTRY_OVERHEAD).sum()
     }
 
     fn iter(&self) -> Box<dyn Iterator<Item = (&[u8], &[u8])> + '_> {
@@ -214,6 +225,7 @@ pub struct HeapKeyedState {
     groups: Vec<KeyMap>,
     names: Vec<String>,
     bytes: usize,
+    account: StateAccount,
 }
 
 impl HeapKeyedState {
@@ -224,7 +236,25 @@ impl HeapKeyedState {
             groups: (0..range.len()).map(|_| KeyMap::default()).collect(),
             names: Vec::new(),
             bytes: 0,
+            account: StateAccount::default(),
         }
+    }
+
+    /// An empty backend owning `range` whose growth is charged to `budget`:
+    /// a write that would cross the job's or tenant's ceiling fails with
+    /// [`StateError::QuotaExceeded`] before anything is stored.
+    pub fn with_budget(range: KeyGroupRange, budget: Option<StateBudget>) -> Self {
+        let mut b = Self::new(range);
+        if let Some(budget) = budget {
+            b.account = StateAccount::new(budget);
+        }
+        b
+    }
+
+    /// The budget this backend's growth is charged to (timers of the same
+    /// operator draw on it too).
+    pub fn budget(&self) -> Option<StateBudget> {
+        self.account.budget().cloned()
     }
 
     /// The key groups this backend owns.
@@ -232,7 +262,8 @@ impl HeapKeyedState {
         self.range
     }
 
-    /// Approximate bytes of keys, user keys and values held.
+    /// Approximate bytes held: keys, user keys and values, plus
+    /// [`KEY_OVERHEAD`] per key and [`ENTRY_OVERHEAD`] per entry.
     pub fn size_bytes(&self) -> usize {
         self.bytes
     }
@@ -278,10 +309,15 @@ impl HeapKeyedState {
     pub fn put(&mut self, group: KeyGroup, key: &[u8], id: StateId, user_key: &[u8], value: &[u8]) -> Result<(), StateError> {
         let g = self.check(group, id)?;
         let map = &mut self.groups[g];
+        // The most this write can add, covered before anything is stored.
+        let new_key = !map.contains_key(key);
+        let key_cost = if new_key { key.len() + KEY_OVERHEAD } else { 0 };
+        let most = key_cost + user_key.len() + value.len() + ENTRY_OVERHEAD;
+        self.account.cover(self.bytes.saturating_add(most) as u64)?;
         let states = match map.get_mut(key) {
             Some(s) => s,
             None => {
-                self.bytes += key.len();
+                self.bytes += key_cost;
                 map.entry(key.into()).or_default()
             }
         };
@@ -300,8 +336,9 @@ impl HeapKeyedState {
             states.prune();
             if states.states.is_empty() {
                 map.remove(key);
-                self.bytes = self.bytes.saturating_sub(key.len());
+                self.bytes = self.bytes.saturating_sub(key.len() + KEY_OVERHEAD);
             }
+            self.account.shrink_to(self.bytes as u64);
         }
         Ok(())
     }
@@ -317,8 +354,9 @@ impl HeapKeyedState {
             states.prune();
             if states.states.is_empty() {
                 map.remove(key);
-                self.bytes = self.bytes.saturating_sub(key.len());
+                self.bytes = self.bytes.saturating_sub(key.len() + KEY_OVERHEAD);
             }
+            self.account.shrink_to(self.bytes as u64);
         }
         Ok(())
     }
@@ -476,11 +514,46 @@ mod tests {
             e,
             vec![("s".into(), b"x".to_vec(), b"12".to_vec()), ("t".into(), vec![], b"3".to_vec())]
         );
-        assert_eq!(b.size_bytes(), 1 + 3 + 1);
+        assert_eq!(b.size_bytes(), (1 + KEY_OVERHEAD) + (3 + ENTRY_OVERHEAD) + (1 + ENTRY_OVERHEAD));
         b.clear(g, b"k", id).unwrap();
         b.clear(g, b"k", other).unwrap();
         assert_eq!(b.size_bytes(), 0);
         assert_eq!(b.key_count(), 0);
         assert!(matches!(b.get(g, b"k", 7, b""), Err(StateError::UnknownState(7))));
+    }
+
+    #[test]
+    fn a_write_over_the_budget_fails_before_it_is_stored() {
+        let limit = 2 * crate::tenancy::StateAccount::CHUNK;
+        let budget = StateBudget::new(Some(limit), None);
+        let mut b = HeapKeyedState::with_budget(KeyGroupRange::for_subtask(128, 1, 0), Some(budget.clone()));
+        let id = b.declare("s").unwrap();
+        let g = KeyGroup::of(b"k", 128);
+        // Many small entries are charged their overhead too.
+        let mut n = 0u32;
+        let err = loop {
+            match b.put(g, b"k", id, &n.to_be_bytes(), b"v") {
+                Ok(()) => n += 1,
+                Err(e) => break e,
+            }
+            assert!(n < 100_000, "the budget never refused");
+        };
+        assert!(matches!(err, StateError::QuotaExceeded(_)), "{err}");
+        assert!(err.to_string().contains("state size limit exceeded"), "{err}");
+        assert_eq!(n as usize, (limit as usize - 1 - KEY_OVERHEAD) / (4 + 1 + ENTRY_OVERHEAD));
+        assert!(b.size_bytes() as u64 <= limit);
+        assert_eq!(
+            b.get(g, b"k", id, &n.to_be_bytes()).unwrap(),
+            None,
+            "nothing of the refused write is stored"
+        );
+        // One value bigger than the whole budget is refused at once.
+        let big = vec![0u8; limit as usize];
+        assert!(b.put(g, b"other", id, b"", &big).is_err());
+        // Deleting gives room back.
+        b.clear(g, b"k", id).unwrap();
+        b.put(g, b"k", id, b"", b"v").unwrap();
+        drop(b);
+        assert_eq!(budget.job_bytes(), 0);
     }
 }

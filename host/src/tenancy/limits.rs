@@ -22,7 +22,21 @@ pub struct InstanceLimits {
     /// Fuel a single call may burn, when the engine meters fuel. Default:
     /// unlimited.
     pub fuel_per_call: Option<u64>,
+    /// Largest record (key and value) a call may emit, bytes. Default 16 MiB.
+    pub max_record_bytes: usize,
+    /// Most bytes of records one call may emit. Default 64 MiB.
+    pub max_output_bytes: usize,
+    /// Most records one call may emit. Default 4 Mi.
+    pub max_output_records: usize,
 }
+
+/// Default of [`InstanceLimits::max_record_bytes`] (and of a job's
+/// `limits.max_record_bytes`).
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 16 << 20;
+/// Default of [`InstanceLimits::max_output_bytes`].
+pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 64 << 20;
+/// Default of [`InstanceLimits::max_output_records`].
+pub const DEFAULT_MAX_OUTPUT_RECORDS: usize = 4 << 20;
 
 impl Default for InstanceLimits {
     fn default() -> Self {
@@ -31,6 +45,9 @@ impl Default for InstanceLimits {
             call_timeout: Duration::from_secs(10),
             log_lines_per_sec: 100,
             fuel_per_call: None,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            max_output_records: DEFAULT_MAX_OUTPUT_RECORDS,
         }
     }
 }
@@ -43,6 +60,8 @@ impl Default for InstanceLimits {
 pub struct MemoryLimiter {
     max_bytes: usize,
     used: usize,
+    /// Table elements of every table of the store together.
+    table_elements: usize,
     meter: Option<Arc<TenantMeter>>,
     /// The size a guest asked for beyond the cap, if it ever did.
     pub exceeded: Option<usize>,
@@ -54,6 +73,7 @@ impl MemoryLimiter {
         MemoryLimiter {
             max_bytes,
             used: 0,
+            table_elements: 0,
             meter,
             exceeded: None,
         }
@@ -85,10 +105,27 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(desired <= 1_000_000)
+    /// Tables live in host memory outside the linear-memory cap, so all of
+    /// a store's tables together may hold at most [`MAX_TABLE_ELEMENTS`].
+    fn table_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let after = self.table_elements.saturating_sub(current).saturating_add(desired);
+        if after > MAX_TABLE_ELEMENTS {
+            return Ok(false);
+        }
+        self.table_elements = after;
+        Ok(true)
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
     }
 }
+
+/// Most table elements of one guest instance, over all its tables (about
+/// 8 bytes each in host memory).
+pub const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+/// Most tables of one guest instance.
+pub const MAX_TABLES: usize = 100;
 
 /// A token bucket for guest log lines.
 #[derive(Debug)]
@@ -144,6 +181,17 @@ mod tests {
         assert_eq!(meter.memory_bytes.load(std::sync::atomic::Ordering::Relaxed), 1 << 20);
         drop(l);
         assert_eq!(meter.memory_bytes.load(std::sync::atomic::Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn tables_together_are_capped() {
+        let mut l = MemoryLimiter::new(1 << 20, None);
+        assert!(l.table_growing(0, MAX_TABLE_ELEMENTS / 2, None).unwrap());
+        assert!(l.table_growing(0, MAX_TABLE_ELEMENTS / 2, None).unwrap());
+        assert!(!l.table_growing(0, 1, None).unwrap(), "a third table over the cap");
+        // Growing one table counts only the growth.
+        assert!(!l.table_growing(MAX_TABLE_ELEMENTS / 2, MAX_TABLE_ELEMENTS / 2 + 1, None).unwrap());
+        assert_eq!(l.tables(), MAX_TABLES);
     }
 
     #[test]

@@ -9,6 +9,17 @@
 
 use std::collections::BTreeMap;
 
+use crate::tenancy::{StateAccount, StateBudget, StateLimitExceeded};
+
+/// Bytes counted per timer beyond twice its key and namespace (a large
+/// bucket holds them twice): its queue slot, map entry and allocations.
+pub const TIMER_OVERHEAD: usize = 96;
+
+/// What one timer is charged to its operator's state budget.
+fn timer_cost(t: &Timer) -> u64 {
+    (2 * (t.key.len() + t.namespace.len()) + TIMER_OVERHEAD) as u64
+}
+
 /// Which clock a timer follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TimeDomain {
@@ -35,10 +46,16 @@ pub struct Timer {
 /// at the end of the same window), so registering is a hash insert rather
 /// than a comparison of keys in a sorted tree. Within one timestamp, timers
 /// fire in registration order.
-#[derive(Debug, Default, Clone)]
+///
+/// Timers count against the operator's state budget like its keyed state:
+/// [`TimerService::try_register`] fails, registering nothing, when a new
+/// timer would cross the job's or tenant's ceiling.
+#[derive(Debug, Default)]
 pub struct TimerService {
     event: Timers,
     processing: Timers,
+    bytes: u64,
+    account: StateAccount,
 }
 
 type Bucket = indexmap_lite::Bucket;
@@ -50,13 +67,15 @@ struct Timers {
 }
 
 impl Timers {
-    fn register(&mut self, t: Timer) {
-        if self.by_time.entry(t.timestamp).or_default().insert(t.key, t.namespace) {
-            self.len += 1;
-        }
+    /// Insert; false when present.
+    fn register(&mut self, t: Timer) -> bool {
+        let inserted = self.by_time.entry(t.timestamp).or_default().insert(t.key, t.namespace);
+        self.len += usize::from(inserted);
+        inserted
     }
 
-    fn delete(&mut self, t: &Timer) {
+    /// Remove; false when missing.
+    fn delete(&mut self, t: &Timer) -> bool {
         if let Some(b) = self.by_time.get_mut(&t.timestamp)
             && b.remove(&t.key, &t.namespace)
         {
@@ -64,7 +83,9 @@ impl Timers {
             if b.is_empty() {
                 self.by_time.remove(&t.timestamp);
             }
+            return true;
         }
+        false
     }
 
     fn pop_due(&mut self, time: i64) -> Option<Timer> {
@@ -97,19 +118,66 @@ impl TimerService {
         }
     }
 
-    /// Register a timer; registering an existing one does nothing.
+    /// Timers charged to `budget` (the operator's keyed-state budget).
+    pub fn with_budget(budget: Option<StateBudget>) -> Self {
+        TimerService {
+            account: budget.map(StateAccount::new).unwrap_or_default(),
+            ..Default::default()
+        }
+    }
+
+    /// Register a timer, charging it to the budget first: fails, with
+    /// nothing registered, when it would cross the job's or tenant's
+    /// ceiling. Registering an existing one does nothing.
+    pub fn try_register(&mut self, domain: TimeDomain, timer: Timer) -> Result<(), StateLimitExceeded> {
+        let cost = timer_cost(&timer);
+        if let Err(e) = self.account.cover(self.bytes.saturating_add(cost)) {
+            // Registering an existing timer adds nothing: never refused.
+            let present = self
+                .get(domain)
+                .by_time
+                .get(&timer.timestamp)
+                .is_some_and(|b| b.contains(&timer.key, &timer.namespace));
+            return if present { Ok(()) } else { Err(e) };
+        }
+        if self.set(domain).register(timer) {
+            self.bytes += cost;
+        }
+        Ok(())
+    }
+
+    /// Register a timer without checking the budget (restoring timers a
+    /// checkpoint holds); it is counted, so later registrations see it.
+    /// Registering an existing one does nothing.
     pub fn register(&mut self, domain: TimeDomain, timer: Timer) {
-        self.set(domain).register(timer);
+        let cost = timer_cost(&timer);
+        if self.set(domain).register(timer) {
+            self.bytes += cost;
+        }
     }
 
     /// Delete a timer; deleting a missing one does nothing.
     pub fn delete(&mut self, domain: TimeDomain, timer: &Timer) {
-        self.set(domain).delete(timer);
+        if self.set(domain).delete(timer) {
+            self.release(timer_cost(timer));
+        }
     }
 
     /// Remove and return the earliest timer at or before `time`, if any.
     pub fn pop_due(&mut self, domain: TimeDomain, time: i64) -> Option<Timer> {
-        self.set(domain).pop_due(time)
+        let t = self.set(domain).pop_due(time)?;
+        self.release(timer_cost(&t));
+        Some(t)
+    }
+
+    fn release(&mut self, cost: u64) {
+        self.bytes = self.bytes.saturating_sub(cost);
+        self.account.shrink_to(self.bytes);
+    }
+
+    /// Bytes the timers are charged.
+    pub fn size_bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// The earliest timer's timestamp.
@@ -206,6 +274,17 @@ mod indexmap_lite {
         }
 
         /// Remove; false when absent.
+        /// True when present.
+        pub fn contains(&self, key: &[u8], namespace: &[u8]) -> bool {
+            let is = |(k, ns): &Id| k == key && ns == namespace;
+            match self {
+                Bucket::Empty => false,
+                Bucket::One(id) => is(id),
+                Bucket::Small(ids) => ids.iter().any(is),
+                Bucket::Large { seq, .. } => seq.contains_key(&(key.to_vec(), namespace.to_vec())),
+            }
+        }
+
         pub fn remove(&mut self, key: &[u8], namespace: &[u8]) -> bool {
             let is = |(k, ns): &Id| k == key && ns == namespace;
             match self {
@@ -351,5 +430,32 @@ mod tests {
             assert_eq!(listed, expected, "{n} timers");
             assert!(s.is_empty());
         }
+    }
+
+    #[test]
+    fn timers_are_charged_to_the_budget_and_refused_past_it() {
+        let limit = StateAccount::CHUNK;
+        let budget = StateBudget::new(Some(limit), None);
+        let mut timers = TimerService::with_budget(Some(budget.clone()));
+        let mut n = 0i64;
+        let err = loop {
+            match timers.try_register(TimeDomain::EventTime, t(n, "key")) {
+                Ok(()) => n += 1,
+                Err(e) => break e,
+            }
+            assert!(n < 100_000, "the budget never refused");
+        };
+        assert_eq!(err.limit, limit);
+        let cost = (2 * 3 + TIMER_OVERHEAD) as u64;
+        assert_eq!(n as u64, limit / cost);
+        assert_eq!(timers.len(TimeDomain::EventTime), n as usize, "the refused timer is not registered");
+        // Registering an existing timer costs nothing more.
+        timers.try_register(TimeDomain::EventTime, t(0, "key")).unwrap();
+        // Firing gives room back.
+        assert!(timers.pop_due(TimeDomain::EventTime, 0).is_some());
+        timers.try_register(TimeDomain::ProcessingTime, t(5, "key")).unwrap();
+        assert_eq!(timers.size_bytes(), n as u64 * cost);
+        drop(timers);
+        assert_eq!(budget.job_bytes(), 0);
     }
 }

@@ -17,7 +17,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{self, context, keyed_context, log, state, timers};
 use crate::state::{HeapKeyedState, KeyGroup, StateError as BackendError};
-use crate::tenancy::{GuestLogBuffer, LogLine, LogRateLimiter, MemoryLimiter, TenantMeter};
+use crate::tenancy::{GuestLogBuffer, LogLine, LogRateLimiter, MemoryLimiter, StateLimitExceeded, TenantMeter};
 use crate::time::Clock;
 use crate::time::{TimeDomain, Timer, TimerService};
 
@@ -79,6 +79,10 @@ pub struct KeyedScope {
     pub runs: RunKeys,
     /// The run in scope.
     pub current: Option<usize>,
+    /// A state or timer write the budget refused during the current call:
+    /// the call fails with it after it returns, whatever the guest did with
+    /// the `quota-exceeded` error.
+    pub quota_hit: Option<StateLimitExceeded>,
 }
 
 /// Where guest log lines go: tagged tracing events, rate-limited.
@@ -181,6 +185,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
 fn backend_error(e: BackendError) -> state::StateError {
     match e {
         BackendError::UnknownState(id) => state::StateError::UnknownState(id),
+        BackendError::QuotaExceeded(q) => state::StateError::QuotaExceeded(q.to_string()),
         other => state::StateError::Invalid(other.to_string()),
     }
 }
@@ -281,7 +286,13 @@ impl keyed_context::Host for HostState {
 impl timers::Host for HostState {
     fn register(&mut self, domain: timers::TimeDomain, timestamp: i64) -> Result<(), String> {
         let (timers, timer, domain) = self.timer(domain, timestamp)?;
-        timers.register(domain, timer);
+        if let Err(e) = timers.try_register(domain, timer) {
+            let message = e.to_string();
+            if let Some(scope) = self.keyed.as_mut() {
+                scope.quota_hit.get_or_insert(e);
+            }
+            return Err(message);
+        }
         Ok(())
     }
 
@@ -323,7 +334,16 @@ impl state::Host for HostState {
 
     fn put(&mut self, id: state::StateId, user_key: Vec<u8>, value: Vec<u8>) -> Result<(), state::StateError> {
         let (b, key, g) = self.scope()?;
-        b.put(g, key, id, &user_key, &value).map_err(backend_error)
+        match b.put(g, key, id, &user_key, &value) {
+            Err(BackendError::QuotaExceeded(q)) => {
+                let message = q.to_string();
+                if let Some(scope) = self.keyed.as_mut() {
+                    scope.quota_hit.get_or_insert(q);
+                }
+                Err(state::StateError::QuotaExceeded(message))
+            }
+            r => r.map_err(backend_error),
+        }
     }
 
     fn delete(&mut self, id: state::StateId, user_key: Vec<u8>) -> Result<(), state::StateError> {

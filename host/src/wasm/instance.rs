@@ -29,7 +29,7 @@ use super::engine::{EPOCH_TICK, LoadedComponent};
 use super::host::{GuestLogger, HostState, KeyedScope, RunKeys};
 use super::world::World;
 use crate::state::HeapKeyedState;
-use crate::tenancy::{GuestLogBuffer, InstanceLimits, LogRateLimiter, MemoryLimiter, StateGauge, StateLimitExceeded, TenantMeter};
+use crate::tenancy::{GuestLogBuffer, InstanceLimits, LogRateLimiter, MemoryLimiter, StateLimitExceeded, TenantMeter};
 use crate::time::{Clock, TimeDomain, TimerService};
 
 /// What went wrong inside a guest.
@@ -67,6 +67,9 @@ pub enum GuestFailure {
     BadOutput(BatchError),
     /// The guest reported an error for a record index it was never given.
     BadErrorIndex(u32),
+    /// A call emitted more than a job limit allows (records, bytes, or one
+    /// record's size); the message names the limit.
+    OutputLimit(String),
     /// The instance failed earlier and is not used again.
     Poisoned,
 }
@@ -94,6 +97,7 @@ impl fmt::Display for GuestFailure {
             GuestFailure::Trap(t) => write!(f, "trap: {t}"),
             GuestFailure::BadOutput(e) => write!(f, "the guest returned a {e}"),
             GuestFailure::BadErrorIndex(i) => write!(f, "the guest reported an error for record {i}, which its batch does not have"),
+            GuestFailure::OutputLimit(m) => write!(f, "output limit exceeded: {m}"),
             GuestFailure::Poisoned => write!(f, "the instance failed earlier and was discarded"),
         }
     }
@@ -153,7 +157,6 @@ pub struct GuestInstance {
     fuel: bool,
     call_started: Option<Instant>,
     meter: Option<Arc<TenantMeter>>,
-    state_gauge: Option<StateGauge>,
     _live: LiveInstance,
 }
 
@@ -256,12 +259,16 @@ impl GuestInstance {
             meter: env.meter.clone(),
         };
         let keyed = match world {
-            World::KeyedProcess => Some(KeyedScope {
-                backend: state.unwrap_or_else(|| HeapKeyedState::new(crate::state::KeyGroupRange::for_subtask(1, 1, 0))),
-                timers: TimerService::default(),
-                runs: RunKeys::default(),
-                current: None,
-            }),
+            World::KeyedProcess => {
+                let backend = state.unwrap_or_else(|| HeapKeyedState::new(crate::state::KeyGroupRange::for_subtask(1, 1, 0)));
+                Some(KeyedScope {
+                    timers: TimerService::with_budget(backend.budget()),
+                    backend,
+                    runs: RunKeys::default(),
+                    current: None,
+                    quota_hit: None,
+                })
+            }
             _ => None,
         };
         let live = LiveInstance::new(env.meter.clone());
@@ -311,13 +318,8 @@ impl GuestInstance {
             fuel: component.fuel,
             call_started: None,
             meter: env.meter.clone(),
-            state_gauge: match (&env.meter, world) {
-                (Some(m), World::KeyedProcess) => Some(StateGauge::new(m.clone())),
-                _ => None,
-            },
             _live: live,
         };
-        me.publish_state()?;
         me.open(config)?;
         Ok(me)
     }
@@ -595,26 +597,50 @@ impl GuestInstance {
 
     /// Drop the instance, keeping the subtask's keyed state.
     pub fn into_state(self) -> Option<HeapKeyedState> {
-        let GuestInstance { store, state_gauge, .. } = self;
-        // The state lives on (in a new instance, which publishes it again).
-        drop(state_gauge);
-        store.into_data().keyed.map(|k| k.backend)
+        self.store.into_data().keyed.map(|k| k.backend)
     }
 
-    /// Publish the size of a keyed operator's state to the tenant's meter;
-    /// over the tenant's ceiling the instance fails.
-    fn publish_state(&mut self) -> Result<(), GuestError> {
-        let size = match self.store.data().keyed.as_ref() {
-            Some(k) => k.backend.size_bytes(),
-            None => return Ok(()),
-        };
-        if let Some(g) = &mut self.state_gauge
-            && let Err(e) = g.publish(size)
-        {
+    /// A state or timer write the budget refused during the call fails the
+    /// instance with the limit it crossed (nothing of that write was stored).
+    fn check_state_quota(&mut self) -> Result<(), GuestError> {
+        if let Some(e) = self.store.data_mut().keyed.as_mut().and_then(|k| k.quota_hit.take()) {
             self.poisoned = true;
             return Err(self.error(GuestFailure::StateLimit(e)));
         }
         Ok(())
+    }
+
+    /// What a call's output breaks of the job's output limits, if anything.
+    fn output_over_limits(&self, records: &[u8], count: usize) -> Option<String> {
+        let l = &self.limits;
+        if records.len() > l.max_output_bytes {
+            return Some(format!(
+                "one call emitted {} bytes of records; the limit is {} (limits.max_output_bytes_per_call)",
+                records.len(),
+                l.max_output_bytes
+            ));
+        }
+        if count > l.max_output_records {
+            return Some(format!(
+                "one call emitted {count} records; the limit is {} (limits.max_output_records_per_call)",
+                l.max_output_records
+            ));
+        }
+        // No record can be bigger than the whole batch.
+        if records.len() > l.max_record_bytes {
+            let big = Batch::new(records)
+                .iter()
+                .map_while(Result::ok)
+                .map(|r| r.key.map_or(0, <[u8]>::len) + r.value.len())
+                .find(|&n| n > l.max_record_bytes);
+            if let Some(n) = big {
+                return Some(format!(
+                    "a record of {n} bytes; the limit is {} (limits.max_record_bytes)",
+                    l.max_record_bytes
+                ));
+            }
+        }
+        None
     }
 
     /// Validate a call's output; `inputs` is how many items the call had
@@ -627,7 +653,11 @@ impl GuestInstance {
                 return Err(self.error(GuestFailure::BadOutput(e)));
             }
         };
-        self.publish_state()?;
+        self.check_state_quota()?;
+        if let Some(m) = self.output_over_limits(&out.records, count) {
+            self.poisoned = true;
+            return Err(self.error(GuestFailure::OutputLimit(m)));
+        }
         let errors = self.record_errors(out.errors, inputs)?;
         Ok(GuestOutput {
             records: out.records,
@@ -655,6 +685,10 @@ impl GuestInstance {
     /// Classify a trap, poison the instance, and say what the guest said last.
     fn trapped(&mut self, e: wasmtime::Error) -> GuestError {
         self.poisoned = true;
+        if let Some(q) = self.store.data_mut().keyed.as_mut().and_then(|k| k.quota_hit.take()) {
+            // The guest gave up after a refused write: the limit is the cause.
+            return self.error(GuestFailure::StateLimit(q));
+        }
         let data = self.store.data();
         if let Some(asked) = data.limiter.exceeded {
             return self.error(GuestFailure::MemoryLimit {

@@ -3,8 +3,9 @@
 use crate::job::spec::{TimeCharacteristic, TriggerKind as SpecTrigger, WindowAssignerKind, WindowSpec};
 use crate::time::TimeDomain;
 
-/// Most windows one record may belong to (sliding windows).
-const MAX_WINDOWS_PER_RECORD: u64 = 10_000;
+/// Most windows one record may belong to (sliding windows and sliding
+/// window joins alike).
+pub const MAX_WINDOWS_PER_RECORD: u64 = 10_000;
 
 pub use sluice_guest::Window;
 

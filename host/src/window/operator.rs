@@ -155,9 +155,9 @@ impl WindowOperator {
             slicing,
             cfg,
             function,
+            timers: TimerService::with_budget(state.budget()),
             state,
             ids,
-            timers: TimerService::default(),
             watermark: i64::MIN,
             clock,
             max_parallelism,
@@ -268,10 +268,40 @@ impl WindowOperator {
         t
     }
 
-    fn register_timers(&mut self, key: &[u8], w: &Window) {
-        for (d, t) in self.window_timers(key, w) {
-            self.timers.register(d, t);
+    /// True when a time trigger's firing time for `w` has already passed
+    /// (`now` for processing time, the watermark for event time) and is not
+    /// also the window's cleanup: such a window fires at once when a record
+    /// reaches it, and gets no firing timer, as Flink's triggers do
+    /// (`onElement` fires, `onMerge` registers only a time still ahead).
+    /// So a late window created within the allowed lateness fires once, not
+    /// again at the next watermark. A window whose one timer also purges it
+    /// (processing-time windows) keeps that timer and fires by it.
+    fn fires_on_element(&self, w: &Window, now: i64) -> bool {
+        let TriggerKind::Time(d) = self.cfg.trigger.kind else {
+            return false;
+        };
+        if w.is_global() || (self.cfg.time == d && self.cfg.cleanup_time(w) == Some(w.max_timestamp())) {
+            return false;
         }
+        let passed = match d {
+            TimeDomain::EventTime => self.watermark,
+            TimeDomain::ProcessingTime => now,
+        };
+        w.max_timestamp() <= passed
+    }
+
+    /// Register a window's timers, but no firing timer whose time has
+    /// passed (see [`Self::fires_on_element`]).
+    fn register_timers(&mut self, key: &[u8], w: &Window, now: i64) -> Result<(), TaskError> {
+        let skip_fire = self.fires_on_element(w, now);
+        for (d, t) in self.window_timers(key, w) {
+            let cleanup = self.cfg.time == d && self.cfg.cleanup_time(w) == Some(t.timestamp);
+            if skip_fire && !cleanup {
+                continue;
+            }
+            self.timers.try_register(d, t).map_err(|e| self.outputs.internal(e))?;
+        }
+        Ok(())
     }
 
     /// Purge a window: contents, timers, and its place among the key's
@@ -338,6 +368,7 @@ impl WindowOperator {
         &mut self,
         records: &[RecordRef<'a>],
         times: &[Option<i64>],
+        now: i64,
         late: &mut Vec<u32>,
     ) -> Result<Vec<(u32, Window)>, TaskError> {
         let mut sessions: HashMap<&'a [u8], (KeyGroup, Vec<Window>), KeyHasher> = HashMap::default();
@@ -348,10 +379,6 @@ impl WindowOperator {
             self.scratch.clear();
             self.cfg.assigner.assign(t, &mut self.scratch);
             let w = self.scratch[0];
-            if self.cfg.is_late(&w, self.watermark) {
-                late.push(i as u32);
-                continue;
-            }
             if !sessions.contains_key(key) {
                 let g = KeyGroup::of(key, self.max_parallelism);
                 sessions.insert(key, (g, self.load_sessions(g, key)?));
@@ -359,6 +386,13 @@ impl WindowOperator {
             let Some((g, list)) = sessions.get_mut(key) else { continue };
             let (hit, mut keep): (Vec<Window>, Vec<Window>) = list.iter().partition(|s| s.intersects(&w));
             let cover = hit.iter().fold(w, |c, s| c.cover(s));
+            // As Flink: merge first, then test the merged window for
+            // lateness, so a record whose own window is behind the watermark
+            // still joins a live session it touches.
+            if self.cfg.is_late(&cover, self.watermark) {
+                late.push(i as u32);
+                continue;
+            }
             if !(hit.is_empty() || hit.len() == 1 && hit[0] == cover) {
                 merges.push((key, *g, hit, cover));
             }
@@ -367,7 +401,7 @@ impl WindowOperator {
             own.push((i as u32, key, w));
         }
         for (key, g, olds, into) in merges {
-            self.merge_windows(g, key, &olds, into)?;
+            self.merge_windows(g, key, &olds, into, now)?;
         }
         let mut assigned = Vec::with_capacity(own.len());
         for (i, key, w) in own {
@@ -382,7 +416,7 @@ impl WindowOperator {
     }
 
     /// Move the contents of `olds` into `into` (sessions that merged).
-    fn merge_windows(&mut self, g: KeyGroup, key: &[u8], olds: &[Window], into: Window) -> Result<(), TaskError> {
+    fn merge_windows(&mut self, g: KeyGroup, key: &[u8], olds: &[Window], into: Window, now: i64) -> Result<(), TaskError> {
         for w in olds {
             for (d, t) in self.window_timers(key, w) {
                 self.timers.delete(d, &t);
@@ -454,7 +488,7 @@ impl WindowOperator {
         }
         self.put_u64(g, key, self.ids.count, &into_uk, count)?;
         if count > 0 || self.has_contents(g, key, &into)? {
-            self.register_timers(key, &into);
+            self.register_timers(key, &into, now)?;
         }
         Ok(())
     }
@@ -620,7 +654,9 @@ impl WindowOperator {
                         if acc.is_none()
                             && let Some(fire) = s.next_fire_of(start, self.watermark)
                         {
-                            self.timers.register(TimeDomain::EventTime, slice_timer(key, fire));
+                            self.timers
+                                .try_register(TimeDomain::EventTime, slice_timer(key, fire))
+                                .map_err(|e| self.outputs.internal(e))?;
                         }
                     }
                     Err(message) => errors.push(RecordError { index: i, message }),
@@ -667,7 +703,9 @@ impl WindowOperator {
         }
         slices.0.retain(|(start, _)| s.last_fire_of(*start) > at);
         if let Some(next) = slices.0.iter().filter_map(|(start, _)| s.next_fire_of(*start, at)).min() {
-            self.timers.register(TimeDomain::EventTime, slice_timer(key, next));
+            self.timers
+                .try_register(TimeDomain::EventTime, slice_timer(key, next))
+                .map_err(|e| self.outputs.internal(e))?;
         }
         let stored = if slices.0.is_empty() {
             self.state.delete(g, key, self.ids.contents, b"")
@@ -850,7 +888,7 @@ impl Operator for WindowOperator {
         }
         let mut late = Vec::new();
         let assigned = if self.cfg.assigner.is_merging() {
-            self.assign_sessions(&records, &times, &mut late)?
+            self.assign_sessions(&records, &times, now, &mut late)?
         } else {
             let mut assigned = Vec::with_capacity(records.len());
             let mut scratch = std::mem::take(&mut self.scratch);
@@ -923,14 +961,11 @@ impl Operator for WindowOperator {
                 cursor[p] = to;
                 if fresh[p] {
                     let (key, w) = (panes[p].key, panes[p].window);
-                    self.register_timers(key, &w);
+                    self.register_timers(key, &w, now)?;
                 }
                 let pane = &mut panes[p];
                 match self.cfg.trigger.kind {
-                    TriggerKind::Time(TimeDomain::EventTime) if pane.window.max_timestamp() <= self.watermark => {
-                        fires.push((pane.key.to_vec(), pane.window));
-                    }
-                    TriggerKind::Time(TimeDomain::ProcessingTime) if pane.window.max_timestamp() <= now => {
+                    TriggerKind::Time(_) if self.fires_on_element(&pane.window, now) => {
                         fires.push((pane.key.to_vec(), pane.window));
                     }
                     TriggerKind::Count(n) => {

@@ -7,6 +7,8 @@
 //! - `trap`: panics (a trap in the middle of a batch);
 //! - `log-flood`: writes `lines` log lines (default 10,000) for that record,
 //!   and one per other record (the rate limit must cut them);
+//! - `emit`: emits a record of `bytes` bytes instead (the host's record-size
+//!   limit must stop it);
 //! - `log`: writes `message` as one warning (newlines and all: the host must
 //!   escape them).
 
@@ -18,6 +20,8 @@ struct Config {
     act: String,
     #[serde(default = "default_lines")]
     lines: u32,
+    #[serde(default)]
+    bytes: usize,
     #[serde(default)]
     message: String,
 }
@@ -66,6 +70,7 @@ impl Map for Hostile {
                 }
                 "trap" => panic!("hostile guest traps on {v:?}"),
                 "log" => sluice_guest::log::warn(&self.0.message),
+                "emit" => return Ok(sluice_guest::Output::value(vec![b'x'; self.0.bytes])),
                 "log-flood" => {
                     for i in 0..self.0.lines {
                         sluice_guest::log::info(&format!("flood line {i}"));

@@ -5,6 +5,8 @@
 //!
 //! - A record whose value is `cancel` deletes the timer registered last for
 //!   its key (if any).
+//! - A record whose value (or JSON `cmd` field) is `many:<n>` registers `n`
+//!   timers, one per millisecond after `delay` (a timer flood in one call).
 //! - Any other record registers a timer at `delay` after its timestamp (event
 //!   time; a record without a timestamp is a record error) or after the
 //!   host's processing time, and remembers it (in a value state) as the last
@@ -60,6 +62,19 @@ impl KeyedProcess for Probe {
             if let Some(ts) = self.last.get()? {
                 timers::delete(domain, ts)?;
                 self.last.clear()?;
+            }
+            return Ok(());
+        }
+        let cmd: Option<serde_json::Value> = record.value.starts_with(b"{").then(|| serde_json::from_slice(record.value)).transpose()?;
+        let many = match cmd.as_ref().and_then(|c| c.get("cmd")).and_then(|c| c.as_str()) {
+            Some(c) => c.strip_prefix("many:").map(str::to_owned),
+            None => std::str::from_utf8(record.value).ok().and_then(|v| v.strip_prefix("many:")).map(str::to_owned),
+        };
+        if let Some(n) = many {
+            let n: i64 = n.parse().map_err(|_| Error::new("bad timer count"))?;
+            let base = time::processing_time().saturating_add(self.config.delay);
+            for i in 0..n {
+                timers::register(domain, base.saturating_add(i))?;
             }
             return Ok(());
         }
