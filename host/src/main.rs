@@ -174,6 +174,19 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// (Internal) compile one component under memory and CPU limits: the
+    /// server's isolated compiler process.
+    #[command(hide = true)]
+    CompileComponent {
+        input: PathBuf,
+        output: PathBuf,
+        #[arg(long)]
+        fuel: bool,
+        #[arg(long)]
+        max_memory: u64,
+        #[arg(long)]
+        max_cpu_secs: u64,
+    },
 }
 
 fn cache_dir(flag: Option<PathBuf>) -> Option<PathBuf> {
@@ -187,6 +200,8 @@ fn main() {
             tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: a file or a pipe gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
@@ -199,6 +214,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let engine = || WasmEngine::new(cache_dir(cli.cache_dir.clone()));
     match cli.command {
         Command::Serve { config } => remote::serve(&config),
+        Command::CompileComponent {
+            input,
+            output,
+            fuel,
+            max_memory,
+            max_cpu_secs,
+        } => sluice::wasm::compile::compile_child_main(&input, &output, fuel, max_memory, max_cpu_secs).map_err(anyhow::Error::msg),
         Command::HashToken { token } => {
             println!("{}", sluice::tenancy::token_hash(&token));
             Ok(())
@@ -366,7 +388,14 @@ fn run_command(engine: &Arc<WasmEngine>, job: &std::path::Path, quiet: bool, opt
         let parts: Vec<String> = handle
             .metrics
             .iter()
-            .map(|m| format!("{} in={} out={}", m.name, m.records_in(), m.records_out()))
+            .map(|m| {
+                let late = match (m.records_late(), m.records_late_dropped()) {
+                    (0, _) => String::new(),
+                    (n, 0) => format!(" late={n}"),
+                    (n, d) => format!(" late={n} (dropped {d})"),
+                };
+                format!("{} in={} out={}{late}", m.name, m.records_in(), m.records_out())
+            })
             .collect();
         eprintln!("{}[{}] {}", if final_line { "" } else { "  " }, graph.spec.name, parts.join(" | "));
     };
@@ -383,10 +412,19 @@ fn run_command(engine: &Arc<WasmEngine>, job: &std::path::Path, quiet: bool, opt
     }
     let summary = handle.wait().with_context(|| format!("job `{}` failed", graph.spec.name))?;
     if !quiet {
-        let mut extra = String::new();
+        let mut notes = Vec::new();
         if graph.spec.checkpoints.is_some() {
-            extra = format!(" ({} checkpoints, {} restarts)", summary.checkpoints, summary.restarts);
+            notes.push(format!("{} checkpoints, {} restarts", summary.checkpoints, summary.restarts));
         }
+        let dropped: u64 = summary.metrics.iter().map(|m| m.records_late_dropped()).sum();
+        if dropped > 0 {
+            notes.push(format!("{dropped} late records dropped"));
+        }
+        let extra = if notes.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", notes.join(", "))
+        };
         match &summary.savepoint {
             Some(p) => eprintln!("[{}] stopped with savepoint {}{extra}", graph.spec.name, p.display()),
             None => eprintln!("[{}] finished in {:.2}s{extra}", graph.spec.name, summary.duration.as_secs_f64()),

@@ -13,6 +13,15 @@ use sluice::job::JobSpec;
 pub fn serve(config: &Path) -> anyhow::Result<()> {
     let config = ServerConfig::from_file(config)?;
     let tenants = config.tenants.len();
+    // Components uploaded by tenants are compiled in a child process under a
+    // deadline and a memory limit, never in the server itself.
+    let l = &config.limits;
+    sluice::wasm::compile::isolate_compiles(sluice::wasm::compile::CompileIsolation {
+        exe: std::env::current_exe().context("finding the sluice binary for the isolated compiler")?,
+        timeout: std::time::Duration::from_millis(l.compile_timeout_ms),
+        memory_bytes: l.compile_memory_mb.saturating_mul(1 << 20),
+        max_concurrent: l.max_concurrent_compiles,
+    });
     let server = Server::new(config)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(sluice::api::serve(server, |addr| {

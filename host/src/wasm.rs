@@ -12,6 +12,7 @@
 //! ```
 
 mod bindings;
+pub mod compile;
 mod engine;
 mod host;
 mod instance;

@@ -4,6 +4,7 @@
 
 mod checkpoints;
 mod harness;
+mod hostile;
 mod job_spec;
 mod keyed_state;
 mod languages;

@@ -90,6 +90,14 @@ pub struct ServerLimits {
     /// How often the disk use of tenants with running jobs is measured, ms.
     /// Default 5000.
     pub disk_check_interval_ms: u64,
+    /// Longest the compile of one uploaded component may take, ms; the
+    /// compiler process is killed after it and the upload refused. Default
+    /// 60000.
+    pub compile_timeout_ms: u64,
+    /// Data-size limit of the compiler process, MiB. Default 2048.
+    pub compile_memory_mb: u64,
+    /// Components compiled at once; more wait. Default 2.
+    pub max_concurrent_compiles: usize,
 }
 
 impl Default for ServerLimits {
@@ -107,6 +115,9 @@ impl Default for ServerLimits {
             max_spec_edges: 1024,
             max_name_bytes: 128,
             disk_check_interval_ms: 5_000,
+            compile_timeout_ms: 60_000,
+            compile_memory_mb: 2048,
+            max_concurrent_compiles: 2,
         }
     }
 }
@@ -128,6 +139,9 @@ impl ServerLimits {
             ("max_spec_edges", self.max_spec_edges as u64),
             ("max_name_bytes", self.max_name_bytes as u64),
             ("disk_check_interval_ms", self.disk_check_interval_ms),
+            ("compile_timeout_ms", self.compile_timeout_ms),
+            ("compile_memory_mb", self.compile_memory_mb),
+            ("max_concurrent_compiles", self.max_concurrent_compiles as u64),
         ] {
             if value == 0 {
                 return Err(format!("[limits] {key} must be at least 1"));

@@ -8,7 +8,7 @@
 //! server's body budgets admit it, and only until its deadline.
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use http_body_util::BodyExt;
@@ -25,7 +25,7 @@ use super::store::{canonical_digest, safe_relative, validate_component};
 use super::{ApiError, ServerConfig, metrics};
 use crate::tenancy::{TenantId, token_hash};
 use crate::time::{Clock, SystemClock};
-use crate::wasm::WasmEngine;
+use crate::wasm::{ComponentDigest, WasmEngine};
 
 /// Every route: method and path pattern (`{x}` is one segment, `{path}`
 /// the rest). The OpenAPI document lists exactly these (a test checks).
@@ -64,6 +64,9 @@ pub struct Server {
     pub(super) config: ServerConfig,
     engine: Arc<WasmEngine>,
     fuel_engine: OnceLock<Arc<WasmEngine>>,
+    /// Each tenant's own component cache over the shared engines (fuel or
+    /// not), so upload and load times never reveal another tenant's uploads.
+    scoped: Mutex<HashMap<(TenantId, bool), Arc<WasmEngine>>>,
     tenants: HashMap<TenantId, Arc<Tenant>>,
     tokens: HashMap<String, TenantId>,
     /// Request bodies in flight over every tenant.
@@ -155,6 +158,7 @@ impl Server {
             config,
             engine,
             fuel_engine: OnceLock::new(),
+            scoped: Mutex::default(),
             tenants,
             tokens,
             bodies,
@@ -165,15 +169,43 @@ impl Server {
     /// The engine a tenant's jobs run on (fuel-metered when its quotas
     /// say so).
     fn engine_for(&self, tenant: &Tenant) -> Result<Arc<WasmEngine>, ApiError> {
-        if !tenant.config.quotas.fuel_metering {
-            return Ok(self.engine.clone());
-        }
-        if let Some(e) = self.fuel_engine.get() {
+        self.tenant_engine(tenant, tenant.config.quotas.fuel_metering)
+    }
+
+    /// The tenant's own engine: the shared one (fuel-metered or not) with a
+    /// component cache of the tenant's alone.
+    fn tenant_engine(&self, tenant: &Tenant, fuel: bool) -> Result<Arc<WasmEngine>, ApiError> {
+        let key = (tenant.config.id.clone(), fuel);
+        if let Some(e) = self.scoped.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return Ok(e.clone());
         }
-        let e = WasmEngine::with_fuel(Some(self.config.data_dir.join("cache")), true)
-            .map_err(|e| ApiError::internal(format!("creating the fuel-metered engine: {e}")))?;
-        Ok(self.fuel_engine.get_or_init(|| e).clone())
+        let base = if !fuel {
+            self.engine.clone()
+        } else if let Some(e) = self.fuel_engine.get() {
+            e.clone()
+        } else {
+            let e = WasmEngine::with_fuel(Some(self.config.data_dir.join("cache")), true)
+                .map_err(|e| ApiError::internal(format!("creating the fuel-metered engine: {e}")))?;
+            self.fuel_engine.get_or_init(|| e).clone()
+        };
+        let scoped = base.scoped(tenant.config.id.as_str());
+        Ok(self
+            .scoped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_insert(scoped)
+            .clone())
+    }
+
+    /// Drop a component's compiled forms from the tenant's caches.
+    fn forget_for(&self, tenant: &Tenant, digest: &ComponentDigest) {
+        let scoped = self.scoped.lock().unwrap_or_else(|p| p.into_inner());
+        for fuel in [false, true] {
+            if let Some(e) = scoped.get(&(tenant.config.id.clone(), fuel)) {
+                e.forget(digest);
+            }
+        }
     }
 
     fn authenticate(&self, req: &Request<Incoming>) -> Result<Caller, ApiError> {
@@ -287,7 +319,7 @@ impl Server {
             }
             Caller::Tenant(t) => t,
         };
-        let engine = self.engine.clone();
+        let engine = self.tenant_engine(&tenant, false)?;
         let now = SystemClock.now_ms();
         match (method, segs.as_slice()) {
             (Method::GET, ["metrics"]) => self.metrics(vec![tenant]).await,
@@ -313,7 +345,13 @@ impl Server {
             }
             (Method::DELETE, ["v1", "components", digest]) => {
                 let digest = (*digest).to_owned();
-                blocking(move || delete_component(&tenant, &digest)).await
+                let hex = canonical_digest(&digest).and_then(|d| d.strip_prefix("sha256:").map(str::to_owned));
+                let t = tenant.clone();
+                let reply = blocking(move || delete_component(&t, &digest)).await?;
+                if let Some(hex) = hex {
+                    self.forget_for(&tenant, &ComponentDigest(hex));
+                }
+                Ok(reply)
             }
             (Method::GET, ["v1", "files"]) => blocking(move || get_file(&tenant, None)).await,
             (Method::GET, ["v1", "files", rest @ ..]) => {
@@ -500,6 +538,8 @@ fn upload_component(tenant: &Tenant, engine: &WasmEngine, body: &[u8], now: i64)
     }
     let max = tenant.config.quotas.max_components;
     if tenant.store.component_count() >= max {
+        // Not stored: keep no compiled copy either.
+        engine.forget(&ComponentDigest::of(body));
         return Err(ApiError::quota(format!(
             "tenant `{}` already stores {max} components, its limit; delete one first",
             tenant.config.id

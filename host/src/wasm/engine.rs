@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::{Config, Engine};
 
+use super::compile::{check_compile_limits, compile_in_child, isolation};
 use super::host::HostState;
 use super::world::ComponentInfo;
 
@@ -67,6 +68,11 @@ pub enum WasmError {
     /// Setting up the engine failed.
     #[error("configuring the wasm engine: {0}")]
     Engine(String),
+    /// The component is bigger than the host compiles (size, functions, or
+    /// one function's body): refused before compiling, which could take the
+    /// host's memory and minutes of CPU.
+    #[error("component too large to compile: {0}")]
+    TooLarge(String),
 }
 
 /// A compiled component, ready to instantiate many times.
@@ -89,14 +95,51 @@ impl fmt::Debug for LoadedComponent {
     }
 }
 
-/// The engine shared by every job of a process.
+/// Compiled components kept in memory per engine (least recently used
+/// first out; a running job keeps its own reference).
+pub const MAX_LOADED: usize = 128;
+/// Bytes of compiled components kept on disk per cache directory; past it
+/// the least recently written are deleted.
+pub const MAX_CACHE_BYTES: u64 = 2 << 30;
+
+/// The engine shared by every job of a process (or, on a server, of one
+/// tenant: see [`WasmEngine::scoped`]).
 pub struct WasmEngine {
     engine: Engine,
     linker: Linker<HostState>,
     cache_dir: Option<PathBuf>,
     engine_hash: String,
     fuel: bool,
-    loaded: Mutex<HashMap<ComponentDigest, Arc<LoadedComponent>>>,
+    /// Digest → (component, last use).
+    loaded: Mutex<Loaded>,
+}
+
+#[derive(Default)]
+struct Loaded {
+    map: HashMap<ComponentDigest, (Arc<LoadedComponent>, u64)>,
+    clock: u64,
+}
+
+impl Loaded {
+    fn get(&mut self, d: &ComponentDigest) -> Option<Arc<LoadedComponent>> {
+        self.clock += 1;
+        let now = self.clock;
+        self.map.get_mut(d).map(|(c, used)| {
+            *used = now;
+            c.clone()
+        })
+    }
+
+    fn insert(&mut self, d: ComponentDigest, c: Arc<LoadedComponent>) {
+        self.clock += 1;
+        while self.map.len() >= MAX_LOADED {
+            let Some(oldest) = self.map.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| k.clone()) else {
+                break;
+            };
+            self.map.remove(&oldest);
+        }
+        self.map.insert(d, (c, self.clock));
+    }
 }
 
 impl fmt::Debug for WasmEngine {
@@ -117,12 +160,7 @@ impl WasmEngine {
     /// can be given a fuel budget. Code compiled for one setting is not
     /// used by the other (the cache key includes it).
     pub fn with_fuel(cache_dir: Option<PathBuf>, fuel: bool) -> Result<Arc<Self>, WasmError> {
-        let mut config = Config::new();
-        config.epoch_interruption(true);
-        config.consume_fuel(fuel);
-        config.wasm_component_model(true);
-        config.max_wasm_stack(1 << 20);
-        let engine = Engine::new(&config).map_err(|e| WasmError::Engine(format!("{e:#}")))?;
+        let engine = Self::config_engine(fuel)?;
         let mut linker = Linker::new(&engine);
         super::host::add_to_linker(&mut linker).map_err(|e| WasmError::Engine(format!("{e:#}")))?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -140,8 +178,40 @@ impl WasmEngine {
             cache_dir,
             engine_hash,
             fuel,
-            loaded: Mutex::new(HashMap::new()),
+            loaded: Mutex::default(),
         }))
+    }
+
+    /// An engine sharing this one's compiler and code configuration but with
+    /// its own component cache (in memory, and on disk under
+    /// `<cache>/scoped/<scope>`): a server gives each tenant one, so how
+    /// fast an upload loads never tells whether another tenant has it.
+    pub fn scoped(&self, scope: &str) -> Arc<Self> {
+        let cache_dir = self.cache_dir.as_ref().map(|d| d.join("scoped").join(scope));
+        if let Some(dir) = &cache_dir
+            && let Err(e) = std::fs::create_dir_all(dir)
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "component cache directory unusable; compiling in memory only");
+        }
+        Arc::new(WasmEngine {
+            engine: self.engine.clone(),
+            linker: self.linker.clone(),
+            cache_dir,
+            engine_hash: self.engine_hash.clone(),
+            fuel: self.fuel,
+            loaded: Mutex::default(),
+        })
+    }
+
+    /// The wasmtime engine of Sluice's configuration (also what an
+    /// isolated compiler process compiles for).
+    pub(crate) fn config_engine(fuel: bool) -> Result<Engine, WasmError> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.consume_fuel(fuel);
+        config.wasm_component_model(true);
+        config.max_wasm_stack(1 << 20);
+        Engine::new(&config).map_err(|e| WasmError::Engine(format!("{e:#}")))
     }
 
     /// Whether guests of this engine are fuel-metered.
@@ -152,7 +222,7 @@ impl WasmEngine {
     /// Forget a component: its compiled form in memory and in the disk
     /// cache (it is compiled again if it is ever loaded again).
     pub fn forget(&self, digest: &ComponentDigest) {
-        self.loaded.lock().unwrap_or_else(|p| p.into_inner()).remove(digest);
+        self.loaded.lock().unwrap_or_else(|p| p.into_inner()).map.remove(digest);
         if let Some(path) = self.cache_path(digest) {
             let _ = std::fs::remove_file(path);
         }
@@ -178,14 +248,18 @@ impl WasmEngine {
         check_header(bytes)?;
         let digest = ComponentDigest::of(bytes);
         if let Some(c) = self.loaded.lock().unwrap_or_else(|p| p.into_inner()).get(&digest) {
-            return Ok(c.clone());
+            return Ok(c);
         }
         let component = self.compile(&digest, bytes)?;
         let info = ComponentInfo::of(&self.engine, &component);
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| WasmError::Link(format!("{e:#}")))?;
+        let pre = match self.linker.instantiate_pre(&component) {
+            Ok(pre) => pre,
+            Err(e) => {
+                // Never loadable here: keep no compiled copy of it.
+                self.forget(&digest);
+                return Err(WasmError::Link(format!("{e:#}")));
+            }
+        };
         let loaded = Arc::new(LoadedComponent {
             digest: digest.clone(),
             info,
@@ -215,22 +289,67 @@ impl WasmEngine {
                 Err(e) => tracing::warn!(path = %path.display(), error = %e, "ignoring unusable cached component"),
             }
         }
+        check_compile_limits(bytes)?;
         let started = std::time::Instant::now();
-        let component = Component::new(&self.engine, bytes).map_err(|e| WasmError::Compile(format!("{e:#}")))?;
+        let (component, code) = match isolation() {
+            Some(iso) => {
+                let scratch = self.cache_dir.clone().unwrap_or_else(std::env::temp_dir);
+                let code = compile_in_child(iso, bytes, self.fuel, &scratch)?;
+                // SAFETY: the bytes were written by `precompile_component` of
+                // this binary, for this engine configuration, in a child
+                // process this host started; they were never in a user's hands.
+                let c = unsafe { Component::deserialize(&self.engine, &code) }.map_err(|e| WasmError::Compile(format!("{e:#}")))?;
+                (c, Some(code))
+            }
+            None => (
+                Component::new(&self.engine, bytes).map_err(|e| WasmError::Compile(format!("{e:#}")))?,
+                None,
+            ),
+        };
         tracing::debug!(digest = %digest, ms = started.elapsed().as_millis() as u64, "compiled component");
         if let Some(path) = cached {
-            match component.serialize() {
+            match code.map_or_else(|| component.serialize(), Ok) {
                 Ok(bytes) => {
                     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
                     if std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &path)).is_err() {
                         let _ = std::fs::remove_file(&tmp);
                         tracing::warn!(path = %path.display(), "could not write the component cache");
                     }
+                    if let Some(dir) = &self.cache_dir {
+                        prune_cache(dir, MAX_CACHE_BYTES);
+                    }
                 }
                 Err(e) => tracing::warn!(error = %e, "could not serialize compiled component"),
             }
         }
         Ok(component)
+    }
+}
+
+/// Delete the least recently written compiled components of `dir` until
+/// it holds at most `max_bytes` of them.
+fn prune_cache(dir: &Path, max_bytes: u64) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+        .filter_map(|e| {
+            let m = e.metadata().ok().filter(std::fs::Metadata::is_file)?;
+            Some((m.modified().ok()?, m.len(), e.path()))
+        })
+        .collect();
+    let mut total: u64 = files.iter().map(|f| f.1).sum();
+    if total <= max_bytes {
+        return;
+    }
+    files.sort();
+    for (_, len, path) in files {
+        if total <= max_bytes {
+            break;
+        }
+        if std::fs::remove_file(&path).is_ok() {
+            total -= len;
+        }
     }
 }
 
@@ -256,5 +375,37 @@ fn spawn_epoch_ticker(engine: &Engine) {
     });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "could not start the epoch thread: guest calls will have no deadline");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_disk_cache_is_pruned_oldest_first_to_its_bound() {
+        let dir = std::env::temp_dir().join(format!("sluice-prune-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..5 {
+            std::fs::write(dir.join(format!("c{i}.cwasm")), vec![0u8; 1000]).unwrap();
+            // Distinct modification times, oldest first.
+            let t = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 + i);
+            std::fs::File::options()
+                .write(true)
+                .open(dir.join(format!("c{i}.cwasm")))
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        }
+        std::fs::write(dir.join("other.txt"), vec![0u8; 5000]).unwrap();
+        prune_cache(&dir, 2500);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["c3.cwasm", "c4.cwasm", "other.txt"]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
