@@ -108,8 +108,11 @@ impl Strided {
         mut write: impl FnMut(u64, &mut BatchWriter),
     ) -> Option<RecordBatch> {
         let left = self.count.saturating_sub(self.next).div_ceil(self.step);
-        let records = (max_records as u64).min(left) as usize;
-        let mut w = BatchWriter::with_capacity(records.saturating_mul(bytes_per_record).min(SOURCE_BATCH_BYTES));
+        // Room for the records this batch can take: all that are left, but no
+        // more than fit in the byte bound (at least one).
+        let fit = (SOURCE_BATCH_BYTES / bytes_per_record.max(1)).max(1);
+        let records = (max_records as u64).min(left).min(fit as u64) as usize;
+        let mut w = BatchWriter::with_capacity(records.saturating_mul(bytes_per_record));
         while w.len() < max_records && self.next < self.count && w.byte_len() < SOURCE_BATCH_BYTES {
             write(self.next, &mut w);
             self.next += self.step;

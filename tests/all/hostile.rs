@@ -207,6 +207,26 @@ fn hostile_jobs_fail_with_named_limits_while_another_tenant_runs() {
     // start-up memory plus caches and allocator slack: under 1 GiB.
     let rss = server.rss_kb();
     assert!(rss < 1 << 20, "server RSS after the hostile jobs: {rss} KiB");
+    // And its disk holds the hostile tenant's inputs (~20 MB) and components,
+    // nothing of the jobs: under 64 MiB.
+    let disk = dir_bytes(&server.tenant_dir("evil"));
+    assert!(disk < 64 << 20, "the hostile tenant's disk after its jobs: {disk} bytes");
+}
+
+/// Bytes of the files under `dir` (links not followed).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => todo.push(e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
 }
 
 /// LEB128, as the wasm binary format writes lengths.
@@ -256,7 +276,7 @@ fn compile_bombs_are_refused_at_upload_and_the_server_keeps_serving() {
         "hostile-compile",
         "compile_timeout_ms = 300",
         &[("good", ""), ("evil", "")],
-        Some(DATA_LIMIT),
+        &[format!("--data={DATA_LIMIT}")],
     );
     let evil = server.client("evil");
     for (what, component, says) in [
@@ -274,4 +294,35 @@ fn compile_bombs_are_refused_at_upload_and_the_server_keeps_serving() {
     assert_eq!(listed["components"].as_array().map(Vec::len), Some(0), "{listed}");
     upload(&evil, "tokenize");
     upload(&server.client("good"), "tokenize");
+}
+
+#[test]
+fn at_the_file_limit_the_server_backs_off_and_serves_again() {
+    // 64 descriptors: a crowd of connections exhausts them, so `accept`
+    // fails with EMFILE until they close.
+    let mut server = TestServer::start_configured("hostile-fds", "", &[("good", "")], &["--nofile=64".to_owned()]);
+    let addr = server.addr.trim_start_matches("http://").to_owned();
+    let crowd: Vec<std::net::TcpStream> = (0..120).filter_map(|_| std::net::TcpStream::connect(&addr).ok()).collect();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(server.alive(), "the server survived running out of descriptors");
+    drop(crowd);
+    // Once they are gone it answers again, within its backoff.
+    let good = server.client("good");
+    let start = std::time::Instant::now();
+    let answered = loop {
+        if let Ok(r) = good.get("/v1/jobs")
+            && r.status == 200
+        {
+            break true;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(answered, "the server serves again once descriptors are free");
+    // The failures were logged at most once a second, not once per spin.
+    let log = std::fs::read_to_string(&server.log).unwrap_or_default();
+    assert!(log.contains("accept failed"), "the descriptors ran out: {log}");
+    assert!(log.len() < 64 << 10, "the server log grew to {} bytes", log.len());
 }

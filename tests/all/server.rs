@@ -16,9 +16,9 @@ use crate::wordcount::job;
 /// A `sluice serve` child process, killed when dropped.
 pub(crate) struct TestServer {
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
     data: PathBuf,
-    log: PathBuf,
+    pub(crate) log: PathBuf,
 }
 
 impl TestServer {
@@ -31,15 +31,18 @@ impl TestServer {
     /// The same, under a data-size limit (`prlimit --data`) when given, so an
     /// unbounded allocation aborts the server instead of meeting the OOM killer.
     pub(crate) fn start_limited(name: &str, tenants: &[(&str, &str)], data_bytes: Option<u64>) -> Self {
-        Self::start_configured(name, "", tenants, data_bytes)
+        let data = data_bytes.map(|n| format!("--data={n}"));
+        Self::start_configured(name, "", tenants, data.as_slice())
     }
 
     /// The same with server `[limits]` (TOML lines).
     pub(crate) fn start_with(name: &str, limits: &str, tenants: &[(&str, &str)]) -> Self {
-        Self::start_configured(name, limits, tenants, None)
+        Self::start_configured(name, limits, tenants, &[])
     }
 
-    pub(crate) fn start_configured(name: &str, limits: &str, tenants: &[(&str, &str)], data_bytes: Option<u64>) -> Self {
+    /// With `[limits]` (TOML lines) and process limits (`prlimit` options
+    /// such as `--data=N` or `--nofile=N`; none: no prlimit).
+    pub(crate) fn start_configured(name: &str, limits: &str, tenants: &[(&str, &str)], prlimits: &[String]) -> Self {
         let dir = temp_dir(name);
         let mut config = String::from("listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n");
         config.push_str(&format!("[limits]\n{limits}\n"));
@@ -51,13 +54,12 @@ impl TestServer {
         }
         std::fs::write(dir.join("sluice.toml"), config).unwrap();
         let stderr = std::fs::File::create(dir.join("server.log")).unwrap();
-        let mut command = match data_bytes {
-            Some(n) => {
-                let mut c = Command::new("prlimit");
-                c.arg(format!("--data={n}")).arg(sluice_bin());
-                c
-            }
-            None => Command::new(sluice_bin()),
+        let mut command = if prlimits.is_empty() {
+            Command::new(sluice_bin())
+        } else {
+            let mut c = Command::new("prlimit");
+            c.args(prlimits).arg(sluice_bin());
+            c
         };
         let mut child = command
             .args(["serve", "--config"])
@@ -104,7 +106,7 @@ impl TestServer {
         Client::new(&self.addr, None).unwrap()
     }
 
-    fn tenant_dir(&self, tenant: &str) -> PathBuf {
+    pub(crate) fn tenant_dir(&self, tenant: &str) -> PathBuf {
         self.data.join("tenants").join(tenant)
     }
 

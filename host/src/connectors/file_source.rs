@@ -263,7 +263,55 @@ fn split_csv(line: &str) -> Result<Vec<String>, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::split_csv;
+    use super::*;
+
+    fn lines_source(name: &str, content: &[u8]) -> FileSource {
+        let path = std::env::temp_dir().join(format!("sluice-{name}-{}", std::process::id()));
+        std::fs::write(&path, content).unwrap();
+        let options = FileOptions {
+            format: FileFormat::Lines,
+            key_field: None,
+            timestamp_field: None,
+            columns: Vec::new(),
+            follow: false,
+        };
+        let s = FileSource::open(&path, options).unwrap();
+        let _ = std::fs::remove_file(&path);
+        s
+    }
+
+    #[test]
+    fn a_line_over_the_limit_fails_naming_file_and_line_before_it_is_held() {
+        let mut content = b"short\n".to_vec();
+        content.resize(content.len() + MAX_LINE_BYTES + 1, b'x');
+        content.push(b'\n');
+        let mut s = lines_source("long-line", &content);
+        let err = s.next_batch(1).unwrap().map(|b| b.len);
+        assert_eq!(err, Some(1), "the short line first");
+        let err = s.next_batch(1).unwrap_err().to_string();
+        assert!(
+            err.contains("line 2") && err.contains(&format!("longer than {MAX_LINE_BYTES} bytes")),
+            "{err}"
+        );
+        // A line of exactly the limit (with its newline) is read.
+        let mut content = vec![b'y'; MAX_LINE_BYTES - 1];
+        content.push(b'\n');
+        let b = lines_source("limit-line", &content).next_batch(10).unwrap().unwrap();
+        assert_eq!(b.records().next().map(|r| r.value.len()), Some(MAX_LINE_BYTES - 1));
+    }
+
+    #[test]
+    fn batches_end_at_the_byte_bound_whatever_the_batch_size() {
+        let line = vec![b'z'; 1 << 20];
+        let mut content = Vec::new();
+        for _ in 0..40 {
+            content.extend_from_slice(&line);
+            content.push(b'\n');
+        }
+        let mut s = lines_source("big-batch", &content);
+        let b = s.next_batch(1 << 20).unwrap().unwrap();
+        assert_eq!(b.len, super::super::SOURCE_BATCH_BYTES >> 20, "a batch stops at 16 MiB");
+    }
 
     #[test]
     fn csv_fields_split_on_commas_and_honour_quotes() {

@@ -180,6 +180,28 @@ mod tests {
     }
 
     #[test]
+    fn big_values_in_huge_batches_stay_bounded() {
+        let config = GeneratorConfig {
+            count: 3,
+            keys: None,
+            distribution: Distribution::Uniform,
+            value_size: 16 << 20,
+            seed: 1,
+            events_per_second: None,
+            start_time_ms: 0,
+        };
+        let mut g = Generator::new(config, 0, 1);
+        let mut batches = 0;
+        while let Some(b) = g.next_batch(1 << 20).unwrap() {
+            // Reserved for what is left (not 2^20 records), cut at 16 MiB.
+            assert_eq!(b.len, 1);
+            assert!(b.bytes.capacity() < 2 * crate::connectors::SOURCE_BATCH_BYTES);
+            batches += 1;
+        }
+        assert_eq!(batches, 3);
+    }
+
+    #[test]
     fn same_records_at_any_parallelism() {
         let one = all(1);
         assert_eq!(one.len(), 1000);

@@ -630,6 +630,15 @@ mod tests {
     "#;
 
     #[test]
+    fn a_zipf_generator_has_at_most_its_key_table() {
+        let zipf = |keys: u64| with_edges(GOOD_EDGES).replace("count = 10", &format!("count = 10\nkeys = {keys}\ndistribution = \"zipf\""));
+        let max = crate::connectors::generator::MAX_ZIPF_KEYS;
+        assert!(graph(&zipf(max)).is_ok());
+        let err = graph(&zipf(max + 1)).unwrap_err().to_string();
+        assert!(err.contains(&format!("`keys` is at most {max}")), "{err}");
+    }
+
+    #[test]
     fn defaults_and_chains() {
         let g = graph(&with_edges(GOOD_EDGES)).unwrap();
         let parts: Vec<_> = g.edges.iter().map(|e| e.partition).collect();

@@ -417,6 +417,10 @@ mod tests {
         assert!(err(spec(WindowAssignerKind::Sliding, Some(10), None)).contains("slide_ms"));
         assert!(err(spec(WindowAssignerKind::Sliding, Some(10), Some(20))).contains("slide_ms"));
         assert!(err(spec(WindowAssignerKind::Session, Some(10), None)).contains("\"session\""));
+        // Each record in at most MAX_WINDOWS_PER_RECORD windows.
+        assert!(JoinConfig::from_spec(&spec(WindowAssignerKind::Sliding, Some(10_000), Some(1))).is_ok());
+        assert!(err(spec(WindowAssignerKind::Sliding, Some(10_001), Some(1))).contains("at most 10000"));
+        assert!(err(spec(WindowAssignerKind::Sliding, Some(1_000_000_000_000_000), Some(1))).contains("windows"));
     }
 
     #[test]
