@@ -17,6 +17,6 @@ mod builtin;
 mod operator;
 mod sliced;
 
-pub use assigner::{Assigner, MAX_WINDOWS_PER_RECORD, Trigger, TriggerKind, Window, WindowConfig};
+pub use assigner::{Assigner, MAX_WINDOWS_PER_RECORD, Trigger, TriggerKind, Window, WindowConfig, check_windows_per_record};
 pub(crate) use builtin::Builtin;
 pub(crate) use operator::{WindowFunction, WindowOperator};

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use sluice::wasm::compile::shaped_component;
 
 use crate::server::{TestServer, committed_lines, expect, expected_wordcount, put_input, upload, wait_for, wordcount};
 
@@ -51,6 +52,21 @@ fn join_spec(name: &str, left: &str, right: &str, join: Option<Value>) -> Value 
             {"from": "right", "to": "join", "input": 1},
             {"from": "join", "to": "out"}
         ]
+    })
+}
+
+/// A keyed-process job over one JSON record `{"k": "a", "cmd": command}`
+/// (written to the tenant's `in/<name>.jsonl`).
+fn one_command_job(c: &sluice::api::Client, name: &str, command: &str, component: &str, config: Value) -> Value {
+    let path = format!("in/{name}.jsonl");
+    let line = json!({"k": "a", "cmd": command}).to_string() + "\n";
+    expect(c.put_bytes(&format!("/v1/files/{path}"), line.into_bytes()).unwrap(), 201, name);
+    json!({
+        "name": name,
+        "sources": [{"name": "in", "kind": "file", "path": path, "format": "json", "key_field": "k"}],
+        "operators": [{"name": "op", "kind": "keyed-process", "component": component, "config": config}],
+        "sinks": [{"name": "out", "kind": "discard"}],
+        "edges": [{"from": "in", "to": "op"}, {"from": "op", "to": "out"}]
     })
 }
 
@@ -122,19 +138,7 @@ fn hostile_jobs_fail_with_named_limits_while_another_tenant_runs() {
 
     // Keyed state put inside one call (50 M list entries), refused at the
     // write that crosses the tenant's 64 MiB.
-    expect(
-        evil.put_bytes("/v1/files/in/fill.jsonl", b"{\"k\":\"a\",\"cmd\":\"fill:50000000\"}\n".to_vec())
-            .unwrap(),
-        201,
-        "fill input",
-    );
-    let fill = json!({
-        "name": "state-in-one-call",
-        "sources": [{"name": "in", "kind": "file", "path": "in/fill.jsonl", "format": "json", "key_field": "k"}],
-        "operators": [{"name": "probe", "kind": "keyed-process", "component": probe}],
-        "sinks": [{"name": "out", "kind": "discard"}],
-        "edges": [{"from": "in", "to": "probe"}, {"from": "probe", "to": "out"}]
-    });
+    let fill = one_command_job(&evil, "state-in-one-call", "fill:50000000", &probe, json!({}));
     fails_naming(&evil, fill, "state size limit exceeded");
 
     // Window state of many keys is metered too.
@@ -157,20 +161,8 @@ fn hostile_jobs_fail_with_named_limits_while_another_tenant_runs() {
     );
 
     // Millions of timers registered in one call, metered with the state.
-    expect(
-        evil.put_bytes("/v1/files/in/many.jsonl", b"{\"k\":\"a\",\"cmd\":\"many:20000000\"}\n".to_vec())
-            .unwrap(),
-        201,
-        "timer input",
-    );
-    let flood = json!({
-        "name": "timer-flood",
-        "sources": [{"name": "in", "kind": "file", "path": "in/many.jsonl", "format": "json", "key_field": "k"}],
-        "operators": [{"name": "t", "kind": "keyed-process", "component": timers,
-                       "config": {"domain": "processing-time", "delay": 3_600_000}}],
-        "sinks": [{"name": "out", "kind": "discard"}],
-        "edges": [{"from": "in", "to": "t"}, {"from": "t", "to": "out"}]
-    });
+    let config = json!({"domain": "processing-time", "delay": 3_600_000});
+    let flood = one_command_job(&evil, "timer-flood", "many:20000000", &timers, config);
     fails_naming(&evil, flood, "state size limit exceeded");
 
     // A flat-map emitting 100 MiB records at parallelism 4 (over the bytes
@@ -229,47 +221,6 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
     total
 }
 
-/// LEB128, as the wasm binary format writes lengths.
-fn leb(mut n: usize, out: &mut Vec<u8>) {
-    loop {
-        let b = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(b);
-            return;
-        }
-        out.push(b | 0x80);
-    }
-}
-
-/// A component embedding one core module of `functions` functions `() -> ()`,
-/// each `nops` nops long: compiling it costs what its shape says.
-fn bomb(functions: usize, nops: usize) -> Vec<u8> {
-    let section = |id: u8, body: &[u8], out: &mut Vec<u8>| {
-        out.push(id);
-        leb(body.len(), out);
-        out.extend_from_slice(body);
-    };
-    let mut module = b"\0asm\x01\0\0\0".to_vec();
-    section(1, &[1, 0x60, 0, 0], &mut module);
-    let mut funcs = Vec::new();
-    leb(functions, &mut funcs);
-    funcs.resize(funcs.len() + functions, 0);
-    section(3, &funcs, &mut module);
-    let mut code = Vec::new();
-    leb(functions, &mut code);
-    for _ in 0..functions {
-        leb(nops + 2, &mut code);
-        code.push(0);
-        code.resize(code.len() + nops, 0x01);
-        code.push(0x0b);
-    }
-    section(10, &code, &mut module);
-    let mut component = b"\0asm\x0d\0\x01\0".to_vec();
-    section(1, &module, &mut component);
-    component
-}
-
 #[test]
 fn compile_bombs_are_refused_at_upload_and_the_server_keeps_serving() {
     let mut server = TestServer::start_configured(
@@ -280,9 +231,9 @@ fn compile_bombs_are_refused_at_upload_and_the_server_keeps_serving() {
     );
     let evil = server.client("evil");
     for (what, component, says) in [
-        ("a million functions", bomb(1_000_000, 0), "more than 200000 functions"),
-        ("one 7.5 MB function", bomb(1, 7_500_000), "bytes per function"),
-        ("slow to compile", bomb(190_000, 8), "compiling took longer than 300 ms"),
+        ("a million functions", shaped_component(1_000_000, 0), "more than 200000 functions"),
+        ("one 7.5 MB function", shaped_component(1, 7_500_000), "bytes per function"),
+        ("slow to compile", shaped_component(190_000, 8), "compiling took longer than 300 ms"),
     ] {
         let r = evil.post_bytes("/v1/components", component).unwrap();
         assert_eq!(r.status, 400, "{what}: {}", r.text());

@@ -244,10 +244,8 @@ fn count_windows_fire_every_n_records_of_a_key() {
     assert_eq!(got, expected);
 }
 
-#[test]
-fn allowed_lateness_refires_and_later_records_reach_the_late_output() {
-    let rows = [(100, "a"), (1500, "a"), (200, "a"), (2500, "a"), (300, "a")];
-    let window = r#"{ assigner = "tumbling", size_ms = 1000, allowed_lateness_ms = 1000, aggregate = "count" }"#;
+/// `toml` (a [`window_job`]) with its late output into `late.jsonl`.
+fn with_late_sink(toml: &str) -> String {
     let late_sink = r#"
         [[sinks]]
         name = "late"
@@ -259,9 +257,16 @@ fn allowed_lateness_refires_and_later_records_reach_the_late_output() {
         to = "late"
         output = "late"
     "#;
+    toml.replace("[[sinks]]", &format!("{late_sink}\n[[sinks]]"))
+}
+
+#[test]
+fn allowed_lateness_refires_and_later_records_reach_the_late_output() {
+    let rows = [(100, "a"), (1500, "a"), (200, "a"), (2500, "a"), (300, "a")];
+    let window = r#"{ assigner = "tumbling", size_ms = 1000, allowed_lateness_ms = 1000, aggregate = "count" }"#;
     let dir = temp_dir("lateness");
     // Monotonous-style watermarks (bound 0) after every record.
-    let toml = window_job(&dir, &rows, 0, 1, window, "", "").replace("[[sinks]]", &format!("{late_sink}\n[[sinks]]"));
+    let toml = with_late_sink(&window_job(&dir, &rows, 0, 1, window, "", ""));
     let summary = run_toml(&toml, &dir).unwrap();
     let got: Vec<(i64, u64)> = read_json_lines(&dir.join("out.jsonl"))
         .iter()
@@ -307,19 +312,8 @@ fn rows_per_key(lines: &[Value]) -> RowsPerKey {
 /// Runs `rows` (one watermark, `max - 1`, after every record) through a
 /// built-in count over `window`; returns the rows and the late side output.
 fn run_counted(name: &str, rows: &[(i64, &str)], window: &str) -> (RowsPerKey, Vec<i64>) {
-    let late_sink = r#"
-        [[sinks]]
-        name = "late"
-        kind = "file"
-        path = "late.jsonl"
-        format = "envelope"
-        [[edges]]
-        from = "win"
-        to = "late"
-        output = "late"
-    "#;
     let dir = temp_dir(name);
-    let toml = window_job(&dir, rows, 0, 1, window, "", "").replace("[[sinks]]", &format!("{late_sink}\n[[sinks]]"));
+    let toml = with_late_sink(&window_job(&dir, rows, 0, 1, window, "", ""));
     run_toml(&toml, &dir).unwrap();
     let late = lines_of(&dir.join("late.jsonl"))
         .iter()

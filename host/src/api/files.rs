@@ -194,6 +194,24 @@ impl FileArea {
         Ok(Walk::Found(dir))
     }
 
+    /// The directory holding `last` (under `dirs`) and `last`'s own
+    /// metadata: it must exist and not be a link (`name` is how errors
+    /// show it).
+    fn existing(&self, dirs: &[&OsStr], last: &OsStr, name: &str) -> Result<(Dir, cap_std::fs::Metadata), FileError> {
+        let Walk::Found(dir) = self.walk(dirs)? else {
+            return Err(FileError::NotFound(name.to_owned()));
+        };
+        let meta = match dir.symlink_metadata(last) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(FileError::NotFound(name.to_owned())),
+            Err(e) => return Err(io_error(format!("reading {name:?}"))(e)),
+        };
+        if meta.file_type().is_symlink() {
+            return Err(FileError::Symlink(name.to_owned()));
+        }
+        Ok((dir, meta))
+    }
+
     /// What `rel` names (`None`: the area itself).
     pub fn get(&self, rel: Option<&Path>) -> Result<Entry, FileError> {
         let all = rel.map(parts).unwrap_or_default();
@@ -202,18 +220,8 @@ impl FileArea {
             return list(&dir, "").map(Entry::Dir);
         };
         let name = shown(&all);
-        let Walk::Found(dir) = self.walk(dirs)? else {
-            return Err(FileError::NotFound(name));
-        };
-        let meta = match dir.symlink_metadata(last) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(FileError::NotFound(name)),
-            Err(e) => return Err(io_error(format!("reading {name:?}"))(e)),
-        };
+        let (dir, meta) = self.existing(dirs, last, &name)?;
         let ft = meta.file_type();
-        if ft.is_symlink() {
-            return Err(FileError::Symlink(name));
-        }
         if ft.is_dir() {
             let sub = match self.walk(&all)? {
                 Walk::Found(d) => d,
@@ -306,18 +314,9 @@ impl FileArea {
             return Err(FileError::NotFound(String::new()));
         };
         let name = shown(&all);
-        let Walk::Found(dir) = self.walk(dirs)? else {
-            return Err(FileError::NotFound(name));
-        };
-        let meta = match dir.symlink_metadata(last) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(FileError::NotFound(name)),
-            Err(e) => return Err(io_error(format!("reading {name:?}"))(e)),
-        };
+        let (dir, meta) = self.existing(dirs, last, &name)?;
         let ft = meta.file_type();
-        let r = if ft.is_symlink() {
-            return Err(FileError::Symlink(name));
-        } else if ft.is_dir() {
+        let r = if ft.is_dir() {
             dir.remove_dir_all(last)
         } else if ft.is_file() {
             dir.remove_file(last)

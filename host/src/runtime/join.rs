@@ -35,7 +35,7 @@ use crate::job::spec::{JoinSpec, WindowAssignerKind};
 use crate::state::{HeapKeyedState, KeyGroup, StateId};
 use crate::time::{TimeDomain, Timer, TimerService};
 use crate::wasm::RecordError;
-use crate::window::{Assigner, MAX_WINDOWS_PER_RECORD, Window};
+use crate::window::{Assigner, Window, check_windows_per_record};
 
 /// Largest page read from state at once.
 const SCAN_PAGE: usize = 4096;
@@ -76,12 +76,7 @@ impl JoinConfig {
             }
             WindowAssignerKind::Sliding => match spec.slide_ms {
                 Some(slide) if slide > 0 && slide <= size => {
-                    let per_record = (size as u64).div_ceil(slide as u64);
-                    if per_record > MAX_WINDOWS_PER_RECORD {
-                        return Err(format!(
-                            "join size_ms / slide_ms puts each record in {per_record} windows; at most {MAX_WINDOWS_PER_RECORD} are allowed"
-                        ));
-                    }
+                    check_windows_per_record(size, slide).map_err(|e| format!("join {e}"))?;
                     Assigner::Sliding {
                         size,
                         slide,

@@ -245,10 +245,11 @@ fn limit_self(resource: libc::__rlimit_resource_t, value: u64) -> Result<(), Str
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
+/// A component embedding one core module of `functions` functions
+/// `() -> ()`, each `nops` nops long: compiling it costs what its shape
+/// says. For tests of the compile limits (here and in the integration tests).
+#[doc(hidden)]
+pub fn shaped_component(functions: usize, nops: usize) -> Vec<u8> {
     fn leb(mut n: usize, out: &mut Vec<u8>) {
         loop {
             let b = (n & 0x7f) as u8;
@@ -260,40 +261,46 @@ mod tests {
             out.push(b | 0x80);
         }
     }
-
     fn section(id: u8, body: &[u8], out: &mut Vec<u8>) {
         out.push(id);
         leb(body.len(), out);
         out.extend_from_slice(body);
     }
-
-    /// A core module of `n` functions `() -> ()`, each `nops` nops long.
-    fn module(n: usize, nops: usize) -> Vec<u8> {
-        let mut m = b"\0asm\x01\0\0\0".to_vec();
-        section(1, &[1, 0x60, 0, 0], &mut m);
-        let mut funcs = Vec::new();
-        leb(n, &mut funcs);
-        funcs.extend(std::iter::repeat_n(0u8, n));
-        section(3, &funcs, &mut m);
-        let mut code = Vec::new();
-        leb(n, &mut code);
-        for _ in 0..n {
-            leb(nops + 2, &mut code);
-            code.push(0);
-            code.extend(std::iter::repeat_n(1u8, nops));
-            code.push(0x0b);
-        }
-        section(10, &code, &mut m);
-        m
+    let mut module = b"\0asm\x01\0\0\0".to_vec();
+    section(1, &[1, 0x60, 0, 0], &mut module);
+    let mut funcs = Vec::new();
+    leb(functions, &mut funcs);
+    funcs.resize(funcs.len() + functions, 0);
+    section(3, &funcs, &mut module);
+    let mut code = Vec::new();
+    leb(functions, &mut code);
+    for _ in 0..functions {
+        leb(nops + 2, &mut code);
+        code.push(0);
+        code.resize(code.len() + nops, 0x01);
+        code.push(0x0b);
     }
+    section(10, &code, &mut module);
+    let mut component = b"\0asm\x0d\0\x01\0".to_vec();
+    section(1, &module, &mut component);
+    component
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn compile_limits_refuse_function_bombs_before_compiling() {
-        assert!(check_compile_limits(&module(100, 10)).is_ok());
-        let err = check_compile_limits(&module(MAX_FUNCTIONS + 1, 0)).unwrap_err();
+        assert!(check_compile_limits(&shaped_component(100, 10)).is_ok());
+        let err = check_compile_limits(&shaped_component(MAX_FUNCTIONS + 1, 0)).unwrap_err();
         assert!(err.to_string().contains(&format!("more than {MAX_FUNCTIONS} functions")), "{err}");
-        let err = check_compile_limits(&module(1, MAX_FUNCTION_BYTES)).unwrap_err();
+        let err = check_compile_limits(&shaped_component(1, MAX_FUNCTION_BYTES)).unwrap_err();
         assert!(err.to_string().contains("bytes per function"), "{err}");
+        assert!(
+            check_compile_limits(&shaped_component(1, MAX_FUNCTION_BYTES - 2)).is_ok(),
+            "exactly at the limit"
+        );
         let err = check_compile_limits(&vec![0; MAX_COMPONENT_BYTES + 1]).unwrap_err();
         assert!(err.to_string().contains("at most"), "{err}");
     }

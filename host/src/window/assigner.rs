@@ -7,6 +7,18 @@ use crate::time::TimeDomain;
 /// window joins alike).
 pub const MAX_WINDOWS_PER_RECORD: u64 = 10_000;
 
+/// Sliding windows of `size` every `slide` (both positive) put each record
+/// in ⌈size / slide⌉ windows: at most [`MAX_WINDOWS_PER_RECORD`].
+pub fn check_windows_per_record(size: i64, slide: i64) -> Result<(), String> {
+    let per_record = size.unsigned_abs().div_ceil(slide.unsigned_abs().max(1));
+    if per_record > MAX_WINDOWS_PER_RECORD {
+        return Err(format!(
+            "size_ms / slide_ms puts each record in {per_record} windows; at most {MAX_WINDOWS_PER_RECORD} are allowed"
+        ));
+    }
+    Ok(())
+}
+
 pub use sluice_guest::Window;
 
 /// Assigns a record's time to windows.
@@ -149,12 +161,7 @@ impl WindowConfig {
                 unused(&[("gap_ms", spec.gap_ms.is_some()), ("size", spec.size.is_some())])?;
                 let size = positive(spec.size_ms, "size_ms")?;
                 let slide = positive(spec.slide_ms, "slide_ms")?;
-                let per_record = (size as u64).div_ceil(slide as u64);
-                if per_record > MAX_WINDOWS_PER_RECORD {
-                    return Err(format!(
-                        "size_ms / slide_ms puts each record in {per_record} windows; at most {MAX_WINDOWS_PER_RECORD} are allowed"
-                    ));
-                }
+                check_windows_per_record(size, slide)?;
                 (
                     Assigner::Sliding {
                         size,
