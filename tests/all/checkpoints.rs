@@ -410,18 +410,7 @@ fn a_corrupted_state_file_falls_back_to_the_previous_checkpoint() {
     let mut child = spawn(&spec, false);
     let ckpt = dir.join("ckpt");
     let t = Instant::now();
-    let complete = |ckpt: &Path| -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(ckpt)
-            .map(|e| {
-                e.flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.join("_metadata.json").exists())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
-    };
+    let complete = complete_checkpoints;
     while complete(&ckpt).len() < 3 {
         assert!(t.elapsed() < Duration::from_secs(30), "no checkpoints");
         std::thread::sleep(Duration::from_millis(20));
