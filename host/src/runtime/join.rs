@@ -123,9 +123,16 @@ fn encode_element(timestamp: Option<i64>, value: &[u8]) -> Vec<u8> {
     v
 }
 
+/// A stored record's timestamp and value. Bytes too short to hold the
+/// header (a tampered checkpoint) read as a value without a timestamp.
 fn decode_element(bytes: &[u8]) -> (Option<i64>, &[u8]) {
-    let ts = i64::from_le_bytes(bytes[1..9].try_into().expect("8 bytes"));
-    ((bytes[0] == 1).then_some(ts), &bytes[9..])
+    match bytes.split_first_chunk::<9>() {
+        Some((head, value)) => {
+            let ts = i64::from_le_bytes([head[1], head[2], head[3], head[4], head[5], head[6], head[7], head[8]]);
+            ((head[0] == 1).then_some(ts), value)
+        }
+        None => (None, bytes),
+    }
 }
 
 /// `{"left":l,"right":r}` (with the window's bounds for a window join).
@@ -426,5 +433,6 @@ mod tests {
         let e = encode_element(Some(-5), b"v");
         assert_eq!(decode_element(&e), (Some(-5), &b"v"[..]));
         assert_eq!(decode_element(&encode_element(None, b"")), (None, &b""[..]));
+        assert_eq!(decode_element(b"\x01ab"), (None, &b"\x01ab"[..]), "short bytes never panic");
     }
 }
