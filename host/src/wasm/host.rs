@@ -286,14 +286,7 @@ impl keyed_context::Host for HostState {
 impl timers::Host for HostState {
     fn register(&mut self, domain: timers::TimeDomain, timestamp: i64) -> Result<(), String> {
         let (timers, timer, domain) = self.timer(domain, timestamp)?;
-        if let Err(e) = timers.try_register(domain, timer) {
-            let message = e.to_string();
-            if let Some(scope) = self.keyed.as_mut() {
-                scope.quota_hit.get_or_insert(e);
-            }
-            return Err(message);
-        }
-        Ok(())
+        timers.try_register(domain, timer).map_err(|e| self.refused(e))
     }
 
     fn delete(&mut self, domain: timers::TimeDomain, timestamp: i64) -> Result<(), String> {
@@ -304,6 +297,16 @@ impl timers::Host for HostState {
 }
 
 impl HostState {
+    /// Remember a write the state budget refused (the call fails with it
+    /// once it returns); its message, for the guest.
+    fn refused(&mut self, e: StateLimitExceeded) -> String {
+        let message = e.to_string();
+        if let Some(scope) = self.keyed.as_mut() {
+            scope.quota_hit.get_or_insert(e);
+        }
+        message
+    }
+
     fn timer(&mut self, domain: timers::TimeDomain, timestamp: i64) -> Result<(&mut TimerService, Timer, TimeDomain), String> {
         let scope = self.keyed.as_mut().ok_or("timers need a keyed operator")?;
         let run = scope.current.ok_or("no key in scope: call enter-run first")?;
@@ -335,13 +338,7 @@ impl state::Host for HostState {
     fn put(&mut self, id: state::StateId, user_key: Vec<u8>, value: Vec<u8>) -> Result<(), state::StateError> {
         let (b, key, g) = self.scope()?;
         match b.put(g, key, id, &user_key, &value) {
-            Err(BackendError::QuotaExceeded(q)) => {
-                let message = q.to_string();
-                if let Some(scope) = self.keyed.as_mut() {
-                    scope.quota_hit.get_or_insert(q);
-                }
-                Err(state::StateError::QuotaExceeded(message))
-            }
+            Err(BackendError::QuotaExceeded(q)) => Err(state::StateError::QuotaExceeded(self.refused(q))),
             r => r.map_err(backend_error),
         }
     }
