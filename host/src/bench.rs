@@ -493,7 +493,7 @@ to = "out"
     let rate = |checkpoints: bool| -> anyhow::Result<(f64, u64)> {
         let graph = crate::job::JobGraph::build(crate::job::JobSpec::from_toml(&job(checkpoints))?, &dir)?;
         let cpu = process_cpu_seconds();
-        let summary = crate::runtime::run_job(&graph, engine, crate::runtime::RunOptions::default())?.wait()?;
+        let summary = crate::cluster::run_job(&graph, engine, crate::cluster::RunOptions::default())?.wait()?;
         let secs = (process_cpu_seconds() - cpu).max(1e-3);
         let out = summary.metrics.iter().find(|m| m.name == "count").map_or(0, |m| m.records_out());
         if out != events {
@@ -545,7 +545,7 @@ pub fn nexmark(engine: &Arc<WasmEngine>, query: &str, events: u64, runs: u32, ud
     let (mut rows, mut sluice_peak) = (0, 0.0);
     for run in 0..runs {
         let (cpu, wall) = (process_cpu_seconds(), Instant::now());
-        let summary = crate::runtime::run_job(&graph, engine, crate::runtime::RunOptions::default())?.wait()?;
+        let summary = crate::cluster::run_job(&graph, engine, crate::cluster::RunOptions::default())?.wait()?;
         sluice_cpu = sluice_cpu.min((process_cpu_seconds() - cpu).max(1e-3));
         sluice_wall = sluice_wall.min(wall.elapsed().as_secs_f64());
         let _ = std::fs::remove_dir_all(&dir);

@@ -17,10 +17,14 @@
 
 pub mod coordinator;
 pub mod format;
+pub mod requests;
 pub mod storage;
+pub(crate) mod writer;
 
 pub use format::{DecodedSnapshot, SnapshotWriter};
-pub use storage::{CheckpointError, CheckpointStorage, ExpectedState, LoadedCheckpoint, Metadata, RestoreLimits, load_path};
+pub use storage::{
+    CheckpointError, CheckpointStorage, ExpectedState, LoadedCheckpoint, Metadata, RestoreLimits, StateFile, load_path, read_operator_state,
+};
 
 /// What a barrier asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,11 +6,13 @@
 //! does not export the world its operator kind needs, parallelism 0.
 
 pub mod graph;
+pub mod plan;
 pub mod spec;
 
 use std::path::PathBuf;
 
 pub use graph::{Chain, Edge, JobGraph, Node, NodeId, NodeKind};
+pub use plan::{ExecutionPlan, JobComponents, RestoreHandles, TaskDescriptor};
 pub use spec::{EdgeSpec, ErrorPolicy, JobSpec, OperatorKind, OperatorSpec, Partition, SinkSpec, SourceSpec};
 
 /// Why a job cannot be built or run.

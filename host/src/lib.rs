@@ -8,6 +8,7 @@
 //!
 //! ```text
 //! api          the HTTP server and its client (`sluice serve`)
+//! cluster      the JobMaster, restarts, the mini cluster (and TaskManagers)
 //! job          spec (TOML/JSON), validation, logical graph, physical plan
 //! queries      the Nexmark queries: job specs and reference implementations
 //! runtime      tasks, channels, partitioners, operators, the executor
@@ -23,6 +24,7 @@
 pub mod api;
 pub mod bench;
 pub mod checkpoint;
+pub mod cluster;
 pub mod connectors;
 pub mod job;
 pub mod queries;

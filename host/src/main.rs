@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use sluice::cluster::{Restore, RunOptions, run_job};
 use sluice::job::JobGraph;
-use sluice::runtime::{Restore, RunOptions, run_job};
 use sluice::wasm::WasmEngine;
 
 mod remote;
@@ -274,7 +274,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("{}: the job has no `[checkpoints]`, so it cannot take savepoints", job.display());
             };
             let dir = graph.base_dir.join(&c.dir);
-            let path = sluice::checkpoint::coordinator::request_savepoint(&dir, stop, Duration::from_secs(timeout_s))?;
+            let path = sluice::checkpoint::requests::request_savepoint(&dir, stop, Duration::from_secs(timeout_s))?;
             println!("{}", path.display());
             Ok(())
         }

@@ -10,20 +10,34 @@
 //!                                               sink (last in a chain)
 //! ```
 //!
+//! Tasks are built only from the task descriptors of an
+//! [`ExecutionPlan`](crate::job::plan::ExecutionPlan) ([`build`]); the
+//! [`shuffle`] environment makes their channels (in-process, or over the
+//! network on a TaskManager); an [`attempt`] runs the tasks of one execution
+//! attempt that live in this process and carries out the checkpoint
+//! coordinator's commands on them.
+//!
 //! A stream carries [`StreamElement`]s: record batches in-band with control
-//! messages: watermarks, idleness and `EndOfData` (barriers will join them).
-//! Channels sit behind [`ElementSender`] and [`InputGate`] so a network
-//! transport can implement them for cluster mode.
+//! messages: watermarks, idleness, barriers and `EndOfData`.
 
+pub mod attempt;
+pub mod build;
 mod channel;
-mod executor;
+mod error;
 pub mod join;
+mod metrics;
 pub(crate) mod operator;
 pub(crate) mod partition;
+pub mod shuffle;
+mod task;
 
+pub use attempt::{AttemptContext, EventSink, RunningAttempt, TaskEvent};
+pub use build::ComponentResolver;
 pub use channel::{
     ChannelClosed, ElementSender, GateEvent, InputGate, LocalInputGate, LocalReceiver, RecordBatch, StreamElement, local_channel,
 };
-pub use executor::{JobHandle, JobSummary, OperatorMetrics, Restore, RunOptions, TaskError, run_job};
+pub use error::TaskError;
+pub use metrics::{MetricsSample, OperatorMetrics};
 pub use operator::{Emit, Operator};
 pub(crate) use operator::{KeyedOperator, StatelessOperator};
+pub use shuffle::{LocalShuffle, ShuffleEnvironment};

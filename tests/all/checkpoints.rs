@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use sluice::checkpoint::coordinator::request_savepoint;
 use sluice::checkpoint::format::{DEFAULT_MAX_PAYLOAD_BYTES, Item, encode_file, restore_keyed};
+use sluice::checkpoint::requests::request_savepoint;
 use sluice::checkpoint::storage::{DEFAULT_MAX_STATE_FILE_BYTES, StateFile};
 use sluice::checkpoint::{CheckpointStorage, DecodedSnapshot, Metadata, SnapshotWriter};
+use sluice::cluster::{Restore, RunOptions, run_job};
 use sluice::job::{JobGraph, JobSpec};
-use sluice::runtime::{Restore, RunOptions, run_job};
 use sluice::state::{HeapKeyedState, KeyGroup, KeyGroupRange};
 use sluice::time::TimeDomain;
 
@@ -339,7 +339,7 @@ to = "out"
     assert!(err.contains("asked to trap"), "{err}");
 }
 
-pub(crate) fn start(toml: &str, dir: &Path, restore: Option<PathBuf>) -> sluice::runtime::JobHandle {
+pub(crate) fn start(toml: &str, dir: &Path, restore: Option<PathBuf>) -> sluice::cluster::JobHandle {
     let graph = JobGraph::build(JobSpec::from_toml(toml).unwrap(), dir).unwrap();
     run_job(
         &graph,

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use sluice::cluster::{JobSummary, RunOptions, run_job};
 use sluice::job::{JobError, JobGraph, JobSpec};
-use sluice::runtime::{JobSummary, RunOptions, run_job};
 use sluice::wasm::WasmEngine;
 
 pub fn root() -> PathBuf {

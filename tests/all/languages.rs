@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use sluice::checkpoint::coordinator::request_savepoint;
+use sluice::checkpoint::requests::request_savepoint;
 
 use crate::checkpoints::{committed, start, uninterrupted, wordcount_job};
 use crate::harness::{lit, root, temp_dir, udf};

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use serde_json::{Value, json};
+use sluice::cluster::{JobHandle, RunOptions, run_job};
 use sluice::job::{JobGraph, JobSpec};
-use sluice::runtime::{JobHandle, RunOptions, run_job};
 use sluice::time::ManualClock;
 
 use crate::harness::{engine, lit, read_json_lines, run_toml, temp_dir, udf};

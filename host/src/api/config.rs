@@ -50,6 +50,44 @@ pub struct ServerConfig {
     /// Server-wide bounds (`[limits]`).
     #[serde(default)]
     pub limits: ServerLimits,
+    /// `sluice jobmanager`: the control RPC and how TaskManagers are
+    /// watched (`[cluster]`); ignored by `sluice serve`.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+}
+
+/// The JobManager's side of a standalone cluster.
+///
+/// ```toml
+/// [cluster]
+/// rpc = "127.0.0.1:6123"          # port 0: any free port (printed as `rpc HOST:PORT`)
+/// heartbeat_interval_ms = 2000
+/// heartbeat_timeout_ms = 10000
+/// slot_timeout_ms = 300000        # a job waits this long for enough free slots
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Where the control RPC listens. Default `127.0.0.1:6123`.
+    pub rpc: String,
+    /// How often TaskManagers heartbeat, ms. Default 2000.
+    pub heartbeat_interval_ms: u64,
+    /// Silence after which a TaskManager is lost, ms. Default 10000.
+    pub heartbeat_timeout_ms: u64,
+    /// How long a job waits for enough free task slots before it fails, ms.
+    /// Default 300000.
+    pub slot_timeout_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            rpc: "127.0.0.1:6123".into(),
+            heartbeat_interval_ms: 2000,
+            heartbeat_timeout_ms: 10_000,
+            slot_timeout_ms: 300_000,
+        }
+    }
 }
 
 /// Bounds that protect the server process as a whole, whoever asks. Every
@@ -203,6 +241,22 @@ impl ServerConfig {
     /// limit usable.
     pub fn check(&self) -> Result<(), String> {
         self.limits.check()?;
+        let c = &self.cluster;
+        if c.rpc.parse::<std::net::SocketAddr>().is_err() {
+            return Err(format!("[cluster] rpc must be HOST:PORT with an IP address, not {:?}", c.rpc));
+        }
+        for (key, value) in [
+            ("heartbeat_interval_ms", c.heartbeat_interval_ms),
+            ("heartbeat_timeout_ms", c.heartbeat_timeout_ms),
+            ("slot_timeout_ms", c.slot_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(format!("[cluster] {key} must be at least 1"));
+            }
+        }
+        if c.heartbeat_timeout_ms <= c.heartbeat_interval_ms {
+            return Err("[cluster] heartbeat_timeout_ms must be longer than heartbeat_interval_ms".into());
+        }
         let mut ids = HashSet::new();
         let mut tokens = HashSet::new();
         let hash_ok = |h: &str| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit());

@@ -39,11 +39,12 @@ use super::budget::BodyBudget;
 use super::config::ServerLimits;
 use super::files::{FileError, JobPath, Usage};
 use super::store::{TenantStore, canonical_digest, safe_relative};
-use crate::checkpoint::coordinator::{CheckpointStats, request_savepoint_while};
+use crate::checkpoint::coordinator::CheckpointStats;
 use crate::checkpoint::storage::Metadata;
+use crate::cluster::{Restore, RunOptions, SavepointRequester, run_job};
 use crate::job::spec::SinkKind;
 use crate::job::{JobError, JobGraph, JobSpec};
-use crate::runtime::{OperatorMetrics, Restore, RunOptions, TaskError, run_job};
+use crate::runtime::{OperatorMetrics, TaskError};
 use crate::tenancy::limits::{DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MAX_OUTPUT_RECORDS, DEFAULT_MAX_RECORD_BYTES};
 use crate::tenancy::logs::escape_control;
 use crate::tenancy::{GuestLogBuffer, Quotas, TenantConfig, TenantMeter};
@@ -113,6 +114,7 @@ struct Live {
     cancel: Arc<AtomicBool>,
     restarting: Arc<AtomicBool>,
     exceptions: Arc<Mutex<VecDeque<(i64, String)>>>,
+    savepoints: SavepointRequester,
 }
 
 #[derive(Default)]
@@ -351,18 +353,22 @@ impl ManagedJob {
     /// Take a savepoint (and with `stop`, stop the job after it); blocks
     /// until it is complete.
     pub fn savepoint(self: &Arc<Self>, stop: bool) -> Result<serde_json::Value, ApiError> {
-        let Some(dir) = &self.checkpoint_dir else {
+        if self.checkpoint_dir.is_none() {
             return Err(ApiError::conflict(format!(
                 "job {} has no `[checkpoints]`, so it cannot take savepoints",
                 self.id
             )));
-        };
+        }
         if self.state().is_terminal() {
             return Err(ApiError::conflict(format!("job {} has ended ({})", self.id, self.state().as_str())));
         }
-        let me = self.clone();
-        let path = request_savepoint_while(dir, stop, Duration::from_secs(300), move || !me.state().is_terminal())
-            .map_err(|e| ApiError::conflict(format!("savepoint of job {}: {e:#}", self.id)))?;
+        let requester = self.life().live.as_ref().map(|l| l.savepoints.clone());
+        let Some(requester) = requester else {
+            return Err(ApiError::conflict(format!("job {} is not running yet", self.id)));
+        };
+        let path = requester
+            .request(stop, Duration::from_secs(300))
+            .map_err(|e| ApiError::conflict(format!("savepoint of job {}: {e}", self.id)))?;
         Ok(serde_json::json!({ "savepoint": self.savepoint_id(&path), "stopped": stop }))
     }
 }
@@ -859,6 +865,7 @@ pub fn submit(
         allow_non_restored_state,
         meter: Some(tenant.meter.clone()),
         logs: Some(job.logs.clone()),
+        savepoint_request_files: false,
         ..RunOptions::default()
     };
     let (runner, engine) = (job.clone(), engine.clone());
@@ -893,7 +900,8 @@ fn run_guarded(job: &ManagedJob, body: impl FnOnce()) {
 fn run(job: &Arc<ManagedJob>, graph: &JobGraph, engine: &Arc<WasmEngine>, options: RunOptions, tenant: &crate::tenancy::TenantId) {
     let span = tracing::info_span!("job", tenant = %tenant, job = %job.id, name = %job.name);
     let _g = span.enter();
-    let handle = match run_job(graph, engine, options) {
+    let started = run_job(graph, engine, options);
+    let handle = match started {
         Ok(h) => h,
         Err(e) => {
             tracing::warn!(error = %escape_control(&e.to_string()), "job could not start");
@@ -910,6 +918,7 @@ fn run(job: &Arc<ManagedJob>, graph: &JobGraph, engine: &Arc<WasmEngine>, option
             cancel: handle.cancel_token(),
             restarting: handle.restarting_flag(),
             exceptions: handle.exceptions.clone(),
+            savepoints: handle.savepoints(),
         });
         if l.cancel_requested {
             handle.cancel();

@@ -268,7 +268,7 @@ impl Server {
                 self.config.limits.max_concurrent_scrapes
             )));
         };
-        blocking(move || Ok(metrics_reply(&tenants))).await
+        blocking(move || Ok(metrics_reply(&tenants, ""))).await
     }
 
     /// Answer one request.
@@ -431,9 +431,11 @@ fn job(tenant: &Tenant, id: &str) -> Result<Arc<jobs::ManagedJob>, ApiError> {
     tenant.job(id).ok_or_else(|| ApiError::not_found(format!("job {id}")))
 }
 
-fn metrics_reply(tenants: &[Arc<Tenant>]) -> Reply {
+fn metrics_reply(tenants: &[Arc<Tenant>], extra: &str) -> Reply {
     let refs: Vec<&Tenant> = tenants.iter().map(|t| &**t).collect();
-    reply(200, "text/plain; version=0.0.4", metrics::render(&refs).into_bytes())
+    let mut text = metrics::render(&refs);
+    text.push_str(extra);
+    reply(200, "text/plain; version=0.0.4", text.into_bytes())
 }
 
 fn pattern_matches(pattern: &str, segs: &[&str]) -> bool {

@@ -403,6 +403,52 @@ pub fn load_path(path: &Path, expected: &ExpectedState, limits: &RestoreLimits) 
     load_dir(&d, path, expected, limits)
 }
 
+/// Read, verify and decode the state files of one operator that `keep`
+/// selects, from the checkpoint at `path` taken with `max_parallelism` key
+/// groups and the operator at `parallelism`: what one task reads to
+/// restore, given the handles of its deployment.
+pub fn read_operator_state(
+    path: &Path,
+    max_parallelism: u32,
+    parallelism: u32,
+    files: &[StateFile],
+    keep: impl Fn(&StateFile) -> bool,
+    limits: &RestoreLimits,
+) -> Result<Vec<Arc<DecodedSnapshot>>, CheckpointError> {
+    let d = Dir::open_ambient_dir(path, ambient_authority()).map_err(io(path))?;
+    let name = DirName::of(path);
+    let mut out = Vec::new();
+    let mut total: u64 = 0;
+    for f in files.iter().filter(|f| keep(f)) {
+        let damaged = |reason: String| CheckpointError::Damaged {
+            checkpoint: name.label(path),
+            what: "state file",
+            file: path.join(&f.file),
+            reason,
+        };
+        if f.file.contains('/') || f.file.contains('\\') || f.file.starts_with('.') {
+            return Err(damaged("the name is not a plain file name".into()));
+        }
+        let bounds = DecodeBounds {
+            max_payload_bytes: limits.max_payload_bytes,
+            key_groups: Some(KeyGroupBounds {
+                range: KeyGroupRange::for_subtask(max_parallelism, parallelism, f.subtask),
+                max_parallelism,
+            }),
+        };
+        let snap = read_state_file(&d, f, &bounds, limits).map_err(damaged)?;
+        total = total.saturating_add(snap.payload_bytes() as u64);
+        if total > limits.max_checkpoint_payload_bytes {
+            return Err(damaged(format!(
+                "the state files decompress to more than {} bytes together, the limit",
+                limits.max_checkpoint_payload_bytes
+            )));
+        }
+        out.push(Arc::new(snap));
+    }
+    Ok(out)
+}
+
 /// What a directory's name says it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum DirName {

@@ -128,44 +128,53 @@ pub fn commit(dir: &Path, names: &[String]) -> Result<(), ConnectorError> {
     Ok(())
 }
 
-/// Restoring checkpoint `restored`: remove committed files sealed after it
-/// (their records are replayed), except `keep` (sealed for it). Readers
-/// may have seen them: this happens only when recovery falls back past a
-/// damaged checkpoint, or when an older savepoint is restored.
-pub fn rollback(dir: &Path, restored: u64, keep: &[String]) -> Result<(), ConnectorError> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(());
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(stem) = name.strip_suffix(".jsonl").filter(|n| n.starts_with("part-")) else {
-            continue;
-        };
-        let id = stem.trim_end_matches("-end").rsplit('-').next().and_then(|n| n.parse::<u64>().ok());
-        if id.is_some_and(|id| id > restored) && !keep.iter().any(|k| k == stem) {
-            tracing::warn!(file = %e.path().display(), checkpoint = restored, "removing output committed after the restored checkpoint");
-            std::fs::remove_file(e.path()).map_err(io(&e.path()))?;
-        }
-    }
-    Ok(())
+/// The subtask that wrote a file of the sink directory, from its name
+/// (`part-<i>-…jsonl`, `.part-<i>.inprogress`, `.part-<i>-….pending`).
+fn writer_of(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(".part-").or_else(|| name.strip_prefix("part-"))?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
 }
 
-/// Before a run: discard hidden in-progress and sealed files other than
-/// `keep` (those are committed by the caller); on a fresh start (no
-/// restore) also remove the output of earlier runs.
-pub fn clean(dir: &Path, keep: &[String], fresh: bool) -> Result<(), ConnectorError> {
+/// Before sink subtask `subtask` of `parallelism` runs: it looks after the
+/// files of every earlier subtask `i` with `i % parallelism == subtask`
+/// (so a rescaled sink leaves nothing behind), and no other subtask's.
+///
+/// Restoring checkpoint `restored` with its sealed files `keep`: those are
+/// committed, committed files sealed after it are removed (their records
+/// are replayed; readers may have seen them, which happens only when
+/// recovery falls back past a damaged checkpoint or an older savepoint is
+/// restored), and every other hidden file is discarded. On a fresh start
+/// (`restored` none) the output of earlier runs is removed too.
+pub fn prepare(dir: &Path, subtask: u32, parallelism: u32, restored: Option<(u64, &[String])>) -> Result<(), ConnectorError> {
+    let mine = |name: &str| writer_of(name).is_some_and(|i| i % parallelism.max(1) == subtask);
+    if let Some((_, keep)) = restored {
+        let keep: Vec<String> = keep.iter().filter(|n| mine(n)).cloned().collect();
+        commit(dir, &keep)?;
+    }
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(());
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
+        if !mine(&name) {
+            continue;
+        }
         let hidden = name.starts_with(".part-") && (name.ends_with(".inprogress") || name.ends_with(".pending"));
-        let kept = name
-            .strip_prefix('.')
-            .and_then(|n| n.strip_suffix(".pending"))
-            .is_some_and(|n| keep.iter().any(|k| k == n));
-        let old_output = fresh && name.starts_with("part-") && name.ends_with(".jsonl");
-        if (hidden && !kept) || old_output {
+        let remove = match (restored, name.strip_suffix(".jsonl").filter(|n| n.starts_with("part-"))) {
+            _ if hidden => true,
+            (None, Some(_)) => true,
+            (Some((id, keep)), Some(stem)) => {
+                let sealed = stem.trim_end_matches("-end").rsplit('-').next().and_then(|n| n.parse::<u64>().ok());
+                let after = sealed.is_some_and(|s| s > id) && !keep.iter().any(|k| k == stem);
+                if after {
+                    tracing::warn!(file = %e.path().display(), checkpoint = id, "removing output committed after the restored checkpoint");
+                }
+                after
+            }
+            (_, None) => false,
+        };
+        if remove {
             std::fs::remove_file(e.path()).map_err(io(&e.path()))?;
         }
     }
@@ -221,9 +230,19 @@ mod tests {
         // Checkpoint 2 is sealed but never completes; a restore from 1 discards it.
         let p2 = s.prepare_commit(2, false).unwrap();
         assert_eq!(p2, ["part-0-00000002"]);
-        clean(&dir, &[], false).unwrap();
+        prepare(&dir, 0, 1, Some((1, &p1))).unwrap();
         assert_eq!(visible(&dir), ["\"a\"", "\"b\""]);
         assert!(commit(&dir, &p2).is_err());
+        // Another subtask's files are not this subtask's to touch; a fresh
+        // start of the subtask that wrote them removes them.
+        let mut other = TransactionalFileSink::new(&dir, 1, SinkFormat::Value, done.clone()).unwrap();
+        other.write(&batch(&["d"])).unwrap();
+        let p3 = other.prepare_commit(3, false).unwrap();
+        commit(&dir, &p3).unwrap();
+        prepare(&dir, 0, 2, None).unwrap();
+        assert_eq!(visible(&dir), ["\"d\""]);
+        prepare(&dir, 1, 2, None).unwrap();
+        assert!(visible(&dir).is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

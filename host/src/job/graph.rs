@@ -289,6 +289,37 @@ impl JobGraph {
         chains
     }
 
+    /// Load the punctuated-watermarks component of every node that has one
+    /// (one entry per node).
+    pub fn load_watermark_components(&self, engine: &WasmEngine) -> Result<Vec<Option<Arc<LoadedComponent>>>, JobError> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let wm = match &n.kind {
+                    NodeKind::Source(s) => s.watermarks.as_ref(),
+                    NodeKind::Operator(o, _) => o.watermarks.as_ref(),
+                    NodeKind::Sink(_) => None,
+                };
+                let Some(path) = wm
+                    .filter(|w| w.strategy == WatermarkStrategy::Punctuated)
+                    .and_then(|w| w.component.as_ref())
+                else {
+                    return Ok(None);
+                };
+                let path = self.base_dir.join(path);
+                let bytes = std::fs::read(&path).map_err(|e| JobError::MissingComponent {
+                    operator: n.name.clone(),
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+                engine.load(&bytes).map(Some).map_err(|source| JobError::Component {
+                    operator: n.name.clone(),
+                    source,
+                })
+            })
+            .collect()
+    }
+
     /// Load every operator's component and check it exports the world its
     /// kind needs, before anything runs. Returns one entry per node (none for
     /// sources and sinks).
@@ -435,6 +466,9 @@ fn check_recovery(spec: &JobSpec) -> Result<(), JobError> {
     }
     match &spec.restart {
         Some(RestartSpec::FailureRate { interval_ms: 0, .. }) => Err(invalid("restart.interval_ms must be at least 1".into())),
+        Some(RestartSpec::ExponentialDelay { multiplier, .. }) if !(multiplier.is_finite() && *multiplier >= 1.0) => Err(invalid(format!(
+            "restart.multiplier must be a number of at least 1, not {multiplier}"
+        ))),
         Some(RestartSpec::None) | None => Ok(()),
         Some(_) if spec.checkpoints.is_none() => Err(invalid(
             "a restart strategy needs `[checkpoints]`: without them a restarted job would start over and duplicate its output".into(),

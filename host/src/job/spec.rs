@@ -139,6 +139,7 @@ impl CheckpointMode {
 /// ```toml
 /// restart = { strategy = "fixed-delay", attempts = 3, delay_ms = 1000 }
 /// restart = { strategy = "failure-rate", max_failures = 3, interval_ms = 60000, delay_ms = 1000 }
+/// restart = { strategy = "exponential-delay", initial_ms = 1000, max_ms = 60000, multiplier = 2.0, reset_ms = 3600000 }
 /// restart = { strategy = "none" }
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -164,6 +165,38 @@ pub enum RestartSpec {
         #[serde(default = "default_restart_delay")]
         delay_ms: u64,
     },
+    /// Restart for ever (or up to `attempts` times), waiting `initial_ms`
+    /// first and `multiplier` times longer after each failure, up to
+    /// `max_ms`; back to `initial_ms` after `reset_ms` without a failure
+    /// (Flink's exponential-delay strategy, its default).
+    ExponentialDelay {
+        /// The first wait (ms). Default 1000.
+        #[serde(default = "default_restart_delay")]
+        initial_ms: u64,
+        /// The longest wait (ms). Default 60000.
+        #[serde(default = "default_max_restart_delay")]
+        max_ms: u64,
+        /// Growth per failure. Default 2.0 (Flink's 1.5 also works).
+        #[serde(default = "default_restart_multiplier")]
+        multiplier: f64,
+        /// A run this long without a failure resets the wait (ms). Default 1 hour.
+        #[serde(default = "default_restart_reset")]
+        reset_ms: u64,
+        /// Restarts allowed; none: unlimited.
+        attempts: Option<u32>,
+    },
+}
+
+fn default_max_restart_delay() -> u64 {
+    60_000
+}
+
+fn default_restart_multiplier() -> f64 {
+    2.0
+}
+
+fn default_restart_reset() -> u64 {
+    3_600_000
 }
 
 fn default_restart_delay() -> u64 {

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use sluice_guest::batch::{Batch, BatchWriter, RecordRef};
 
 use super::channel::RecordBatch;
-use super::executor::{OperatorMetrics, TaskError};
+use super::error::TaskError;
+use super::metrics::OperatorMetrics;
 use super::partition::preview;
 use crate::checkpoint::{DecodedSnapshot, OperatorSnapshot, SnapshotWriter};
 use crate::connectors::SinkWriter;

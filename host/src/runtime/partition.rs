@@ -7,7 +7,7 @@ use std::time::Instant;
 use sluice_guest::batch::BatchWriter;
 
 use super::channel::{ElementSender, RecordBatch, StreamElement};
-use super::executor::TaskError;
+use super::error::TaskError;
 use crate::job::Partition;
 use crate::job::spec::OutputTag;
 use crate::state::KeyGroup;

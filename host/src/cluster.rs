@@ -1,0 +1,14 @@
+//! The cluster: who runs a job's tasks, and how a job survives failures.
+//!
+//! ```text
+//!  JobMaster (per job): plan ─► deployer ─► attempt; coordinator; restarts
+//!  deployers: minicluster (every task in this process: `sluice run`,
+//!             `sluice serve`)
+//! ```
+
+pub mod jobmaster;
+pub mod minicluster;
+pub mod restart;
+
+pub use jobmaster::{Deployer, JobMaster, JobMessage, MAX_EXCEPTIONS};
+pub use minicluster::{JobHandle, JobSummary, Restore, RunOptions, SavepointRequester, run_job};
