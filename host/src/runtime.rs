@@ -26,6 +26,7 @@ mod channel;
 mod error;
 pub mod join;
 mod metrics;
+pub mod network;
 pub(crate) mod operator;
 pub(crate) mod partition;
 pub mod shuffle;

@@ -4,6 +4,14 @@
 //! in bytes of queued record batches (`channel_bytes`). A producer waits
 //! while the channel holds more than its bytes, unless it is empty (one
 //! batch always fits), so big records cannot pile up between tasks.
+//!
+//! A [`LocalReceiver`] is a crossbeam channel plus two hooks: one called
+//! when the gate takes an element, one when the receiver is dropped. For an
+//! in-process channel they give back the element's bytes and wake a waiting
+//! producer; for a network channel ([`super::network`]) the channel is fed by
+//! the connection's reader thread, the first hook returns a credit to the
+//! remote producer and the second cancels the subscription, so both kinds of
+//! channel sit side by side in one [`LocalInputGate`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -166,16 +174,72 @@ impl ElementSender for LocalSender {
     }
 }
 
-/// The receiving end of a local channel.
+/// What the sending side of a channel that is not in-process (a network
+/// channel) learns from its receiver.
+pub(crate) trait ReceiverHooks: Send + Sync {
+    /// The gate took `element` from the channel.
+    fn consumed(&self, element: &StreamElement);
+    /// The receiver is dropped: nobody reads the channel any more.
+    fn dropped(&self);
+    /// The channel failed (its connection is lost): the gate fails at once,
+    /// even with elements still queued or the channel blocked.
+    fn failed(&self) -> bool;
+}
+
+/// Who is told when the gate takes an element or drops the receiver.
+enum Hooks {
+    /// An in-process channel: bytes given back to its [`Queued`].
+    Local(Arc<Queued>),
+    /// A network channel.
+    Remote(Arc<dyn ReceiverHooks>),
+}
+
+/// The receiving end of a channel: an in-process channel
+/// ([`local_channel`]) or a network channel
+/// ([`DataPlane::receivers`](super::network::DataPlane::receivers)).
 pub struct LocalReceiver {
     rx: Receiver<StreamElement>,
-    queued: Arc<Queued>,
+    hooks: Hooks,
+}
+
+impl LocalReceiver {
+    /// A receiver over `rx`, fed by someone other than a local sender, whose
+    /// `hooks` learn what the gate does with it.
+    pub(crate) fn remote(rx: Receiver<StreamElement>, hooks: Arc<dyn ReceiverHooks>) -> Self {
+        LocalReceiver {
+            rx,
+            hooks: Hooks::Remote(hooks),
+        }
+    }
+
+    /// The gate took `element`.
+    #[inline]
+    fn consumed(&self, element: &StreamElement) {
+        match &self.hooks {
+            Hooks::Local(queued) => queued.give(Queued::size(element)),
+            Hooks::Remote(hooks) => hooks.consumed(element),
+        }
+    }
+
+    /// A network channel whose connection is lost.
+    #[inline]
+    fn failed(&self) -> bool {
+        match &self.hooks {
+            Hooks::Local(_) => false,
+            Hooks::Remote(hooks) => hooks.failed(),
+        }
+    }
 }
 
 impl Drop for LocalReceiver {
     fn drop(&mut self) {
-        self.queued.closed.store(true, Ordering::Relaxed);
-        self.queued.room.notify_all();
+        match &self.hooks {
+            Hooks::Local(queued) => {
+                queued.closed.store(true, Ordering::Relaxed);
+                queued.room.notify_all();
+            }
+            Hooks::Remote(hooks) => hooks.dropped(),
+        }
     }
 }
 
@@ -194,7 +258,10 @@ pub fn local_channel(capacity: usize, max_bytes: usize) -> (Box<dyn ElementSende
             tx,
             queued: queued.clone(),
         }),
-        LocalReceiver { rx, queued },
+        LocalReceiver {
+            rx,
+            hooks: Hooks::Local(queued),
+        },
     )
 }
 
@@ -227,7 +294,13 @@ impl InputGate for LocalInputGate {
         let mut sel = Select::new();
         let mut index = Vec::with_capacity(self.open);
         for (i, r) in self.receivers.iter().enumerate() {
-            if !self.ended[i] && !self.blocked[i] {
+            if self.ended[i] {
+                continue;
+            }
+            if r.failed() {
+                return Err(ChannelClosed);
+            }
+            if !self.blocked[i] {
                 sel.recv(&r.rx);
                 index.push(i);
             }
@@ -242,7 +315,7 @@ impl InputGate for LocalInputGate {
         let i = index[op.index()];
         let received = op.recv(&self.receivers[i].rx);
         if let Ok(e) = &received {
-            self.receivers[i].queued.give(Queued::size(e));
+            self.receivers[i].consumed(e);
         }
         match received {
             Ok(StreamElement::EndOfData) => {
