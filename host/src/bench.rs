@@ -22,6 +22,8 @@
 //!   decode, rebuild) 1,000,000 keys of keyed state; then the keyed count
 //!   job (generator → `count` UDF → file sink) with a checkpoint every
 //!   second and without, in events per CPU-second of the whole process.
+//! - `shuffle`: a hash-partitioned keyed count at parallelism 2 in this
+//!   process and across two TaskManager processes ([`shuffle`]).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -30,6 +32,8 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use sluice_guest::batch::BatchWriter;
+
+mod shuffle;
 
 use crate::connectors::generator::{Generator, GeneratorConfig};
 use crate::job::ErrorPolicy;
@@ -177,8 +181,9 @@ pub fn run(engine: &Arc<WasmEngine>, name: &str, events: Option<u64>, udfs: &Pat
         "keyed-count" => bench_keyed_count(engine, events.unwrap_or(3_000_000), udfs),
         "window-count" => bench_window_count(engine, events.unwrap_or(10_000_000), udfs),
         "checkpoint" => bench_checkpoint(engine, events.unwrap_or(3_000_000), udfs),
+        "shuffle" => shuffle::run(engine, events.unwrap_or(3_000_000), udfs),
         "nexmark" => bail!("`nexmark` takes `--query`: one of {}", crate::queries::QUERIES.join(", ")),
-        other => bail!("unknown benchmark `{other}`: choose map, keyed-count, window-count, checkpoint or nexmark"),
+        other => bail!("unknown benchmark `{other}`: choose map, keyed-count, window-count, checkpoint, shuffle or nexmark"),
     }
 }
 

@@ -68,6 +68,39 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Run a JobManager of a standalone cluster: the HTTP API of `serve`
+    /// plus the control RPC that TaskManagers register with (`[cluster]` in
+    /// the config). Prints `http://HOST:PORT` and `rpc HOST:PORT` once ready.
+    Jobmanager {
+        /// The config file (the format of `serve`, plus `[cluster]`).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run a TaskManager: offer task slots to a JobManager and run the
+    /// tasks it deploys. Prints `data HOST:PORT`, then `registered as ID`.
+    Taskmanager {
+        /// The JobManager's RPC address (`rpc HOST:PORT` of `sluice jobmanager`).
+        #[arg(long)]
+        jobmanager: String,
+        /// Task slots to offer (a job needs as many as its highest parallelism).
+        #[arg(long, default_value_t = 1)]
+        slots: u32,
+        /// Where the data plane listens for other TaskManagers.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        data_addr: std::net::SocketAddr,
+        /// Credits each channel gets from its receiver (exclusive buffers).
+        #[arg(long, default_value_t = 2)]
+        exclusive_credits: u32,
+        /// Extra credits per input gate, handed to channels with a backlog.
+        #[arg(long, default_value_t = 8)]
+        floating_credits: u32,
+        /// A channel's buffer is sent when it holds this many bytes, ...
+        #[arg(long, default_value_t = 32 * 1024)]
+        buffer_bytes: usize,
+        /// ... or after this many ms (a barrier or watermark flushes at once).
+        #[arg(long, default_value_t = 100)]
+        buffer_timeout_ms: u64,
+    },
     /// Print the SHA-256 of a bearer token, for a tenant's `token_sha256`.
     HashToken {
         /// The token.
@@ -110,6 +143,8 @@ enum Command {
         /// A job id.
         id: Option<String>,
     },
+    /// List a JobManager's TaskManagers: id, data address, free/total slots, tasks.
+    Taskmanagers,
     /// Cancel a job on the server.
     Cancel {
         /// The job id.
@@ -214,6 +249,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let engine = || WasmEngine::new(cache_dir(cli.cache_dir.clone()));
     match cli.command {
         Command::Serve { config } => remote::serve(&config),
+        Command::Jobmanager { config } => remote::jobmanager(&config),
+        Command::Taskmanager {
+            jobmanager,
+            slots,
+            data_addr,
+            exclusive_credits,
+            floating_credits,
+            buffer_bytes,
+            buffer_timeout_ms,
+        } => {
+            let network = sluice::runtime::network::NetworkConfig {
+                exclusive_credits: exclusive_credits.max(1),
+                floating_credits,
+                buffer_bytes: buffer_bytes.max(1),
+                buffer_timeout: Duration::from_millis(buffer_timeout_ms.max(1)),
+                ..Default::default()
+            };
+            let cache = cache_dir(cli.cache_dir.clone());
+            sluice::cluster::taskmanager::run(
+                sluice::cluster::taskmanager::TaskManagerOptions {
+                    jobmanager,
+                    slots,
+                    data_addr,
+                    cache_dir: cache,
+                    network,
+                },
+                engine()?,
+            )
+        }
         Command::CompileComponent {
             input,
             output,
@@ -247,6 +311,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Get { path } => remote::get(&remote::client(&cli.server)?, &path),
         Command::Jobs { id } => remote::jobs(&remote::client(&cli.server)?, id.as_deref()),
         Command::Cancel { id } => remote::cancel(&remote::client(&cli.server)?, &id),
+        Command::Taskmanagers => remote::taskmanagers(&remote::client(&cli.server)?),
         Command::Savepoint { job, stop, .. } if !std::path::Path::new(&job).is_file() => {
             remote::savepoint(&remote::client(&cli.server)?, &job, stop)
         }

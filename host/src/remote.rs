@@ -30,6 +30,47 @@ pub fn serve(config: &Path) -> anyhow::Result<()> {
     }))
 }
 
+/// Run a JobManager until Ctrl-C or SIGTERM: the API server with a cluster
+/// of TaskManagers behind it.
+pub fn jobmanager(config: &Path) -> anyhow::Result<()> {
+    let config = ServerConfig::from_file(config)?;
+    let tenants = config.tenants.len();
+    let l = &config.limits;
+    sluice::wasm::compile::isolate_compiles(sluice::wasm::compile::CompileIsolation {
+        exe: std::env::current_exe().context("finding the sluice binary for the isolated compiler")?,
+        timeout: std::time::Duration::from_millis(l.compile_timeout_ms),
+        memory_bytes: l.compile_memory_mb.saturating_mul(1 << 20),
+        max_concurrent: l.max_concurrent_compiles,
+    });
+    let c = &config.cluster;
+    let settings = sluice::cluster::jobmanager::ClusterSettings {
+        rpc: c.rpc.parse().context("[cluster] rpc")?,
+        heartbeat_interval: std::time::Duration::from_millis(c.heartbeat_interval_ms),
+        heartbeat_timeout: std::time::Duration::from_millis(c.heartbeat_timeout_ms),
+        slot_timeout: std::time::Duration::from_millis(c.slot_timeout_ms),
+    };
+    let core = sluice::cluster::jobmanager::ClusterCore::new(settings.clone());
+    let server = Server::with_cluster(config, core.clone())?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let rpc = tokio::net::TcpListener::bind(settings.rpc)
+            .await
+            .context("binding the control RPC")?;
+        let rpc_addr = rpc.local_addr()?;
+        tokio::spawn(async move {
+            if let Err(e) = core.serve(rpc).await {
+                tracing::error!("{e:#}");
+            }
+        });
+        sluice::api::serve(server, |addr| {
+            // Scripts and tests read these lines to learn the ports.
+            println!("sluice jobmanager on http://{addr} ({tenants} tenants)");
+            println!("rpc {rpc_addr}");
+        })
+        .await
+    })
+}
+
 /// A client of the server named by `--server`, with `$SLUICE_TOKEN`.
 pub fn client(server: &str) -> anyhow::Result<Client> {
     let token = std::env::var("SLUICE_TOKEN").ok().filter(|t| !t.is_empty());
@@ -88,6 +129,23 @@ pub fn submit(c: &Client, job: &Path, savepoint: Option<String>, allow_non_resto
 }
 
 /// Print the jobs, or one job in full.
+/// Print the TaskManagers of a JobManager, one per line.
+pub fn taskmanagers(c: &Client) -> anyhow::Result<()> {
+    let v = ok(c.get("/v1/taskmanagers")?, "listing TaskManagers")?;
+    for t in v["taskmanagers"].as_array().into_iter().flatten() {
+        println!(
+            "{}  data {}  slots {}/{} free  {} tasks  heartbeat {} ms ago",
+            t["id"].as_str().unwrap_or_default(),
+            t["data_address"].as_str().unwrap_or_default(),
+            t["slots_free"],
+            t["slots_total"],
+            t["tasks"].as_array().map_or(0, Vec::len),
+            t["last_heartbeat_ms_ago"],
+        );
+    }
+    Ok(())
+}
+
 pub fn jobs(c: &Client, id: Option<&str>) -> anyhow::Result<()> {
     match id {
         Some(id) => {

@@ -3,6 +3,7 @@
 //! by `scripts/build-udfs` (which `scripts/test` runs first).
 
 mod checkpoints;
+mod cluster;
 mod harness;
 mod hostile;
 mod job_spec;

@@ -41,6 +41,7 @@ use super::files::{FileError, JobPath, Usage};
 use super::store::{TenantStore, canonical_digest, safe_relative};
 use crate::checkpoint::coordinator::CheckpointStats;
 use crate::checkpoint::storage::Metadata;
+use crate::cluster::jobmanager::{ClusterCore, RemoteJob, run_job_on_cluster};
 use crate::cluster::{Restore, RunOptions, SavepointRequester, run_job};
 use crate::job::spec::SinkKind;
 use crate::job::{JobError, JobGraph, JobSpec};
@@ -126,6 +127,8 @@ struct Lifecycle {
     cancel_requested: bool,
     /// Why the server stopped it (a quota), making the stop a failure.
     failure: Option<String>,
+    /// On a JobManager: where its tasks run, and why it waits.
+    cluster: Option<Arc<RemoteJob>>,
 }
 
 /// One job of a tenant.
@@ -177,6 +180,9 @@ impl ManagedJob {
         if let Some(live) = &l.live {
             live.cancel.store(true, Ordering::SeqCst);
         }
+        if let Some(c) = &l.cluster {
+            c.abandon();
+        }
         true
     }
 
@@ -191,6 +197,9 @@ impl ManagedJob {
         l.cancel_requested = true;
         if let Some(live) = &l.live {
             live.cancel.store(true, Ordering::SeqCst);
+        }
+        if let Some(c) = &l.cluster {
+            c.abandon();
         }
         true
     }
@@ -317,6 +326,14 @@ impl ManagedJob {
             ("exceptions", exceptions.into()),
         ] {
             v[k] = x;
+        }
+        if let Some(c) = &l.cluster {
+            v["status"] = serde_json::json!(c.waiting_for());
+            v["subtasks"] = c
+                .placement()
+                .into_iter()
+                .map(|(task, tm)| serde_json::json!({"task": task, "taskmanager": tm}))
+                .collect();
         }
         v
     }
@@ -793,6 +810,7 @@ pub fn submit(
     request: SubmitRequest,
     log_lines: usize,
     limits: &ServerLimits,
+    cluster: Option<Arc<ClusterCore>>,
 ) -> Result<Arc<ManagedJob>, ApiError> {
     let SubmitRequest {
         mut spec,
@@ -872,7 +890,7 @@ pub fn submit(
     let tenant_id = tenant.config.id.clone();
     let spawned = std::thread::Builder::new()
         .name(format!("job-{id}"))
-        .spawn(move || run_guarded(&runner, || run(&runner, &graph, &engine, options, &tenant_id)));
+        .spawn(move || run_guarded(&runner, || run(&runner, &graph, &engine, options, &tenant_id, cluster.as_ref())));
     if let Err(e) = spawned {
         job.end(JobState::Failed, Some(format!("could not start the job thread: {e}")), None);
     }
@@ -897,10 +915,26 @@ fn run_guarded(job: &ManagedJob, body: impl FnOnce()) {
 }
 
 /// The job's thread: start it, wait for it, record how it ended.
-fn run(job: &Arc<ManagedJob>, graph: &JobGraph, engine: &Arc<WasmEngine>, options: RunOptions, tenant: &crate::tenancy::TenantId) {
+fn run(
+    job: &Arc<ManagedJob>,
+    graph: &JobGraph,
+    engine: &Arc<WasmEngine>,
+    options: RunOptions,
+    tenant: &crate::tenancy::TenantId,
+    cluster: Option<&Arc<ClusterCore>>,
+) {
     let span = tracing::info_span!("job", tenant = %tenant, job = %job.id, name = %job.name);
     let _g = span.enter();
-    let started = run_job(graph, engine, options);
+    let started = match cluster {
+        Some(core) => run_job_on_cluster(graph, engine, options, core, &job.id, |remote| {
+            let mut l = job.life();
+            if l.cancel_requested {
+                remote.abandon();
+            }
+            l.cluster = Some(remote.clone());
+        }),
+        None => run_job(graph, engine, options),
+    };
     let handle = match started {
         Ok(h) => h,
         Err(e) => {

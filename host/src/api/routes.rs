@@ -23,6 +23,7 @@ use super::files::{Entry, FileError};
 use super::jobs::{self, Tenant};
 use super::store::{canonical_digest, safe_relative, validate_component};
 use super::{ApiError, ServerConfig, metrics};
+use crate::cluster::jobmanager::ClusterCore;
 use crate::tenancy::{TenantId, token_hash};
 use crate::time::{Clock, SystemClock};
 use crate::wasm::{ComponentDigest, WasmEngine};
@@ -51,6 +52,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/jobs/{id}/savepoints"),
     ("GET", "/v1/jobs/{id}/checkpoints"),
     ("GET", "/v1/jobs/{id}/logs"),
+    ("GET", "/v1/taskmanagers"),
 ];
 
 /// Who is asking.
@@ -73,6 +75,8 @@ pub struct Server {
     bodies: Arc<BodyBudget>,
     /// `/metrics` answers being rendered.
     scrapes: Arc<Semaphore>,
+    /// A JobManager's TaskManagers; none: jobs run in this process.
+    cluster: Option<Arc<ClusterCore>>,
 }
 
 pub(super) type Reply = Response<ReplyBody>;
@@ -132,7 +136,17 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + S
 
 impl Server {
     /// Open every tenant's directory and the engine.
-    pub fn new(mut config: ServerConfig) -> anyhow::Result<Arc<Self>> {
+    pub fn new(config: ServerConfig) -> anyhow::Result<Arc<Self>> {
+        Self::open(config, None)
+    }
+
+    /// A JobManager's server: jobs run in the slots of `cluster`'s
+    /// TaskManagers.
+    pub fn with_cluster(config: ServerConfig, cluster: Arc<ClusterCore>) -> anyhow::Result<Arc<Self>> {
+        Self::open(config, Some(cluster))
+    }
+
+    fn open(mut config: ServerConfig, cluster: Option<Arc<ClusterCore>>) -> anyhow::Result<Arc<Self>> {
         config.check().map_err(|e| anyhow::anyhow!(e))?;
         std::fs::create_dir_all(&config.data_dir)?;
         // Jobs resolve paths against it from other directories: make it absolute.
@@ -163,6 +177,7 @@ impl Server {
             tokens,
             bodies,
             scrapes,
+            cluster,
         }))
     }
 
@@ -261,14 +276,19 @@ impl Server {
     }
 
     /// `/metrics` for `tenants`, at most `max_concurrent_scrapes` at once.
-    async fn metrics(&self, tenants: Vec<Arc<Tenant>>) -> Result<Reply, ApiError> {
+    /// With `cluster`, the TaskManagers' figures follow (for the admin).
+    async fn metrics(&self, tenants: Vec<Arc<Tenant>>, cluster: bool) -> Result<Reply, ApiError> {
         let Ok(_permit) = self.scrapes.clone().try_acquire_owned() else {
             return Err(ApiError::unavailable(format!(
                 "{} /metrics answers are being rendered, the limit (`max_concurrent_scrapes`); retry later",
                 self.config.limits.max_concurrent_scrapes
             )));
         };
-        blocking(move || Ok(metrics_reply(&tenants, ""))).await
+        let extra = match (&self.cluster, cluster) {
+            (Some(c), true) => c.metrics_text(),
+            _ => String::new(),
+        };
+        blocking(move || Ok(metrics_reply(&tenants, &extra))).await
     }
 
     /// Answer one request.
@@ -310,7 +330,7 @@ impl Server {
         let tenant = match caller {
             Caller::Admin if segs == ["metrics"] => {
                 let all: Vec<Arc<Tenant>> = self.tenants.values().cloned().collect();
-                return self.metrics(all).await;
+                return self.metrics(all, true).await;
             }
             Caller::Admin => {
                 return Err(ApiError::not_found(format!(
@@ -322,7 +342,7 @@ impl Server {
         let engine = self.tenant_engine(&tenant, false)?;
         let now = SystemClock.now_ms();
         match (method, segs.as_slice()) {
-            (Method::GET, ["metrics"]) => self.metrics(vec![tenant]).await,
+            (Method::GET, ["metrics"]) => self.metrics(vec![tenant], false).await,
             (Method::POST, ["v1", "components"]) => {
                 let limit = tenant.config.quotas.max_upload_bytes;
                 let (body, _held) = self.body(&tenant, req, limit).await?;
@@ -374,10 +394,11 @@ impl Server {
                 let (body, _held) = self.body(&tenant, req, self.config.limits.max_spec_bytes).await?;
                 let engine = self.engine_for(&tenant)?;
                 let (lines, limits) = (self.config.job_log_lines, self.config.limits.clone());
+                let cluster = self.cluster.clone();
                 blocking(move || {
                     let request = jobs::parse_submit(&body)?;
                     drop(body);
-                    let job = jobs::submit(&tenant, &engine, request, lines, &limits)?;
+                    let job = jobs::submit(&tenant, &engine, request, lines, &limits, cluster)?;
                     Ok(json_reply(201, &job.details()))
                 })
                 .await
@@ -417,6 +438,10 @@ impl Server {
                 let (savepoints, key) = (*kind == "savepoints", (*kind).to_owned());
                 blocking(move || Ok(json_reply(200, &serde_json::json!({ key: j.stored_checkpoints(savepoints) })))).await
             }
+            (Method::GET, ["v1", "taskmanagers"]) => match &self.cluster {
+                Some(c) => Ok(json_reply(200, &serde_json::json!({ "taskmanagers": c.taskmanagers() }))),
+                None => Ok(json_reply(200, &serde_json::json!({ "taskmanagers": [] }))),
+            },
             (Method::GET, ["v1", "jobs", id, "logs"]) => {
                 let j = job(&tenant, id)?;
                 let tail = query_param(&query, "tail").and_then(|v| v.parse().ok()).unwrap_or(100);

@@ -373,7 +373,6 @@ pub(crate) struct PreparedJob {
     /// What the job's own checkpoints must hold.
     pub expected: ExpectedState,
     /// The file of each component, by digest (for TaskManagers to fetch).
-    #[allow(dead_code)]
     pub component_files: Vec<(String, PathBuf)>,
 }
 

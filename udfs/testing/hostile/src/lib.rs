@@ -10,7 +10,8 @@
 //! - `emit`: emits a record of `bytes` bytes instead (the host's record-size
 //!   limit must stop it);
 //! - `log`: writes `message` as one warning (newlines and all: the host must
-//!   escape them).
+//!   escape them);
+//! - `slow`: spins `spin` iterations on every record (a slow consumer).
 
 use sluice_guest::{Error, Map, Output, Record};
 
@@ -24,6 +25,8 @@ struct Config {
     bytes: usize,
     #[serde(default)]
     message: String,
+    #[serde(default)]
+    spin: u64,
 }
 
 fn default_lines() -> u32 {
@@ -77,6 +80,11 @@ impl Map for Hostile {
                     }
                 }
                 other => return Err(Error::new(format!("unknown act {other:?}"))),
+            }
+        } else if self.0.act == "slow" {
+            let mut x = 0u64;
+            for _ in 0..self.0.spin {
+                x = std::hint::black_box(x.wrapping_add(1));
             }
         } else if self.0.act == "log-flood" {
             sluice_guest::log::info(&format!("record {v}"));
