@@ -2,29 +2,33 @@
 //! savepoints.
 //!
 //! ```text
-//! coordinator ──trigger n──► sources: record position, send barrier n in-band
+//! coordinator (JobMaster) ──trigger n──► source tasks: record position, send barrier n in-band
 //! task: barrier n on every input (aligned in exactly-once mode)
 //!       ─► copy state (SnapshotWriter) ─► forward barrier n ─► keep going
-//! writer thread: compress, checksum, write ─► ack n to the coordinator
-//! coordinator: all acks ─► _metadata.json (atomic) ─► sinks commit n
+//! writer thread (in the task's process): compress, checksum, write to the
+//!       store ─► ack n with handles (file, size, sha256)
+//! coordinator: all acks ─► _metadata.json (last, atomic) ─► notify n:
+//!       each sink subtask commits the output it sealed for n
 //! ```
 //!
-//! A task that has finished (its input ended) reports its final state once;
-//! the coordinator uses it for every later checkpoint, and writes a last
-//! checkpoint when every task has finished, so a bounded job's output is
-//! committed exactly once too. The format is described in
-//! `docs/checkpoints.md`.
+//! A task that has finished (its input ended) keeps its final state in its
+//! process; the coordinator asks for it at every later checkpoint, and
+//! takes a last checkpoint when every task has finished, so a bounded job's
+//! output is committed exactly once too. The format is described in
+//! `docs/checkpoints.md`; where the bytes live is a [`CheckpointStore`].
 
 pub mod coordinator;
 pub mod format;
 pub mod requests;
 pub mod storage;
+pub mod store;
 pub(crate) mod writer;
 
 pub use format::{DecodedSnapshot, SnapshotWriter};
 pub use storage::{
     CheckpointError, CheckpointStorage, ExpectedState, LoadedCheckpoint, Metadata, RestoreLimits, StateFile, load_path, read_operator_state,
 };
+pub use store::{CheckpointStore, DirStore};
 
 /// What a barrier asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

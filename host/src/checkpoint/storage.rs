@@ -1,5 +1,6 @@
-//! Checkpoint storage: a directory opened with cap-std, so no path written
-//! or read can escape it.
+//! Checkpoint storage: the checkpoints and savepoints of one job in a
+//! [`CheckpointStore`] (a directory opened with cap-std, so no path written
+//! or read can escape it; see [`super::store`]).
 //!
 //! ```text
 //! <dir>/chk-00000007/<operator>-<subtask>.state   one file per operator subtask
@@ -9,7 +10,7 @@
 //! ```
 //!
 //! A checkpoint is complete exactly when its `_metadata.json` exists: it is
-//! written to a temporary name, synced, then renamed.
+//! written last, atomically (to a temporary name, synced, then renamed).
 //!
 //! Restoring trusts nothing it reads ([`RestoreLimits`]): a file is opened
 //! only if `lstat` says it is a regular file (a symlink, FIFO or device is
@@ -24,16 +25,15 @@
 //! previous complete one, as for a checksum mismatch.
 
 use std::collections::HashSet;
-use std::io::{Read, Seek, Write};
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use cap_std::ambient_authority;
-use cap_std::fs::{Dir, File, FileTypeExt, OpenOptions, OpenOptionsExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::format::{CappedReadError, DEFAULT_MAX_PAYLOAD_BYTES, DecodeBounds, DecodedSnapshot, KeyGroupBounds, read_capped};
+use super::store::{CheckpointStore, DirStore, FileError, join};
 use crate::state::KeyGroupRange;
 
 /// Name of the metadata file of a checkpoint or savepoint.
@@ -244,24 +244,25 @@ pub fn state_file_name(operator: &str, subtask: u32) -> String {
     format!("{clean}-{hash:08x}-{subtask}.state")
 }
 
-/// Checkpoint storage rooted at one directory.
-#[derive(Debug)]
+/// The checkpoints of one job in a [`CheckpointStore`].
+#[derive(Debug, Clone)]
 pub struct CheckpointStorage {
-    root: Dir,
-    path: PathBuf,
+    store: Arc<dyn CheckpointStore>,
     limits: RestoreLimits,
 }
 
 impl CheckpointStorage {
     /// Open (creating) the directory.
     pub fn open(path: &Path) -> Result<Self, CheckpointError> {
-        std::fs::create_dir_all(path).map_err(io(path))?;
-        let root = Dir::open_ambient_dir(path, ambient_authority()).map_err(io(path))?;
-        Ok(CheckpointStorage {
-            root,
-            path: path.to_owned(),
+        Ok(Self::with_store(Arc::new(DirStore::open(path).map_err(io(path))?)))
+    }
+
+    /// The checkpoints in `store`.
+    pub fn with_store(store: Arc<dyn CheckpointStore>) -> Self {
+        CheckpointStorage {
+            store,
             limits: RestoreLimits::default(),
-        })
+        }
     }
 
     /// Restore with these limits instead of the defaults.
@@ -275,18 +276,15 @@ impl CheckpointStorage {
         &self.limits
     }
 
-    /// The directory.
+    /// Where it is.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.store.location()
     }
 
     /// Write one state file into `dir`; returns its handle.
     pub fn write_state(&self, dir: &str, file: &str, subtask: u32, bytes: &[u8]) -> Result<StateFile, CheckpointError> {
-        let rel = Path::new(dir).join(file);
-        self.root.create_dir_all(dir).map_err(io(self.path.join(dir)))?;
-        let mut f = self.root.create(&rel).map_err(io(self.path.join(&rel)))?;
-        f.write_all(bytes).map_err(io(self.path.join(&rel)))?;
-        f.sync_all().map_err(io(self.path.join(&rel)))?;
+        let rel = join(dir, file);
+        self.store.put(&rel, bytes).map_err(io(self.path().join(&rel)))?;
         Ok(StateFile {
             subtask,
             file: file.to_owned(),
@@ -298,40 +296,25 @@ impl CheckpointStorage {
     /// Write the metadata last and atomically: the checkpoint is complete
     /// when this returns.
     pub fn write_metadata(&self, dir: &str, meta: &Metadata) -> Result<(), CheckpointError> {
-        self.root.create_dir_all(dir).map_err(io(self.path.join(dir)))?;
-        let tmp = Path::new(dir).join("_metadata.json.tmp");
-        let fin = Path::new(dir).join(METADATA);
-        let text = serde_json::to_vec_pretty(meta).map_err(|e| io(self.path.join(&tmp))(std::io::Error::other(e)))?;
-        let mut f = self.root.create(&tmp).map_err(io(self.path.join(&tmp)))?;
-        f.write_all(&text).map_err(io(self.path.join(&tmp)))?;
-        f.sync_all().map_err(io(self.path.join(&tmp)))?;
-        self.root.rename(&tmp, &self.root, &fin).map_err(io(self.path.join(&fin)))?;
-        if let Ok(d) = self.root.open_dir(dir) {
-            // Make the rename durable (best effort: not every filesystem can sync a directory).
-            let _ = d.open(".").and_then(|f| f.sync_all());
-        }
-        Ok(())
+        let fin = join(dir, METADATA);
+        let text = serde_json::to_vec_pretty(meta).map_err(|e| io(self.path().join(&fin))(std::io::Error::other(e)))?;
+        self.store.put_atomic(&fin, &text).map_err(io(self.path().join(&fin)))
     }
 
     /// Remove a checkpoint directory (missing is fine).
     pub fn remove(&self, dir: &str) {
-        if let Err(e) = self.root.remove_dir_all(dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(dir = %self.path.join(dir).display(), error = %e, "could not remove a checkpoint");
+        if let Err(e) = self.store.remove_all(dir) {
+            tracing::warn!(dir = %self.path().join(dir).display(), error = %e, "could not remove a checkpoint");
         }
     }
 
     /// Ids of checkpoint directories, complete or not, ascending.
     fn checkpoint_ids(&self) -> Vec<(u64, bool)> {
         let mut ids = Vec::new();
-        if let Ok(entries) = self.root.entries() {
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if let Some(id) = name.strip_prefix("chk-").and_then(|n| n.parse::<u64>().ok()) {
-                    let complete = self.root.exists(Path::new(&name).join(METADATA));
-                    ids.push((id, complete));
-                }
+        for name in self.store.list("") {
+            if let Some(id) = name.strip_prefix("chk-").and_then(|n| n.parse::<u64>().ok()) {
+                let complete = self.store.exists(&join(&name, METADATA));
+                ids.push((id, complete));
             }
         }
         ids.sort_unstable();
@@ -346,12 +329,9 @@ impl CheckpointStorage {
     /// The highest id used by any checkpoint or savepoint directory.
     pub fn max_id(&self) -> u64 {
         let mut max = self.checkpoint_ids().last().map_or(0, |c| c.0);
-        if let Ok(entries) = self.root.read_dir("savepoints") {
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if let Some(id) = name.strip_prefix("savepoint-").and_then(|n| n.parse::<u64>().ok()) {
-                    max = max.max(id);
-                }
+        for name in self.store.list("savepoints") {
+            if let Some(id) = name.strip_prefix("savepoint-").and_then(|n| n.parse::<u64>().ok()) {
+                max = max.max(id);
             }
         }
         max
@@ -373,8 +353,7 @@ impl CheckpointStorage {
     /// Read, verify and decode the checkpoint in `dir`, which must describe
     /// `expected`.
     pub fn load(&self, dir: &str, expected: &ExpectedState) -> Result<LoadedCheckpoint, CheckpointError> {
-        let d = self.root.open_dir(dir).map_err(io(self.path.join(dir)))?;
-        load_dir(&d, &self.path.join(dir), expected, &self.limits)
+        load_dir(self.store.as_ref(), dir, &self.path().join(dir), expected, &self.limits)
     }
 
     /// The newest complete checkpoint with an id of at least `min_id` that
@@ -389,18 +368,13 @@ impl CheckpointStorage {
         }
         None
     }
-
-    /// The directory for savepoint requests.
-    pub fn requests_dir(&self) -> PathBuf {
-        self.path.join("requests")
-    }
 }
 
 /// Read, verify and decode a checkpoint or savepoint at `path` (a
 /// directory holding `_metadata.json`), which must describe `expected`.
 pub fn load_path(path: &Path, expected: &ExpectedState, limits: &RestoreLimits) -> Result<LoadedCheckpoint, CheckpointError> {
-    let d = Dir::open_ambient_dir(path, ambient_authority()).map_err(io(path))?;
-    load_dir(&d, path, expected, limits)
+    let store = DirStore::existing(path).map_err(io(path))?;
+    load_dir(&store, "", path, expected, limits)
 }
 
 /// Read, verify and decode the state files of one operator that `keep`
@@ -415,7 +389,7 @@ pub fn read_operator_state(
     keep: impl Fn(&StateFile) -> bool,
     limits: &RestoreLimits,
 ) -> Result<Vec<Arc<DecodedSnapshot>>, CheckpointError> {
-    let d = Dir::open_ambient_dir(path, ambient_authority()).map_err(io(path))?;
+    let store = DirStore::existing(path).map_err(io(path))?;
     let name = DirName::of(path);
     let mut out = Vec::new();
     let mut total: u64 = 0;
@@ -436,7 +410,7 @@ pub fn read_operator_state(
                 max_parallelism,
             }),
         };
-        let snap = read_state_file(&d, f, &bounds, limits).map_err(damaged)?;
+        let snap = read_state_file(&store, &f.file, f, &bounds, limits).map_err(damaged)?;
         total = total.saturating_add(snap.payload_bytes() as u64);
         if total > limits.max_checkpoint_payload_bytes {
             return Err(damaged(format!(
@@ -481,7 +455,13 @@ impl DirName {
     }
 }
 
-fn load_dir(d: &Dir, path: &Path, expected: &ExpectedState, limits: &RestoreLimits) -> Result<LoadedCheckpoint, CheckpointError> {
+fn load_dir(
+    store: &dyn CheckpointStore,
+    dir: &str,
+    path: &Path,
+    expected: &ExpectedState,
+    limits: &RestoreLimits,
+) -> Result<LoadedCheckpoint, CheckpointError> {
     let name = DirName::of(path);
     let damaged = |what: &'static str, file: &str, reason: String| CheckpointError::Damaged {
         checkpoint: name.label(path),
@@ -489,7 +469,7 @@ fn load_dir(d: &Dir, path: &Path, expected: &ExpectedState, limits: &RestoreLimi
         file: path.join(file),
         reason,
     };
-    let text = match open_regular(d, METADATA, limits.max_metadata_bytes) {
+    let text = match store.open(&join(dir, METADATA), limits.max_metadata_bytes) {
         Err(FileError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(CheckpointError::Incompatible {
                 checkpoint: path.to_owned(),
@@ -524,7 +504,7 @@ fn load_dir(d: &Dir, path: &Path, expected: &ExpectedState, limits: &RestoreLimi
                     max_parallelism: meta.max_parallelism,
                 }),
             };
-            let snap = read_state_file(d, f, &bounds, limits).map_err(|e| damaged("state file", &f.file, e))?;
+            let snap = read_state_file(store, &join(dir, &f.file), f, &bounds, limits).map_err(|e| damaged("state file", &f.file, e))?;
             total = total.saturating_add(snap.payload_bytes() as u64);
             if total > limits.max_checkpoint_payload_bytes {
                 return Err(damaged(
@@ -638,92 +618,15 @@ fn sealed_checkpoint(name: &str) -> Option<u64> {
     (digits(subtask) && digits(id)).then(|| id.parse().ok()).flatten()
 }
 
-/// Why a checkpoint file cannot be opened for reading.
-#[derive(Debug, thiserror::Error)]
-enum FileError {
-    /// Opening or inspecting it failed.
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    /// It is not a regular file.
-    #[error("it is {0}, not a regular file")]
-    NotRegular(&'static str),
-    /// It is larger than the cap.
-    #[error("it has {len} bytes, more than the limit of {cap}")]
-    TooLarge {
-        /// Its length.
-        len: u64,
-        /// The cap.
-        cap: u64,
-    },
-}
-
-/// `O_NONBLOCK` where its value is known (Linux outside MIPS and SPARC, the
-/// BSDs and macOS): opening a FIFO that replaced the file between the
-/// `lstat` and the `open` then returns at once instead of waiting for a
-/// writer. Elsewhere the `lstat` alone keeps FIFOs out.
-const O_NONBLOCK: i32 = if cfg!(all(
-    target_os = "linux",
-    not(any(
-        target_arch = "mips",
-        target_arch = "mips64",
-        target_arch = "sparc",
-        target_arch = "sparc64"
-    ))
-)) {
-    0o4000
-} else if cfg!(any(
-    target_os = "macos",
-    target_os = "freebsd",
-    target_os = "openbsd",
-    target_os = "netbsd"
-)) {
-    0x4
-} else {
-    0
-};
-
-fn not_regular(t: cap_std::fs::FileType) -> Option<&'static str> {
-    if t.is_file() {
-        None
-    } else if t.is_symlink() {
-        Some("a symbolic link")
-    } else if t.is_dir() {
-        Some("a directory")
-    } else if t.is_fifo() {
-        Some("a FIFO")
-    } else if t.is_socket() {
-        Some("a socket")
-    } else if t.is_block_device() || t.is_char_device() {
-        Some("a device")
-    } else {
-        Some("a special file")
-    }
-}
-
-/// Open `name` in `d` for reading if it is a regular file of at most `cap`
-/// bytes; the file and its length. Its type and length are checked with
-/// `lstat` before it is opened (so a symlink, FIFO or device is never
-/// opened) and again through the handle (in case it was replaced between).
-fn open_regular(d: &Dir, name: &str, cap: u64) -> Result<(File, u64), FileError> {
-    let check = |m: &cap_std::fs::Metadata| match not_regular(m.file_type()) {
-        Some(kind) => Err(FileError::NotRegular(kind)),
-        None if m.len() > cap => Err(FileError::TooLarge { len: m.len(), cap }),
-        None => Ok(m.len()),
-    };
-    check(&d.symlink_metadata(name)?)?;
-    let mut options = OpenOptions::new();
-    options.read(true);
-    if O_NONBLOCK != 0 {
-        options.custom_flags(O_NONBLOCK);
-    }
-    let f = d.open_with(name, &options)?;
-    let len = check(&f.metadata()?)?;
-    Ok((f, len))
-}
-
 /// Open, size-check, checksum and decode one state file.
-fn read_state_file(d: &Dir, f: &StateFile, bounds: &DecodeBounds, limits: &RestoreLimits) -> Result<DecodedSnapshot, String> {
-    let (mut file, len) = open_regular(d, &f.file, limits.max_state_file_bytes).map_err(|e| e.to_string())?;
+fn read_state_file(
+    store: &dyn CheckpointStore,
+    path: &str,
+    f: &StateFile,
+    bounds: &DecodeBounds,
+    limits: &RestoreLimits,
+) -> Result<DecodedSnapshot, String> {
+    let (mut file, len) = store.open(path, limits.max_state_file_bytes).map_err(|e| e.to_string())?;
     if len != f.bytes {
         return Err(format!(
             "it has {len} bytes, the metadata says {} (truncated or replaced?)",
@@ -924,9 +827,10 @@ mod tests {
             let err = load_in_thread(CheckpointStorage::open(st.path()).unwrap());
             assert!(err.contains("it is a FIFO"), "{err}");
             // Through the handle too: a FIFO opened non-blocking does not wait for a writer.
-            let d = Dir::open_ambient_dir(&chk, ambient_authority()).unwrap();
+            use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
+            let d = Dir::open_ambient_dir(&chk, cap_std::ambient_authority()).unwrap();
             let mut options = OpenOptions::new();
-            options.read(true).custom_flags(O_NONBLOCK);
+            options.read(true).custom_flags(super::super::store::O_NONBLOCK);
             assert!(d.open_with(&name, &options).is_ok());
         } else {
             eprintln!("no mkfifo: the FIFO case is skipped");
