@@ -116,6 +116,17 @@ impl Cluster {
         }
     }
 
+    /// SIGKILL the JobManager.
+    pub(crate) fn kill_jm(&mut self) {
+        let _ = self.jm.kill();
+        let _ = self.jm.wait();
+    }
+
+    /// The log of TaskManager `i`.
+    pub(crate) fn tm_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.join(format!("tm-{i}.log"))).unwrap_or_default()
+    }
+
     /// The pid of TaskManager `i`.
     pub(crate) fn tm_pid(&self, i: usize) -> u32 {
         self.tms[i].as_ref().map_or(0, Child::id)
@@ -487,4 +498,87 @@ fn too_few_slots_wait_and_say_why_and_a_restarted_taskmanager_joins_as_new() {
         "the new attempt runs on the newcomer: {done}"
     );
     assert_exact_updates(&committed_lines(&c, "out"), "after the restart");
+}
+
+#[test]
+fn stop_with_savepoint_and_a_rescaled_restore_run_on_the_cluster() {
+    let mut cluster = Cluster::start("cluster-savepoint", "");
+    cluster.add_tm(2, None, &[]);
+    cluster.add_tm(2, None, &[]);
+    let c = cluster.client();
+    let (tokenize, count) = (upload(&c, "tokenize"), upload(&c, "count"));
+    put_input(&c, "in.txt");
+    let id = submit(&c, wordcount(&tokenize, &count, 2, "out", Some(1000), true));
+    wait_checkpoints(&c, &id, 1, Duration::from_secs(60), &cluster);
+    let stopped = expect(
+        c.post_json(&format!("/v1/jobs/{id}/stop"), &json!({})).unwrap(),
+        201,
+        "stop with savepoint",
+    );
+    let savepoint = stopped["savepoint"].as_str().unwrap().to_owned();
+    let done = wait_for(&c, &id, &["finished", "failed"], Duration::from_secs(60));
+    assert_eq!(done["state"], "finished", "{done}");
+    let before = committed_lines(&c, "out").len();
+    assert!(
+        before > 0 && (before as u64) < expected_counts().values().sum::<u64>(),
+        "stopped mid-run: {before}"
+    );
+    // The rest, from the savepoint, with the keyed operator at parallelism 3.
+    let spec = wordcount(&tokenize, &count, 3, "out", None, true);
+    let v = expect(
+        c.post_json("/v1/jobs", &json!({ "spec": spec, "savepoint": savepoint })).unwrap(),
+        201,
+        "submitting from the savepoint",
+    );
+    let again = v["id"].as_str().unwrap().to_owned();
+    let done = wait_for(&c, &again, &["finished", "failed"], Duration::from_secs(120));
+    assert_eq!(done["state"], "finished", "{done}\n{}", cluster.log());
+    assert_eq!(placement(&done).len(), 2, "{done}");
+    assert_exact_updates(&committed_lines(&c, "out"), "stopped, then restored at parallelism 3");
+}
+
+#[test]
+fn a_taskmanager_that_loses_its_jobmanager_cancels_its_tasks_and_stops_writing() {
+    let mut cluster = Cluster::start("cluster-jm-lost", "heartbeat_interval_ms = 300\nheartbeat_timeout_ms = 2000");
+    let (tm, _) = cluster.add_tm(2, None, &[]);
+    let c = cluster.client();
+    let (tokenize, count) = (upload(&c, "tokenize"), upload(&c, "count"));
+    put_input(&c, "in.txt");
+    // ~4600 lines at 150 lines/s: half a minute of input.
+    let id = submit(&c, wordcount(&tokenize, &count, 2, "out", Some(150), true));
+    wait_checkpoints(&c, &id, 1, Duration::from_secs(60), &cluster);
+    let out = cluster.data.join("tenants/acme/files/out");
+    cluster.kill_jm();
+    let start = Instant::now();
+    while !cluster.tm_log(tm).contains("cancelling every task") {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the TaskManager kept its tasks:\n{}",
+            cluster.tm_log(tm)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        start.elapsed() >= Duration::from_millis(500),
+        "it should wait out its timeout first"
+    );
+    // Nothing is written to the sink directory any more.
+    let snapshot = |dir: &Path| -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.metadata().map(|m| m.len()).unwrap_or(0),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let first = snapshot(&out);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(snapshot(&out), first, "the sink directory changed after the tasks were cancelled");
 }

@@ -353,8 +353,16 @@ impl Coordinator {
 
     /// Every task has finished: take the last checkpoint from their final
     /// states; [`CoordinatorEvent::Finished`] follows its completion.
-    /// Savepoints still queued are answered with an error.
+    /// Savepoints still queued are answered with an error. A pending stop
+    /// with savepoint is let complete (nothing flows after its barrier, so
+    /// its state is final) and ends the job as stopped.
     pub fn finish(&mut self) {
+        if let Some(p) = &mut self.pending
+            && p.barrier.kind == (BarrierKind::Savepoint { stop: true })
+        {
+            p.last = true;
+            return;
+        }
         if let Some(p) = self.pending.take() {
             self.abort(p, "every task finished");
         }
@@ -435,10 +443,14 @@ impl Coordinator {
         if !savepoint {
             self.storage.prune(self.cfg.retain);
         }
-        self.commands.push(Command::Notify {
-            checkpoint: id,
-            commits: p.sinks,
-        });
+        // An intermediate savepoint commits no output (as in Flink): the
+        // next checkpoint does; restoring the savepoint commits what it sealed.
+        if !savepoint || p.barrier.kind == (BarrierKind::Savepoint { stop: true }) {
+            self.commands.push(Command::Notify {
+                checkpoint: id,
+                commits: p.sinks,
+            });
+        }
         if let Some(reply) = &p.reply {
             let _ = reply.send(Ok(path.clone()));
         }

@@ -95,9 +95,12 @@ pub struct RemoteJob {
     fencing: u64,
     /// The current attempt and where its events go.
     events: Mutex<Option<(u32, EventSink)>>,
-    /// TaskManager ids that confirmed the cancel of the current attempt.
-    cancelled: Mutex<HashSet<String>>,
+    /// (TaskManager id, attempt) pairs that confirmed a cancel.
+    cancelled: Mutex<HashSet<(String, u32)>>,
     cancelled_cv: Condvar,
+    /// (TaskManager id, checkpoint) pairs whose commit is confirmed.
+    committed: Mutex<HashSet<(String, u64)>>,
+    committed_cv: Condvar,
     /// Why the current attempt lost a TaskManager.
     lost: Mutex<Option<String>>,
     /// Counters per node, summed over the TaskManagers' heartbeats.
@@ -304,6 +307,8 @@ impl ClusterCore {
             events: Mutex::new(None),
             cancelled: Mutex::new(HashSet::new()),
             cancelled_cv: Condvar::new(),
+            committed: Mutex::new(HashSet::new()),
+            committed_cv: Condvar::new(),
             lost: Mutex::new(None),
             metrics,
             samples: Mutex::new(HashMap::new()),
@@ -467,8 +472,9 @@ impl Deployer for RemoteDeployer {
             .collect();
         *lock(&self.job.events) = Some((attempt, events.clone()));
         *lock(&self.job.lost) = None;
-        lock(&self.job.cancelled).clear();
         lock(&self.job.samples).clear();
+        lock(&self.job.committed).clear();
+        lock(&self.job.cancelled).retain(|(_, a)| *a >= attempt);
         *lock(&self.job.placement) = plan
             .tasks
             .iter()
@@ -496,6 +502,7 @@ impl Deployer for RemoteDeployer {
             }
         }
         self.attempt = Some(attempt);
+        let mut failed = None;
         for (tm, tasks) in by_tm {
             let deploy = Deploy {
                 id: Some(self.id(attempt)),
@@ -510,9 +517,15 @@ impl Deployer for RemoteDeployer {
                     .unwrap_or_default(),
                 max_state_bytes: self.max_state_bytes.unwrap_or(0),
             };
-            self.core
-                .send(&tm, command::Kind::Deploy(deploy))
-                .map_err(|e| JobError::Failed(TaskError::Remote(e)))?;
+            if let Err(e) = self.core.send(&tm, command::Kind::Deploy(deploy)) {
+                failed = Some(e);
+                break;
+            }
+        }
+        if let Some(e) = failed {
+            // Take back what was deployed and the slots.
+            self.cancel();
+            return Err(JobError::Failed(TaskError::Remote(e)));
         }
         tracing::info!(job = %self.job.id, attempt, taskmanagers = ?lock(&self.job.placement).iter().map(|p| &p.1).collect::<HashSet<_>>(), "deployed");
         Ok(())
@@ -571,7 +584,7 @@ impl Deployer for RemoteDeployer {
                 let registry = lock(&self.core.tms);
                 tms.iter().filter(|t| registry.contains_key(*t)).cloned().collect()
             };
-            if alive.iter().all(|t| done.contains(t)) || Instant::now() >= deadline {
+            if alive.iter().all(|t| done.contains(&(t.clone(), attempt))) || Instant::now() >= deadline {
                 break;
             }
             done = self
@@ -590,6 +603,34 @@ impl Deployer for RemoteDeployer {
         self.attempt?;
         lock(&self.job.lost).take().map(TaskError::Remote)
     }
+
+    fn confirm_commits(&mut self, checkpoint: u64) -> Result<(), TaskError> {
+        let mut tms: Vec<String> = self.locations.clone();
+        tms.sort();
+        tms.dedup();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut done = lock(&self.job.committed);
+        loop {
+            let missing: Vec<&String> = tms.iter().filter(|t| !done.contains(&((*t).clone(), checkpoint))).collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if let Some(lost) = lock(&self.job.lost).take() {
+                return Err(TaskError::Remote(format!("committing checkpoint {checkpoint}: {lost}")));
+            }
+            if Instant::now() >= deadline {
+                return Err(TaskError::Remote(format!(
+                    "TaskManagers {missing:?} did not confirm committing checkpoint {checkpoint} within 60 s"
+                )));
+            }
+            done = self
+                .job
+                .committed_cv
+                .wait_timeout(done, Duration::from_millis(100))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
 }
 
 /// The RPC service.
@@ -600,6 +641,9 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 impl Rpc {
     /// Take a TaskManager's counters of the current attempt of a job.
     fn accept_sample(&self, tm: &str, sample: rpc::JobSample) {
+        if !lock(&self.0.tms).contains_key(tm) {
+            return;
+        }
         if let Some((job, id)) = self.job_for(&sample.id)
             && lock(&job.events).as_ref().is_some_and(|(a, _)| *a == id.attempt)
         {
@@ -699,8 +743,15 @@ impl JobManager for Rpc {
             self.accept_sample(&r.taskmanager, sample);
         }
         if kind == ReportKind::Cancelled {
-            lock(&job.cancelled).insert(r.taskmanager.clone());
+            lock(&job.cancelled).insert((r.taskmanager.clone(), id.attempt));
             job.cancelled_cv.notify_all();
+            return Ok(Response::new(Empty {}));
+        }
+        if kind == ReportKind::Committed {
+            if lock(&job.events).as_ref().is_some_and(|(a, _)| *a == id.attempt) {
+                lock(&job.committed).insert((r.taskmanager.clone(), r.checkpoint));
+                job.committed_cv.notify_all();
+            }
             return Ok(Response::new(Empty {}));
         }
         let sink = lock(&job.events).as_ref().filter(|(a, _)| *a == id.attempt).map(|(_, s)| s.clone());
@@ -729,7 +780,7 @@ impl JobManager for Rpc {
                     TaskError::Remote(format!("{} (on TaskManager {})", r.message, r.taskmanager))
                 },
             },
-            ReportKind::Cancelled => return Ok(Response::new(Empty {})),
+            ReportKind::Cancelled | ReportKind::Committed => return Ok(Response::new(Empty {})),
         };
         sink(id.attempt, event);
         Ok(Response::new(Empty {}))

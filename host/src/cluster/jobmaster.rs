@@ -55,6 +55,12 @@ pub trait Deployer: Send {
     fn poll_failure(&mut self) -> Option<TaskError> {
         None
     }
+    /// Wait until every task host has committed the output of `checkpoint`
+    /// (the last one of a job, or a stop with savepoint): the job ends only
+    /// once its output is visible. In-process commits happen in `command`.
+    fn confirm_commits(&mut self, _checkpoint: u64) -> Result<(), TaskError> {
+        Ok(())
+    }
 }
 
 /// Messages to a running job.
@@ -74,6 +80,8 @@ enum AttemptEnd {
     Stopped(PathBuf),
     Cancelled,
     Failed(TaskError),
+    /// A failure no restart can mend.
+    Fatal(TaskError),
 }
 
 /// Shared figures of a job, read by the API while it runs.
@@ -147,13 +155,14 @@ impl JobMaster {
                 AttemptEnd::Finished => return Ok(None),
                 AttemptEnd::Stopped(path) => return Ok(Some(path)),
                 AttemptEnd::Cancelled => return Err(JobError::Failed(TaskError::Cancelled)),
+                AttemptEnd::Fatal(e) => return Err(JobError::Failed(e)),
                 AttemptEnd::Failed(e) => e,
             };
             let delay = match &self.coordinator {
                 Some(_) => self.policy.on_failure(),
                 None => None,
             };
-            let Some(delay) = delay else {
+            let Some(mut delay) = delay else {
                 return Err(JobError::Failed(error));
             };
             attempt += 1;
@@ -182,9 +191,11 @@ impl JobMaster {
                     Err(e) => {
                         // No slots, or a TaskManager refused: that is a failure too.
                         tracing::warn!(error = %e, restart = attempt, "restart failed");
-                        let Some(_) = self.policy.on_failure() else {
+                        self.deployer.cancel();
+                        let Some(next) = self.policy.on_failure() else {
                             return Err(e);
                         };
+                        delay = next;
                         attempt += 1;
                         self.status.restarts.store(attempt, Ordering::Relaxed);
                     }
@@ -342,8 +353,24 @@ impl JobMaster {
                 None => {}
             }
             match event {
-                Some(CoordinatorEvent::Stopped(path)) => return AttemptEnd::Stopped(path),
-                Some(CoordinatorEvent::Finished(_)) => return AttemptEnd::Finished,
+                Some(CoordinatorEvent::Stopped(path)) => {
+                    let id = self.coordinator.as_ref().map_or(0, |c| c.completed.load(Ordering::SeqCst));
+                    if let Err(e) = self.deployer.confirm_commits(id) {
+                        return AttemptEnd::Fatal(TaskError::Internal(format!(
+                            "the job stopped with savepoint {}, but committing its output failed (restoring the savepoint commits it): {e}",
+                            path.display()
+                        )));
+                    }
+                    return AttemptEnd::Stopped(path);
+                }
+                Some(CoordinatorEvent::Finished(id)) => {
+                    // Not committed everywhere: restart from this last
+                    // checkpoint; restoring it commits what it sealed.
+                    if let Err(e) = self.deployer.confirm_commits(id) {
+                        return AttemptEnd::Failed(e);
+                    }
+                    return AttemptEnd::Finished;
+                }
                 None => {}
             }
         }

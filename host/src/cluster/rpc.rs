@@ -220,6 +220,8 @@ pub enum ReportKind {
     Failed = 3,
     /// Every task of the attempt here has stopped after a cancel.
     Cancelled = 4,
+    /// The sinks here committed the output of checkpoint `checkpoint`.
+    Committed = 5,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

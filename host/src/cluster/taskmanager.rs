@@ -41,6 +41,9 @@ use crate::wasm::{LoadedComponent, WasmEngine};
 /// Largest component a TaskManager fetches.
 const MAX_COMPONENT_BYTES: u64 = 512 << 20;
 
+/// Longest a component fetch may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// How a TaskManager runs.
 #[derive(Debug, Clone)]
 pub struct TaskManagerOptions {
@@ -186,7 +189,7 @@ impl Session {
     fn fetch(&self, digest: &str) -> Result<Vec<u8>, String> {
         let mut client = self.client.clone();
         let digest = digest.to_owned();
-        self.rt.block_on(async move {
+        let fetch = async move {
             let mut stream = client
                 .fetch_component(FetchComponent { digest: digest.clone() })
                 .await
@@ -215,6 +218,11 @@ impl Session {
                 return Err(format!("component {digest}: the transfer ended after {} bytes", out.len()));
             }
             Ok(out)
+        };
+        self.rt.block_on(async move {
+            tokio::time::timeout(FETCH_TIMEOUT, fetch)
+                .await
+                .unwrap_or_else(|_| Err(format!("fetching a component took longer than {} s", FETCH_TIMEOUT.as_secs())))
         })
     }
 
@@ -239,6 +247,7 @@ impl Session {
             self.data.release(&job_key(&old.id), old.id.attempt);
         }
         let plan: ExecutionPlan = serde_json::from_slice(&d.plan_json).map_err(|e| format!("malformed plan: {e}"))?;
+        plan.validate().map_err(|e| format!("inconsistent plan: {e}"))?;
         let plan = Arc::new(plan);
         let restore: Option<RestoreHandles> = if d.restore_json.is_empty() {
             None
@@ -347,17 +356,18 @@ impl Session {
                         return;
                     }
                 };
-                let mut failed = None;
+                let mut outcome = None;
                 self.with_attempt(&n.id, |h| {
-                    if let Err(e) = h.running.notify(n.checkpoint, &commits) {
-                        failed = Some((h.id.clone(), h.running.tasks().first().copied().unwrap_or(0), e));
-                    }
+                    let r = h.running.notify(n.checkpoint, &commits);
+                    outcome = Some((h.id.clone(), h.running.tasks().first().copied().unwrap_or(0), r));
                 });
-                if let Some((id, task, e)) = failed {
-                    self.report(&id, ReportKind::Failed, |r| {
+                match outcome {
+                    Some((id, task, Err(e))) => self.report(&id, ReportKind::Failed, |r| {
                         r.task = task as u32;
                         r.message = format!("committing checkpoint {}: {e}", n.checkpoint);
-                    });
+                    }),
+                    Some((id, _, Ok(()))) => self.report(&id, ReportKind::Committed, |r| r.checkpoint = n.checkpoint),
+                    None => {}
                 }
             }
         }
@@ -383,13 +393,16 @@ impl Session {
         }
     }
 
-    /// Stop every task (the JobManager is gone or forgot this TaskManager).
+    /// Stop every task (the JobManager is gone or forgot this TaskManager):
+    /// every task is told to stop first, then each attempt is waited for.
     fn cancel_all(&self) {
         let all: Vec<Hosted> = lock(&self.attempts).drain().map(|(_, h)| h).collect();
-        for h in all {
+        for h in &all {
             h.running.cancel();
-            h.running.shutdown(Duration::from_secs(60));
             self.data.release(&job_key(&h.id), h.id.attempt);
+        }
+        for h in all {
+            h.running.shutdown(Duration::from_secs(60));
         }
     }
 }
@@ -466,6 +479,9 @@ async fn run_session(options: &TaskManagerOptions, data: &Arc<DataPlane>, engine
     let channel = tonic::transport::Endpoint::from_shared(uri)?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(2))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
         .connect()
         .await?;
     let mut client = JobManagerClient::new(channel)
@@ -484,7 +500,10 @@ async fn run_session(options: &TaskManagerOptions, data: &Arc<DataPlane>, engine
     println!("registered as {id}");
     tracing::info!(taskmanager = %id, "registered with the JobManager");
     let interval = Duration::from_millis(reg.heartbeat_interval_ms.clamp(50, 60_000));
-    let timeout = Duration::from_millis(reg.heartbeat_timeout_ms.clamp(100, 600_000));
+    // Give up a little before the JobManager does, so this TaskManager's
+    // tasks stop before the job is restarted elsewhere.
+    let jm_timeout = Duration::from_millis(reg.heartbeat_timeout_ms.clamp(100, 600_000));
+    let timeout = jm_timeout.saturating_sub(interval).max(jm_timeout / 2);
     let mut commands = client
         .commands(CommandsRequest { taskmanager: id.clone() })
         .await
@@ -505,8 +524,18 @@ async fn run_session(options: &TaskManagerOptions, data: &Arc<DataPlane>, engine
     let mut report_client = client.clone();
     let reporter = tokio::spawn(async move {
         while let Some(r) = report_rx.recv().await {
-            if let Err(e) = report_client.report(r).await {
-                tracing::warn!("report not delivered: {}", e.message());
+            // A report is retried (in order) while the session lasts: a lost
+            // `finished` or `cancelled` would leave the JobMaster waiting.
+            let start = Instant::now();
+            loop {
+                match report_client.report(r.clone()).await {
+                    Ok(_) => break,
+                    Err(e) if start.elapsed() > timeout => {
+                        tracing::warn!("report not delivered: {}", e.message());
+                        break;
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
             }
         }
     });
@@ -515,10 +544,19 @@ async fn run_session(options: &TaskManagerOptions, data: &Arc<DataPlane>, engine
     let worker_session = session.clone();
     let worker = std::thread::Builder::new().name("tm-commands".into()).spawn(move || {
         for c in cmd_rx {
-            worker_session.execute(c);
+            let s = worker_session.clone();
+            if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || s.execute(c))) {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!("a command panicked: {message}");
+            }
         }
     })?;
-    let mut ticker = tokio::time::interval(interval);
+    let mut ticker = tokio::time::interval(interval.min(Duration::from_millis(500)));
+    let mut last_beat = Instant::now() - interval;
     let mut last_contact = Instant::now();
     let mut stream_open = true;
     let why = loop {
@@ -538,6 +576,13 @@ async fn run_session(options: &TaskManagerOptions, data: &Arc<DataPlane>, engine
                 }
             },
             _ = ticker.tick() => {
+                if last_contact.elapsed() > timeout {
+                    break format!("no contact with the JobManager for {} s", last_contact.elapsed().as_secs());
+                }
+                if last_beat.elapsed() < interval {
+                    continue;
+                }
+                last_beat = Instant::now();
                 let beat = session.heartbeat();
                 match tokio::time::timeout(interval.max(Duration::from_secs(1)), client.heartbeat(beat)).await {
                     Ok(Ok(r)) if r.get_ref().known => last_contact = Instant::now(),
@@ -554,6 +599,9 @@ async fn run_session(options: &TaskManagerOptions, data: &Arc<DataPlane>, engine
     drop(cmd_tx);
     let s = session.clone();
     tokio::task::spawn_blocking(move || {
+        // Stop what runs now, then once more for a deployment the worker
+        // was still making.
+        s.cancel_all();
         let _ = worker.join();
         s.cancel_all();
     })

@@ -114,6 +114,15 @@ impl SinkWriter for TransactionalFileSink {
 pub fn commit(dir: &Path, names: &[String]) -> Result<(), ConnectorError> {
     for name in names {
         let (from, to) = (pending_path(dir, name), committed_path(dir, name));
+        if to.exists() && from.exists() {
+            return Err(ConnectorError::Io {
+                path: from,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    format!("sealed output `{name}` would replace committed output of the same name"),
+                ),
+            });
+        }
         match std::fs::rename(&from, &to) {
             Ok(()) => {}
             Err(_) if to.exists() => {}

@@ -410,6 +410,45 @@ impl ExecutionPlan {
         out
     }
 
+    /// Check that every index in the plan points inside it (a plan that
+    /// came over the network is checked before a task is built from it).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_parallelism == 0 {
+            return Err("max_parallelism 0".into());
+        }
+        let (nodes, tasks) = (self.nodes.len(), self.tasks.len());
+        for (i, t) in self.tasks.iter().enumerate() {
+            if t.index != i {
+                return Err(format!("task {i} says it is task {}", t.index));
+            }
+            if t.operators.is_empty() {
+                return Err(format!("task {} has no operator", t.name));
+            }
+            for o in &t.operators {
+                let Some(n) = self.nodes.get(o.node) else {
+                    return Err(format!("task {} names node {} of {nodes}", t.name, o.node));
+                };
+                if t.subtask >= n.parallelism || o.key_groups.1 >= self.max_parallelism {
+                    return Err(format!("task {}: subtask or key groups out of range", t.name));
+                }
+            }
+            for c in &t.inputs {
+                if c.channel >= self.channels || c.producer >= tasks {
+                    return Err(format!("task {}: input channel {} out of range", t.name, c.channel));
+                }
+            }
+            for out in &t.outputs {
+                if out.channels.len() != out.consumers.len()
+                    || out.channels.iter().any(|&c| c >= self.channels)
+                    || out.consumers.iter().any(|&c| c >= tasks)
+                {
+                    return Err(format!("task {}: an output edge to {} is out of range", t.name, out.target));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// True for tasks whose head is a source.
     pub fn is_source_task(&self, task: usize) -> bool {
         self.tasks
@@ -476,8 +515,15 @@ mod tests {
         };
         assert_eq!(spec.path.as_deref(), Some("/base/out"));
         assert_eq!(p.tasks[4].operators[0].key_groups, (86, 127));
-        // The plan travels as JSON.
+        // The plan travels as JSON, and is checked when it arrives.
         let json = serde_json::to_string(&p).unwrap();
         assert_eq!(serde_json::from_str::<ExecutionPlan>(&json).unwrap(), p);
+        assert_eq!(p.validate(), Ok(()));
+        let mut bad = p.clone();
+        bad.tasks[3].inputs[0].producer = 99;
+        assert!(bad.validate().unwrap_err().contains("input channel"));
+        let mut bad = p.clone();
+        bad.tasks[2].operators[0].node = 7;
+        assert!(bad.validate().unwrap_err().contains("names node 7"));
     }
 }

@@ -362,7 +362,9 @@ pub(crate) fn build_task(desc: &TaskDescriptor, env: &TaskEnvironment) -> Result
             triggers,
             writer: c.writer.clone(),
             finals: c.finals.clone(),
-            last_barrier: 0,
+            // A final file sealed before any new barrier is named after the
+            // checkpoint restored, never after one an earlier attempt used.
+            last_barrier: env.restore.map_or(0, |r| r.checkpoint),
             aligning: None,
             ended: vec![false; desc.inputs.len()],
             stopped: false,
