@@ -37,15 +37,15 @@ mod shuffle;
 
 use crate::connectors::generator::{Generator, GeneratorConfig};
 use crate::job::ErrorPolicy;
-use crate::job::spec::{BuiltinAggregate, Distribution};
-use crate::runtime::operator::GuestOutputs;
+use crate::operator::GuestOutputs;
+use crate::operator::{KeyedOperator, StatelessOperator, WindowFunction, WindowOperator};
 use crate::runtime::{Emit, Operator, OperatorMetrics, RecordBatch, TaskError};
-use crate::runtime::{KeyedOperator, StatelessOperator};
+use crate::spec::{BuiltinAggregate, Distribution};
 use crate::state::{DEFAULT_MAX_PARALLELISM, HeapKeyedState, KeyGroupRange};
 use crate::tenancy::InstanceLimits;
 use crate::time::{SystemClock, TimeDomain};
 use crate::wasm::{GuestEnv, GuestInstance, WasmEngine, World};
-use crate::window::{Assigner, Builtin, Trigger, TriggerKind, WindowConfig, WindowFunction, WindowOperator};
+use crate::window::{Assigner, Builtin, Trigger, TriggerKind, WindowConfig};
 
 const BATCH: usize = 1024;
 

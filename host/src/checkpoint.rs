@@ -30,38 +30,13 @@ pub use storage::{
 };
 pub use store::{CheckpointStore, DirStore};
 
-/// What a barrier asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BarrierKind {
-    /// A periodic checkpoint.
-    Checkpoint,
-    /// A savepoint; with `stop`, sources stop after it and the job ends
-    /// once it is complete.
-    Savepoint {
-        /// Stop the job after the savepoint.
-        stop: bool,
-    },
-}
+pub use crate::types::{Barrier, BarrierKind};
 
-/// Barrier `id`, injected by sources and carried in-band.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Barrier {
-    /// The checkpoint id.
-    pub id: u64,
-    /// Checkpoint or savepoint.
-    pub kind: BarrierKind,
-    /// Whether tasks align their inputs on it (exactly-once, and always for
-    /// savepoints).
-    pub aligned: bool,
-}
-
-impl Barrier {
-    /// The storage directory of the checkpoint.
-    pub fn dir(&self) -> String {
-        match self.kind {
-            BarrierKind::Checkpoint => storage::checkpoint_dir(self.id),
-            BarrierKind::Savepoint { .. } => storage::savepoint_dir(self.id),
-        }
+/// The storage directory of the checkpoint of `barrier`.
+pub fn barrier_dir(barrier: &Barrier) -> String {
+    match barrier.kind {
+        BarrierKind::Checkpoint => storage::checkpoint_dir(barrier.id),
+        BarrierKind::Savepoint { .. } => storage::savepoint_dir(barrier.id),
     }
 }
 

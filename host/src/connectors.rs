@@ -20,7 +20,7 @@ pub use json_sink::JsonLinesSink;
 
 use sluice_guest::batch::BatchWriter;
 
-use crate::runtime::RecordBatch;
+use crate::types::RecordBatch;
 
 /// Why a connector failed.
 #[derive(Debug, thiserror::Error)]

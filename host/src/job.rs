@@ -7,7 +7,8 @@
 
 pub mod graph;
 pub mod plan;
-pub mod spec;
+
+pub use crate::spec;
 
 use std::path::PathBuf;
 
@@ -122,5 +123,14 @@ pub enum JobError {
     Restore(String),
     /// The job failed while running.
     #[error(transparent)]
-    Failed(#[from] crate::runtime::TaskError),
+    Failed(#[from] crate::operator::TaskError),
+}
+
+impl From<crate::spec::SpecError> for JobError {
+    fn from(e: crate::spec::SpecError) -> Self {
+        match e {
+            crate::spec::SpecError::Read { path, source } => JobError::Read { path, source },
+            crate::spec::SpecError::Parse(m) => JobError::Parse(m),
+        }
+    }
 }

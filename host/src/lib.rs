@@ -2,23 +2,28 @@
 //! components.
 //!
 //! The host owns everything that must survive a failure or be shared:
-//! partitioning, time, keyed state and (soon) checkpoints; guests only
-//! compute, and reach state through the WIT `state` interface. Modules, with
-//! dependencies pointing down:
+//! partitioning, time, keyed state and checkpoints; guests only compute,
+//! and reach state through the WIT `state` interface. Modules, each using
+//! only those above it in this list (no import cycles):
 //!
 //! ```text
-//! api          the HTTP server and its client (`sluice serve`)
-//! cluster      the JobMaster, restarts, the mini cluster (and TaskManagers)
-//! job          spec (TOML/JSON), validation, logical graph, physical plan
-//! queries      the Nexmark queries: job specs and reference implementations
-//! runtime      tasks, channels, partitioners, operators, the executor
+//! tenancy      tenants, quotas, per-instance limits, usage meters
+//! state        key groups, the heap backend
+//! spec         the job spec a user writes (TOML/JSON): pure data
+//! time         clocks, watermarks, timers
+//! types        record batches, stream elements, barriers
+//! checkpoint   snapshot format, storage (a trait), the coordinator's state machine
 //! connectors   sources and sinks
 //! wasm         engine, component cache, host interfaces, guest instances
-//! state        key groups, the heap backend
-//! tenancy      tenants, quotas, per-instance limits, usage meters
-//! time         clocks, watermarks, timers
+//! window       window assigners, triggers, slicing, built-in aggregates
+//! operator     the Operator trait and operators: stateless, keyed, window, join, sink
+//! job          validation, logical graph, physical plan (task descriptors)
+//! runtime      tasks, channels, partitioners, the shuffle (local | network), attempts
+//! cluster      the JobMaster, restarts, the mini cluster, JobManager and TaskManagers
+//! api          the HTTP server and its client (`sluice serve`, `sluice jobmanager`)
+//! queries      the Nexmark queries: job specs and reference implementations
+//! bench        benchmarks against native baselines
 //! toolchain    C bindings and core-module-to-component, for non-Rust guests
-//! window       window assigners, triggers and the window operator
 //! ```
 
 pub mod api;
@@ -27,11 +32,14 @@ pub mod checkpoint;
 pub mod cluster;
 pub mod connectors;
 pub mod job;
+pub mod operator;
 pub mod queries;
 pub mod runtime;
+pub mod spec;
 pub mod state;
 pub mod tenancy;
 pub mod time;
 pub mod toolchain;
+pub mod types;
 pub mod wasm;
 pub mod window;

@@ -23,22 +23,15 @@
 pub mod attempt;
 pub mod build;
 mod channel;
-mod error;
-pub mod join;
-mod metrics;
 pub mod network;
-pub(crate) mod operator;
 pub(crate) mod partition;
 pub mod shuffle;
 mod task;
 
+pub use crate::operator::{Emit, MetricsSample, Operator, OperatorMetrics, TaskError};
 pub use attempt::{AttemptContext, EventSink, RunningAttempt, TaskEvent};
 pub use build::ComponentResolver;
 pub use channel::{
     ChannelClosed, ElementSender, GateEvent, InputGate, LocalInputGate, LocalReceiver, RecordBatch, StreamElement, local_channel,
 };
-pub use error::TaskError;
-pub use metrics::{MetricsSample, OperatorMetrics};
-pub use operator::{Emit, Operator};
-pub(crate) use operator::{KeyedOperator, StatelessOperator};
 pub use shuffle::{LocalShuffle, ShuffleEnvironment};

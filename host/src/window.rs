@@ -1,6 +1,7 @@
-//! Windows, computed by the host: assigners, triggers, allowed lateness,
-//! and the window operator that keeps one accumulator (or the elements) per
-//! key and window in keyed state.
+//! Windows, the pure logic: assigners, triggers, allowed lateness,
+//! slicing and the built-in aggregates. The window operator that keeps one
+//! accumulator (or the elements) per key and window in keyed state is
+//! [`crate::operator::window`].
 //!
 //! ```text
 //!  record ─► assigner ─► windows ─► late? ──yes──► `late` side output (or dropped, counted)
@@ -14,9 +15,8 @@
 
 mod assigner;
 mod builtin;
-mod operator;
 mod sliced;
 
 pub use assigner::{Assigner, MAX_WINDOWS_PER_RECORD, Trigger, TriggerKind, Window, WindowConfig, check_windows_per_record};
 pub(crate) use builtin::Builtin;
-pub(crate) use operator::{WindowFunction, WindowOperator};
+pub(crate) use sliced::{Slices, Slicing};

@@ -25,7 +25,7 @@ use crossbeam_channel::Sender;
 
 use super::storage::{CheckpointError, CheckpointStorage, Metadata, OperatorMeta, SinkMeta, StateFile};
 use super::{Barrier, BarrierKind};
-use crate::job::spec::CheckpointSpec;
+use crate::spec::CheckpointSpec;
 
 /// A task's snapshot for a checkpoint is written.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -194,7 +194,7 @@ impl Coordinator {
 
     /// The barrier mode of periodic checkpoints.
     pub fn aligned(&self) -> bool {
-        self.cfg.mode == crate::job::spec::CheckpointMode::ExactlyOnce
+        self.cfg.mode == crate::spec::CheckpointMode::ExactlyOnce
     }
 
     /// Begin an attempt whose tasks are `sources[t]`: true for source tasks.
@@ -227,7 +227,7 @@ impl Coordinator {
     fn abort(&mut self, p: Pending, why: &str) {
         tracing::warn!(checkpoint = p.barrier.id, "checkpoint aborted: {why}");
         self.stats.aborted.fetch_add(1, Ordering::Relaxed);
-        self.storage.remove(&p.barrier.dir());
+        self.storage.remove(&super::barrier_dir(&p.barrier));
         if let Some(reply) = p.reply {
             let _ = reply.send(Err(format!("savepoint {} aborted: {why}", p.barrier.id)));
         }
@@ -376,7 +376,7 @@ impl Coordinator {
     /// tasks. A metadata failure aborts the checkpoint.
     fn complete(&mut self, p: Pending) -> Result<Option<CoordinatorEvent>, CheckpointError> {
         let id = p.barrier.id;
-        let dir = p.barrier.dir();
+        let dir = super::barrier_dir(&p.barrier);
         let mut by_op: HashMap<String, Vec<StateFile>> = HashMap::new();
         let mut bytes = 0;
         for (node, f) in &p.files {

@@ -45,7 +45,7 @@ pub(crate) fn spawn_writer(
         for job in rx {
             let mut files = Vec::new();
             let mut sinks = Vec::new();
-            let failed = write_parts(&storage, &job.barrier.dir(), &job.parts, &mut files, &mut sinks)
+            let failed = write_parts(&storage, &super::barrier_dir(&job.barrier), &job.parts, &mut files, &mut sinks)
                 .err()
                 .map(|e| e.to_string());
             if let Some(d) = delay {

@@ -851,7 +851,7 @@ pub fn run_job_on_cluster(
     let mut p = super::minicluster::prepare(graph, engine, &options)?;
     if spec_restart_default(graph) {
         // Flink's default for a cluster: exponential delay, 1 s doubling to 1 min.
-        p.policy = super::restart::RestartPolicy::new(crate::job::spec::RestartSpec::ExponentialDelay {
+        p.policy = super::restart::RestartPolicy::new(crate::spec::RestartSpec::ExponentialDelay {
             initial_ms: 1000,
             max_ms: 60_000,
             multiplier: 2.0,

@@ -24,8 +24,8 @@ use crate::checkpoint::{CheckpointStorage, ExpectedState, LoadedCheckpoint, Rest
 use crate::job::JobError;
 use crate::job::graph::{JobGraph, NodeKind};
 use crate::job::plan::{ExecutionPlan, JobComponents, RestoreHandles, state_kind};
-use crate::job::spec::RestartSpec;
 use crate::runtime::{AttemptContext, EventSink, LocalShuffle, OperatorMetrics, RunningAttempt, TaskError};
+use crate::spec::RestartSpec;
 use crate::tenancy::{GuestLogBuffer, StateBudget, TenantMeter};
 use crate::time::{Clock, SystemClock};
 use crate::wasm::{LoadedComponent, WasmEngine};

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::job::spec::RestartSpec;
+use crate::spec::RestartSpec;
 
 /// A restart strategy with its history.
 pub struct RestartPolicy {

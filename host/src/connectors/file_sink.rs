@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::json_sink::format_batch;
 use super::{ConnectorError, SinkWriter};
-use crate::job::spec::SinkFormat;
-use crate::runtime::RecordBatch;
+use crate::spec::SinkFormat;
+use crate::types::RecordBatch;
 
 /// A transactional file sink subtask.
 pub struct TransactionalFileSink {

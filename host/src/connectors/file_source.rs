@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use sluice_guest::batch::BatchWriter;
 
 use super::{ConnectorError, SourceReader};
-use crate::job::spec::FileFormat;
-use crate::runtime::RecordBatch;
+use crate::spec::FileFormat;
+use crate::types::RecordBatch;
 
 /// How a file source reads.
 #[derive(Debug, Clone, Default)]

@@ -9,8 +9,8 @@
 use sluice_guest::batch::BatchWriter;
 
 use super::{ConnectorError, SourceReader, Strided};
-use crate::job::spec::Distribution;
-use crate::runtime::RecordBatch;
+use crate::spec::Distribution;
+use crate::types::RecordBatch;
 
 /// Settings of a generator source.
 #[derive(Debug, Clone, PartialEq)]

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use serde::de::IgnoredAny;
 
 use super::{ConnectorError, SinkWriter};
-use crate::job::spec::SinkFormat;
-use crate::runtime::RecordBatch;
+use crate::spec::SinkFormat;
+use crate::types::RecordBatch;
 
 enum Target {
     File(PathBuf, BufWriter<File>),

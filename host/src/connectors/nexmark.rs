@@ -17,7 +17,7 @@ use nexmark::config::NexmarkConfig;
 use sluice_guest::nexmark as nx;
 
 use super::{ConnectorError, SourceReader, Strided};
-use crate::runtime::RecordBatch;
+use crate::types::RecordBatch;
 
 /// Settings of a Nexmark source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

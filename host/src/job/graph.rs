@@ -10,11 +10,22 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::JobError;
-use super::spec::{
+use crate::spec::{
     Distribution, FileFormat, JobSpec, OperatorKind, OperatorSpec, OutputTag, Partition, RestartSpec, SinkKind, SinkSpec, SourceKind,
     SourceSpec, WatermarkSpec, WatermarkStrategy,
 };
 use crate::wasm::{LoadedComponent, WasmEngine};
+
+/// The worlds a component of an operator of `kind` may export.
+pub fn worlds(kind: OperatorKind) -> &'static [crate::wasm::World] {
+    use crate::wasm::World;
+    match kind {
+        OperatorKind::KeyedProcess => &[World::KeyedProcess],
+        OperatorKind::Window => &[World::WindowAggregate, World::WindowProcess],
+        OperatorKind::Join => &[],
+        _ => &[World::Stateless],
+    }
+}
 
 /// Index of a node in [`JobGraph::nodes`].
 pub type NodeId = usize;
@@ -339,8 +350,9 @@ impl JobGraph {
                     operator: op.name.clone(),
                     source,
                 })?;
-                let expected = op.kind.worlds()[0];
-                if !loaded.info.world.is_some_and(|w| op.kind.worlds().contains(&w)) {
+                let worlds = worlds(op.kind);
+                let expected = worlds[0];
+                if !loaded.info.world.is_some_and(|w| worlds.contains(&w)) {
                     let found = loaded.info.exports_description();
                     let kind = serde_json::to_value(op.kind)
                         .ok()
@@ -394,7 +406,7 @@ fn check_operator(o: &OperatorSpec) -> Result<(), JobError> {
             ));
         }
         if let Some(j) = &o.join {
-            crate::runtime::join::JoinConfig::from_spec(j).map_err(invalid)?;
+            crate::operator::join::JoinConfig::from_spec(j).map_err(invalid)?;
         }
         if o.watermarks.is_some() {
             return Err(invalid(
@@ -423,7 +435,7 @@ fn check_operator(o: &OperatorSpec) -> Result<(), JobError> {
                 }
                 _ => {}
             }
-            if w.field.is_some() && !matches!(w.aggregate, Some(a) if a != crate::job::spec::BuiltinAggregate::Count) {
+            if w.field.is_some() && !matches!(w.aggregate, Some(a) if a != crate::spec::BuiltinAggregate::Count) {
                 return Err(invalid("`field` applies to the built-in sum, min and max".into()));
             }
         }

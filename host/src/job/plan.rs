@@ -20,8 +20,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::graph::{JobGraph, NodeId, NodeKind};
-use super::spec::{CheckpointMode, ErrorPolicy, LimitsSpec, OperatorKind, OperatorSpec, OutputTag, Partition, SinkSpec, SourceSpec};
 use crate::checkpoint::StateFile;
+use crate::spec::{CheckpointMode, ErrorPolicy, LimitsSpec, OperatorKind, OperatorSpec, OutputTag, Partition, SinkSpec, SourceSpec};
 use crate::state::KeyGroupRange;
 use crate::wasm::LoadedComponent;
 
@@ -461,7 +461,7 @@ impl ExecutionPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::spec::JobSpec;
+    use crate::spec::JobSpec;
 
     fn plan(toml: &str) -> ExecutionPlan {
         let graph = JobGraph::build(JobSpec::from_toml(toml).unwrap(), std::path::Path::new("/base")).unwrap();

@@ -22,8 +22,6 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use super::build::{AttemptCheckpoints, ComponentResolver, TaskEnvironment, build_task, commit_sink, instance_limits};
-use super::error::TaskError;
-use super::metrics::OperatorMetrics;
 use super::shuffle::ShuffleEnvironment;
 use super::task::{Finals, TaskExit};
 use crate::checkpoint::coordinator::{Ack, Decline};
@@ -31,6 +29,8 @@ use crate::checkpoint::writer::{WriteJob, Written, spawn_writer};
 use crate::checkpoint::{Barrier, CheckpointStorage, RestoreLimits};
 use crate::job::JobError;
 use crate::job::plan::{ExecutionPlan, RestoreHandles};
+use crate::operator::OperatorMetrics;
+use crate::operator::TaskError;
 use crate::tenancy::{GuestLogBuffer, StateBudget, TenantMeter};
 use crate::time::Clock;
 use crate::wasm::GuestEnv;

@@ -18,10 +18,6 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use sluice_guest::batch::BatchWriter;
 
-use super::error::TaskError;
-use super::join::{JoinConfig, JoinOperator};
-use super::metrics::OperatorMetrics;
-use super::operator::{GuestOutputs, KeyedOperator, Operator, SinkOperator, StatelessOperator, WatermarkAssigner};
 use super::partition::EdgeWriter;
 use super::shuffle::ShuffleEnvironment;
 use super::task::{Finals, Input, OpSlot, Task, TaskCheckpoints, TaskGauges, Throttle};
@@ -33,13 +29,18 @@ use crate::connectors::{
     file_sink,
 };
 use crate::job::plan::{ExecutionPlan, OperatorBody, OperatorDescriptor, RestoreHandles, TaskDescriptor};
-use crate::job::spec::{SinkKind, SinkSpec, SourceKind, SourceSpec, WatermarkSpec, WatermarkStrategy};
 use crate::job::{JobError, OperatorKind};
+use crate::operator::OperatorMetrics;
+use crate::operator::TaskError;
+use crate::operator::join::{JoinConfig, JoinOperator};
+use crate::operator::{GuestOutputs, KeyedOperator, Operator, SinkOperator, StatelessOperator, WatermarkAssigner};
+use crate::operator::{WindowFunction, WindowOperator};
+use crate::spec::{SinkKind, SinkSpec, SourceKind, SourceSpec, WatermarkSpec, WatermarkStrategy};
 use crate::state::HeapKeyedState;
 use crate::tenancy::{InstanceLimits, StateBudget};
 use crate::time::{Clock, IdleTracker, PeriodicWatermarks, WatermarkValve};
 use crate::wasm::{GuestEnv, GuestInstance, LoadedComponent, World};
-use crate::window::{Builtin, WindowConfig, WindowFunction, WindowOperator};
+use crate::window::{Builtin, WindowConfig};
 
 /// Finds a component by digest (loaded, or fetched and compiled).
 pub trait ComponentResolver: Sync {

@@ -17,41 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+pub use crate::types::{RecordBatch, StreamElement};
 use crossbeam_channel::{Receiver, Select, Sender, bounded};
-
-use sluice_guest::batch::Batch;
-
-/// Records packed in the `sluice:udf/types.batch` format, with their count.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RecordBatch {
-    /// Packed records.
-    pub bytes: Vec<u8>,
-    /// Number of records in `bytes`.
-    pub len: usize,
-}
-
-impl RecordBatch {
-    /// Iterate the records (the batch was validated when it was built).
-    pub fn records(&self) -> impl Iterator<Item = sluice_guest::batch::RecordRef<'_>> {
-        Batch::new(&self.bytes).iter().map_while(Result::ok)
-    }
-}
-
-/// What flows on a channel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StreamElement {
-    /// A batch of records.
-    Records(RecordBatch),
-    /// Event time has reached this (ms): no record at or before it follows.
-    Watermark(i64),
-    /// The upstream became idle (true: it sends no records for a while and
-    /// must not hold back the watermark) or active again (false).
-    Idle(bool),
-    /// Checkpoint barrier: everything before it belongs to checkpoint n.
-    Barrier(crate::checkpoint::Barrier),
-    /// The upstream subtask has no more data.
-    EndOfData,
-}
 
 /// What an [`InputGate`] delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,9 +7,9 @@ use std::time::Instant;
 use sluice_guest::batch::BatchWriter;
 
 use super::channel::{ElementSender, RecordBatch, StreamElement};
-use super::error::TaskError;
 use crate::job::Partition;
-use crate::job::spec::OutputTag;
+use crate::operator::{TaskError, preview};
+use crate::spec::OutputTag;
 use crate::state::KeyGroup;
 
 /// The senders of one output edge of a task, with its partitioner.
@@ -102,10 +102,4 @@ impl EdgeWriter {
     pub fn end(&mut self) -> Result<(), TaskError> {
         self.broadcast(StreamElement::EndOfData)
     }
-}
-
-/// A short, printable view of a record value for error messages.
-pub(crate) fn preview(value: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&value[..value.len().min(80)]).into_owned();
-    if value.len() > 80 { format!("{text}…") } else { text }
 }

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use super::channel::{ElementSender, InputGate, LocalInputGate, LocalReceiver, local_channel};
-use super::error::TaskError;
 use crate::job::plan::TaskDescriptor;
+use crate::operator::TaskError;
 
 /// Creates the ends of a plan's channels.
 pub trait ShuffleEnvironment: Sync {

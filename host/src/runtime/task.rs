@@ -17,14 +17,14 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::channel::{GateEvent, InputGate, RecordBatch, StreamElement};
-use super::error::TaskError;
-use super::metrics::OperatorMetrics;
-use super::operator::{Emit, Operator};
 use super::partition::EdgeWriter;
 use crate::checkpoint::writer::WriteJob;
 use crate::checkpoint::{Barrier, BarrierKind, NodeSnapshot, OperatorSnapshot, SnapshotWriter};
 use crate::connectors::SourceReader;
-use crate::job::spec::OutputTag;
+use crate::operator::OperatorMetrics;
+use crate::operator::TaskError;
+use crate::operator::{Emit, Operator};
+use crate::spec::OutputTag;
 use crate::time::watermarks::ValveOutput;
 use crate::time::{Clock, IdleTracker, WatermarkValve};
 

@@ -9,7 +9,7 @@
 //! (its source said so) does not hold it back, and an ended one counts as
 //! +∞.
 
-use crate::job::spec::{WatermarkSpec, WatermarkStrategy};
+use crate::spec::{WatermarkSpec, WatermarkStrategy};
 
 /// Emits bounded-out-of-orderness (or monotonous) watermarks, periodically.
 #[derive(Debug, Clone)]

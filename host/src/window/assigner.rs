@@ -1,6 +1,6 @@
 //! Window assigners and triggers, and their configuration from a spec.
 
-use crate::job::spec::{TimeCharacteristic, TriggerKind as SpecTrigger, WindowAssignerKind, WindowSpec};
+use crate::spec::{TimeCharacteristic, TriggerKind as SpecTrigger, WindowAssignerKind, WindowSpec};
 use crate::time::TimeDomain;
 
 /// Most windows one record may belong to (sliding windows and sliding

@@ -6,7 +6,7 @@
 use serde::Serialize;
 
 use super::Window;
-use crate::job::spec::BuiltinAggregate;
+use crate::spec::BuiltinAggregate;
 
 /// A built-in aggregate over one field of JSON values (or the value itself).
 #[derive(Debug, Clone)]

@@ -24,16 +24,13 @@ use std::sync::Arc;
 
 use sluice_guest::batch::{BatchWriter, RecordRef};
 
-use super::builtin::Builtin;
-use super::sliced::{Slices, Slicing};
-use super::{Assigner, TriggerKind, Window, WindowConfig};
+use super::{Emit, GuestOutputs, Operator, TaskError, keyed_restore, keyed_snapshot, preview};
 use crate::checkpoint::{DecodedSnapshot, OperatorSnapshot};
-use crate::runtime::operator::{Emit, GuestOutputs, Operator, keyed_restore, keyed_snapshot};
-use crate::runtime::partition::preview;
-use crate::runtime::{RecordBatch, TaskError};
 use crate::state::{HeapKeyedState, KeyGroup, KeyHasher, StateId};
 use crate::time::{Clock, TimeDomain, Timer, TimerService};
+use crate::types::RecordBatch;
 use crate::wasm::{GuestError, GuestFailure, GuestInstance, RecordError, WindowBounds};
+use crate::window::{Assigner, Builtin, Slices, Slicing, TriggerKind, Window, WindowConfig};
 
 /// Largest page read from state at once when collecting a window's elements.
 const SCAN_PAGE: usize = 4096;

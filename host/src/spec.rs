@@ -1,4 +1,5 @@
-//! The job spec: what a user writes (TOML, or the same schema as JSON).
+//! The job spec: what a user writes (TOML, or the same schema as JSON). Pure
+//! data, the lowest layer: every module may read its settings.
 //!
 //! ```toml
 //! name = "wordcount"
@@ -32,7 +33,21 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::JobError;
+/// A spec that cannot be read or parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// The file could not be read.
+    #[error("reading job spec {path}: {source}")]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// It does not parse (the message names the line and field).
+    #[error("malformed job spec: {0}")]
+    Parse(String),
+}
 
 /// A whole job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -456,17 +471,6 @@ pub enum OperatorKind {
 }
 
 impl OperatorKind {
-    /// The worlds a component may export for this kind.
-    pub fn worlds(self) -> &'static [crate::wasm::World] {
-        use crate::wasm::World;
-        match self {
-            OperatorKind::KeyedProcess => &[World::KeyedProcess],
-            OperatorKind::Window => &[World::WindowAggregate, World::WindowProcess],
-            OperatorKind::Join => &[],
-            _ => &[World::Stateless],
-        }
-    }
-
     /// True for operators whose input is partitioned by key.
     pub fn is_keyed(self) -> bool {
         matches!(self, OperatorKind::KeyedProcess | OperatorKind::Window | OperatorKind::Join)
@@ -722,18 +726,18 @@ pub enum OutputTag {
 
 impl JobSpec {
     /// Parse TOML.
-    pub fn from_toml(text: &str) -> Result<Self, JobError> {
-        toml::from_str(text).map_err(|e| JobError::Parse(e.to_string().trim_end().to_owned()))
+    pub fn from_toml(text: &str) -> Result<Self, SpecError> {
+        toml::from_str(text).map_err(|e| SpecError::Parse(e.to_string().trim_end().to_owned()))
     }
 
     /// Parse JSON (the API's form).
-    pub fn from_json(text: &str) -> Result<Self, JobError> {
-        serde_json::from_str(text).map_err(|e| JobError::Parse(e.to_string()))
+    pub fn from_json(text: &str) -> Result<Self, SpecError> {
+        serde_json::from_str(text).map_err(|e| SpecError::Parse(e.to_string()))
     }
 
     /// Read a spec file: `.json` as JSON, anything else as TOML.
-    pub fn from_file(path: &Path) -> Result<Self, JobError> {
-        let text = std::fs::read_to_string(path).map_err(|e| JobError::Read {
+    pub fn from_file(path: &Path) -> Result<Self, SpecError> {
+        let text = std::fs::read_to_string(path).map_err(|e| SpecError::Read {
             path: path.to_owned(),
             source: e,
         })?;
@@ -743,7 +747,7 @@ impl JobSpec {
             Self::from_toml(&text)
         };
         spec.map_err(|e| match e {
-            JobError::Parse(m) => JobError::Parse(format!("{}: {m}", path.display())),
+            SpecError::Parse(m) => SpecError::Parse(format!("{}: {m}", path.display())),
             other => other,
         })
     }

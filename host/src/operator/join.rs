@@ -27,13 +27,12 @@ use std::sync::Arc;
 use serde::de::IgnoredAny;
 use sluice_guest::batch::{BatchWriter, RecordRef};
 
-use super::operator::{Emit, GuestOutputs, Operator, keyed_restore, keyed_snapshot};
-use super::partition::preview;
-use super::{RecordBatch, TaskError};
+use super::{Emit, GuestOutputs, Operator, TaskError, keyed_restore, keyed_snapshot, preview};
 use crate::checkpoint::{DecodedSnapshot, OperatorSnapshot};
-use crate::job::spec::{JoinSpec, WindowAssignerKind};
+use crate::spec::{JoinSpec, WindowAssignerKind};
 use crate::state::{HeapKeyedState, KeyGroup, StateId};
 use crate::time::{TimeDomain, Timer, TimerService};
+use crate::types::RecordBatch;
 use crate::wasm::RecordError;
 use crate::window::{Assigner, Window, check_windows_per_record};
 
