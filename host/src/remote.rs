@@ -9,12 +9,9 @@ use anyhow::{Context, bail};
 use sluice::api::{ApiResponse, Client, Server, ServerConfig};
 use sluice::job::JobSpec;
 
-/// Run the server until Ctrl-C or SIGTERM.
-pub fn serve(config: &Path) -> anyhow::Result<()> {
-    let config = ServerConfig::from_file(config)?;
-    let tenants = config.tenants.len();
-    // Components uploaded by tenants are compiled in a child process under a
-    // deadline and a memory limit, never in the server itself.
+/// Components uploaded by tenants are compiled in a child process under a
+/// deadline and a memory limit, never in the server itself.
+fn isolate_compiles(config: &ServerConfig) -> anyhow::Result<()> {
     let l = &config.limits;
     sluice::wasm::compile::isolate_compiles(sluice::wasm::compile::CompileIsolation {
         exe: std::env::current_exe().context("finding the sluice binary for the isolated compiler")?,
@@ -22,6 +19,14 @@ pub fn serve(config: &Path) -> anyhow::Result<()> {
         memory_bytes: l.compile_memory_mb.saturating_mul(1 << 20),
         max_concurrent: l.max_concurrent_compiles,
     });
+    Ok(())
+}
+
+/// Run the server until Ctrl-C or SIGTERM.
+pub fn serve(config: &Path) -> anyhow::Result<()> {
+    let config = ServerConfig::from_file(config)?;
+    let tenants = config.tenants.len();
+    isolate_compiles(&config)?;
     let server = Server::new(config)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(sluice::api::serve(server, |addr| {
@@ -35,13 +40,7 @@ pub fn serve(config: &Path) -> anyhow::Result<()> {
 pub fn jobmanager(config: &Path) -> anyhow::Result<()> {
     let config = ServerConfig::from_file(config)?;
     let tenants = config.tenants.len();
-    let l = &config.limits;
-    sluice::wasm::compile::isolate_compiles(sluice::wasm::compile::CompileIsolation {
-        exe: std::env::current_exe().context("finding the sluice binary for the isolated compiler")?,
-        timeout: std::time::Duration::from_millis(l.compile_timeout_ms),
-        memory_bytes: l.compile_memory_mb.saturating_mul(1 << 20),
-        max_concurrent: l.max_concurrent_compiles,
-    });
+    isolate_compiles(&config)?;
     let c = &config.cluster;
     let settings = sluice::cluster::jobmanager::ClusterSettings {
         rpc: c.rpc.parse().context("[cluster] rpc")?,

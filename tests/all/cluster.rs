@@ -167,17 +167,7 @@ impl Drop for Cluster {
 
 /// Word counts of the example text, computed here.
 fn expected_counts() -> HashMap<String, u64> {
-    let text = std::fs::read_to_string(root().join("examples/data/wordcount.txt")).unwrap();
-    let mut counts = HashMap::new();
-    let mut word = String::new();
-    for c in text.chars().chain(std::iter::once(' ')) {
-        if c.is_alphanumeric() {
-            word.extend(c.to_lowercase());
-        } else if !word.is_empty() {
-            *counts.entry(std::mem::take(&mut word)).or_insert(0) += 1;
-        }
-    }
-    counts
+    crate::wordcount::expected_counts(&std::fs::read_to_string(root().join("examples/data/wordcount.txt")).unwrap())
 }
 
 /// Every word's updates must be exactly 1, 2, …, n (nothing lost, nothing

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use crate::harness::{lit, read_json_lines, root, run_toml, temp_dir, udf};
 
 /// The reference tokenizer, written independently of the UDF.
-fn expected_counts(text: &str) -> HashMap<String, u64> {
+pub(crate) fn expected_counts(text: &str) -> HashMap<String, u64> {
     let mut counts = HashMap::new();
     let mut word = String::new();
     for c in text.chars().chain(std::iter::once(' ')) {

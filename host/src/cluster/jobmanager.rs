@@ -863,28 +863,9 @@ pub fn run_job_on_cluster(
     let spec = &graph.spec;
     let checkpoint_dir = spec.checkpoints.as_ref().map(|c| graph.base_dir.join(&c.dir));
     let max_state = spec.limits.max_state_mb.map(|mb| mb.saturating_mul(1 << 20));
-    let mut deployer = core.deployer(id, p.metrics.clone(), checkpoint_dir, max_state);
+    let deployer = core.deployer(id, p.metrics.clone(), checkpoint_dir, max_state);
     on_deployer(deployer.job());
-    let (events_tx, events_rx) = crossbeam_channel::unbounded();
-    let events = super::jobmaster::channel_sink(events_tx);
-    deployer.deploy(&p.plan, 0, p.restore.as_ref(), &events)?;
-    let (mailbox_tx, mailbox) = crossbeam_channel::unbounded();
-    let master = super::JobMaster {
-        plan: p.plan,
-        deployer: Box::new(deployer),
-        coordinator: p.coordinator,
-        policy: p.policy,
-        initial: p.restore,
-        expected: p.expected,
-        events_rx,
-        events,
-        mailbox,
-        cancel: Arc::new(std::sync::atomic::AtomicBool::new(false)),
-        status: super::jobmaster::JobStatus::default(),
-        request_dir: None,
-        clock: options.clock.clone(),
-    };
-    super::JobHandle::spawn(master, p.metrics, p.stats, mailbox_tx)
+    super::minicluster::launch(p, deployer, None, options.clock.clone())
 }
 
 /// True when the job is checkpointed and names no restart strategy.

@@ -492,14 +492,26 @@ pub fn run_job(graph: &JobGraph, engine: &Arc<WasmEngine>, options: RunOptions) 
         (Some(c), true) => Some(graph.base_dir.join(&c.dir)),
         _ => None,
     };
-    let mut deployer = LocalDeployer {
-        components: p.components,
+    let mut p = p;
+    let deployer = LocalDeployer {
+        components: std::mem::take(&mut p.components),
         options: options.clone(),
         metrics: p.metrics.clone(),
         state_budget,
-        storage: p.storage,
+        storage: p.storage.take(),
         running: None,
     };
+    launch(p, deployer, request_dir, options.clock.clone())
+}
+
+/// Deploy attempt 0 of a prepared job with `deployer`, then hand the job to
+/// its JobMaster on its own thread.
+pub(crate) fn launch(
+    p: PreparedJob,
+    mut deployer: impl Deployer + 'static,
+    request_dir: Option<PathBuf>,
+    clock: Arc<dyn Clock>,
+) -> Result<JobHandle, JobError> {
     let (events_tx, events_rx) = crossbeam_channel::unbounded();
     let events = channel_sink(events_tx);
     deployer.deploy(&p.plan, 0, p.restore.as_ref(), &events)?;
@@ -517,7 +529,7 @@ pub fn run_job(graph: &JobGraph, engine: &Arc<WasmEngine>, options: RunOptions) 
         cancel: Arc::new(AtomicBool::new(false)),
         status: JobStatus::default(),
         request_dir,
-        clock: options.clock.clone(),
+        clock,
     };
     JobHandle::spawn(master, p.metrics, p.stats, mailbox_tx)
 }
