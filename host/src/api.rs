@@ -27,6 +27,7 @@ mod body;
 mod budget;
 pub mod client;
 pub mod config;
+mod dashboard;
 pub mod error;
 mod files;
 mod jobs;

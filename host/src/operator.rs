@@ -25,7 +25,7 @@ pub mod window;
 
 pub use error::TaskError;
 pub(crate) use keyed::KeyedOperator;
-pub use metrics::{MetricsSample, OperatorMetrics};
+pub use metrics::{MetricsSample, OperatorMetrics, SubtaskSample};
 pub(crate) use outputs::{GuestOutputs, keyed_restore, keyed_snapshot, preview};
 pub(crate) use sink::SinkOperator;
 pub(crate) use stateless::StatelessOperator;

@@ -28,7 +28,7 @@ pub(crate) mod partition;
 pub mod shuffle;
 mod task;
 
-pub use crate::operator::{Emit, MetricsSample, Operator, OperatorMetrics, TaskError};
+pub use crate::operator::{Emit, MetricsSample, Operator, OperatorMetrics, SubtaskSample, TaskError};
 pub use attempt::{AttemptContext, EventSink, RunningAttempt, TaskEvent};
 pub use build::ComponentResolver;
 pub use channel::{

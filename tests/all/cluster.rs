@@ -256,6 +256,18 @@ fn word_counts_at_parallelism_4_over_two_taskmanagers_equal_independent_counts()
         .unwrap_or(0);
     let words: u64 = expected_counts().values().sum();
     assert!(count_in <= words, "{count_in} > {words}");
+    // Per subtask, summed over the TaskManagers' reports: each of the four
+    // count subtasks (on either TaskManager) got words, and they add up.
+    let count_op = ops.iter().find(|o| o["name"] == "count").unwrap();
+    let subtasks = count_op["subtasks"].as_array().unwrap();
+    assert_eq!(subtasks.len(), 4, "{count_op}");
+    assert!(subtasks.iter().all(|s| s["records_in"].as_u64().unwrap() > 0), "{count_op}");
+    assert_eq!(subtasks.iter().map(|s| s["records_in"].as_u64().unwrap()).sum::<u64>(), count_in);
+    // The TaskManagers report their memory; the JobManager serves the dashboard.
+    assert!(cluster.taskmanagers().iter().all(|t| t["rss_bytes"].as_u64().unwrap() > 1 << 20));
+    let page = sluice::api::Client::new(&cluster.api, None).unwrap().get("/").unwrap();
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("<html"), "{}", page.text());
 
     // The windowed word count, parallelism 4, against counts per window computed here.
     let csv = std::fs::read(root().join("examples/data/timestamped-words.csv")).unwrap();

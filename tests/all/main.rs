@@ -4,6 +4,7 @@
 
 mod checkpoints;
 mod cluster;
+mod dashboard;
 mod harness;
 mod hostile;
 mod job_spec;

@@ -43,8 +43,21 @@ impl TestServer {
     /// With `[limits]` (TOML lines) and process limits (`prlimit` options
     /// such as `--data=N` or `--nofile=N`; none: no prlimit).
     pub(crate) fn start_configured(name: &str, limits: &str, tenants: &[(&str, &str)], prlimits: &[String]) -> Self {
+        Self::start_full(name, "", limits, tenants, prlimits)
+    }
+
+    /// The same with an admin token, `admin-token`.
+    pub(crate) fn start_with_admin(name: &str, tenants: &[(&str, &str)]) -> Self {
+        let admin = format!("admin_token_sha256 = \"{}\"\n", sluice::tenancy::token_hash("admin-token"));
+        Self::start_full(name, &admin, "", tenants, &[])
+    }
+
+    /// With top-level config lines, `[limits]` (TOML lines) and process
+    /// limits.
+    fn start_full(name: &str, top: &str, limits: &str, tenants: &[(&str, &str)], prlimits: &[String]) -> Self {
         let dir = temp_dir(name);
         let mut config = String::from("listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n");
+        config.push_str(top);
         config.push_str(&format!("[limits]\n{limits}\n"));
         for (id, quotas) in tenants {
             config.push_str(&format!(

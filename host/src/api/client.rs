@@ -33,6 +33,8 @@ pub struct ApiResponse {
     pub status: u16,
     /// The body.
     pub body: Vec<u8>,
+    /// The headers, names in lowercase.
+    pub headers: Vec<(String, String)>,
 }
 
 impl ApiResponse {
@@ -52,6 +54,14 @@ impl ApiResponse {
             Some(m) => m.to_owned(),
             None => self.text(),
         }
+    }
+
+    /// The first value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// True for 2xx.
@@ -120,9 +130,14 @@ impl Client {
             let driver = tokio::spawn(conn);
             let response = sender.send_request(request).await.map_err(|e| io(&e))?;
             let status = response.status().as_u16();
+            let headers = response
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .collect();
             let body = response.into_body().collect().await.map_err(|e| io(&e))?.to_bytes().to_vec();
             driver.abort();
-            Ok(ApiResponse { status, body })
+            Ok(ApiResponse { status, body, headers })
         };
         self.rt.block_on(async {
             tokio::time::timeout(self.timeout, exchange)

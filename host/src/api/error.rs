@@ -47,6 +47,10 @@ impl ApiError {
             "a bearer token is required: send `Authorization: Bearer <token>`",
         )
     }
+    /// 401: a token was sent, and no tenant (nor the admin) has it.
+    pub fn unknown_token() -> Self {
+        Self::new(401, "unauthorized", "the bearer token is not known to this server")
+    }
     /// 403: a quota would be exceeded.
     pub fn quota(message: impl Into<String>) -> Self {
         Self::new(403, "quota_exceeded", message)

@@ -147,6 +147,11 @@ pub struct ManagedJob {
     pub sinks: Vec<String>,
     /// Nodes and their parallelism.
     pub nodes: Vec<(String, u32)>,
+    /// The spec as submitted (digests and paths of the tenant's area).
+    pub spec: serde_json::Value,
+    /// The dataflow: nodes (role, kind, parallelism, task) and edges (with
+    /// their partitioners, defaulted ones resolved).
+    pub graph: serde_json::Value,
     /// Its directory (checkpoints and savepoints).
     pub dir: PathBuf,
     /// Where its checkpoints go, when it has `[checkpoints]`.
@@ -263,6 +268,21 @@ impl ManagedJob {
                 .iter()
                 .map(|m| {
                     let wm = m.watermark();
+                    let subtasks: Vec<serde_json::Value> = m
+                        .subtasks()
+                        .iter()
+                        .enumerate()
+                        .map(|(i, s)| {
+                            serde_json::json!({
+                                "subtask": i,
+                                "records_in": s.records_in,
+                                "records_out": s.records_out,
+                                "busy_ms": s.busy_ns / 1_000_000,
+                                "backpressured_ms": s.backpressured_ns / 1_000_000,
+                                "watermark": (s.watermark != i64::MIN).then_some(s.watermark),
+                            })
+                        })
+                        .collect();
                     serde_json::json!({
                         "name": m.name,
                         "parallelism": m.parallelism,
@@ -275,6 +295,7 @@ impl ManagedJob {
                         "backpressured_ms": m.backpressured().as_millis() as u64,
                         "watermark": wm,
                         "watermark_lag_ms": wm.filter(|w| *w != i64::MAX).map(|w| now - w),
+                        "subtasks": subtasks,
                     })
                 })
                 .collect(),
@@ -308,6 +329,7 @@ impl ManagedJob {
                         "completed": c.completed.load(Ordering::Relaxed),
                         "aborted": c.aborted.load(Ordering::Relaxed),
                         "last": last,
+                        "history": c.history(),
                     }),
                     ex,
                 )
@@ -322,6 +344,7 @@ impl ManagedJob {
             ("parallelism", self.parallelism.into()),
             ("components", serde_json::json!(self.components)),
             ("operators", operators.into()),
+            ("graph", self.graph.clone()),
             ("checkpoints", checkpoints),
             ("exceptions", exceptions.into()),
         ] {
@@ -635,6 +658,29 @@ pub fn parse_submit(body: &[u8]) -> Result<SubmitRequest, ApiError> {
     })
 }
 
+/// The body of a `POST /v1/jobs` sent as `Content-Type: application/toml`:
+/// the spec in TOML (the dashboard's paste box, `curl --data-binary
+/// @job.toml`), the savepoint and `allow_non_restored_state` from the query.
+pub fn parse_submit_toml(body: &[u8], savepoint: Option<String>, allow: Option<&str>) -> Result<SubmitRequest, ApiError> {
+    let text = std::str::from_utf8(body).map_err(|e| ApiError::bad_request("invalid_job", format!("the TOML spec is not UTF-8: {e}")))?;
+    let spec = JobSpec::from_toml(text).map_err(|e| ApiError::bad_request("invalid_job", format!("invalid job spec: {e}")))?;
+    let allow_non_restored_state = match allow {
+        None | Some("false") => false,
+        Some("true" | "") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_job",
+                format!("query parameter `allow_non_restored_state` is {other:?}; it takes true or false"),
+            ));
+        }
+    };
+    Ok(SubmitRequest {
+        spec,
+        savepoint: savepoint.filter(|s| !s.is_empty()),
+        allow_non_restored_state,
+    })
+}
+
 /// Make a tenant's spec safe to run: components named by digest become the
 /// stored files, file paths are confined to the file area, the checkpoint
 /// directory is the job's, and limits are capped by the quotas.
@@ -802,6 +848,55 @@ pub fn check_bounds(spec: &JobSpec, limits: &ServerLimits) -> Result<(), ApiErro
     Ok(())
 }
 
+/// The dataflow as the dashboard draws it: each node's role, kind,
+/// parallelism and the task (chain) it runs in; each edge's partitioner as
+/// resolved (a defaulted one shows what it became) and the output it
+/// carries.
+fn graph_json(graph: &JobGraph) -> serde_json::Value {
+    use crate::job::NodeKind;
+    let mut task = vec![0usize; graph.nodes.len()];
+    for (i, chain) in graph.chains().iter().enumerate() {
+        for &n in &chain.nodes {
+            if let Some(t) = task.get_mut(n) {
+                *t = i;
+            }
+        }
+    }
+    let nodes: Vec<serde_json::Value> = graph
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let (role, kind) = match &n.kind {
+                NodeKind::Source(s) => ("source", serde_json::to_value(s.kind)),
+                NodeKind::Operator(o, _) => ("operator", serde_json::to_value(o.kind)),
+                NodeKind::Sink(s) => ("sink", serde_json::to_value(s.kind)),
+            };
+            serde_json::json!({
+                "name": n.name,
+                "role": role,
+                "kind": kind.unwrap_or_default(),
+                "parallelism": n.parallelism,
+                "task": task[i],
+            })
+        })
+        .collect();
+    let edges: Vec<serde_json::Value> = graph
+        .edges
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "from": graph.nodes[e.from].name,
+                "to": graph.nodes[e.to].name,
+                "partition": serde_json::to_value(e.partition).unwrap_or_default(),
+                "output": serde_json::to_value(e.output).unwrap_or_default(),
+                "input": e.input,
+            })
+        })
+        .collect();
+    serde_json::json!({ "nodes": nodes, "edges": edges })
+}
+
 /// Check, register and start a job. Fails (4xx) before anything is stored
 /// if the request is invalid or over a quota.
 pub fn submit(
@@ -818,6 +913,7 @@ pub fn submit(
         allow_non_restored_state,
     } = request;
     check_bounds(&spec, limits)?;
+    let submitted = serde_json::to_value(&spec).unwrap_or_default();
     let writes_disk = spec.checkpoints.is_some() || spec.sinks.iter().any(|s| s.path.is_some());
     if writes_disk && let Some(reason) = tenant.over_disk_quota(tenant.disk_usage()) {
         return Err(ApiError::insufficient_storage(reason));
@@ -868,6 +964,8 @@ pub fn submit(
             components,
             sinks,
             nodes: graph.nodes.iter().map(|n| (n.name.clone(), n.parallelism)).collect(),
+            spec: submitted,
+            graph: graph_json(&graph),
             dir,
             checkpoint_dir: graph.spec.checkpoints.as_ref().map(|c| PathBuf::from(&c.dir)),
             logs: Arc::new(GuestLogBuffer::new(log_lines)),
@@ -1039,6 +1137,8 @@ mod tests {
             components: Vec::new(),
             sinks: Vec::new(),
             nodes: Vec::new(),
+            spec: serde_json::Value::Null,
+            graph: serde_json::Value::Null,
             dir: PathBuf::new(),
             checkpoint_dir,
             logs: Arc::new(GuestLogBuffer::new(1)),

@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use hyper::header::{
+    ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE,
+    X_CONTENT_TYPE_OPTIONS,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::sync::Semaphore;
 
@@ -22,7 +25,7 @@ use super::budget::{BodyBudget, BodyPermit, BudgetExceeded};
 use super::files::{Entry, FileError};
 use super::jobs::{self, Tenant};
 use super::store::{canonical_digest, safe_relative, validate_component};
-use super::{ApiError, ServerConfig, metrics};
+use super::{ApiError, ServerConfig, dashboard, metrics};
 use crate::cluster::jobmanager::ClusterCore;
 use crate::tenancy::{TenantId, token_hash};
 use crate::time::{Clock, SystemClock};
@@ -34,6 +37,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/metrics"),
     ("GET", "/v1/openapi.json"),
+    ("GET", "/v1/whoami"),
     ("POST", "/v1/components"),
     ("GET", "/v1/components"),
     ("GET", "/v1/components/{digest}"),
@@ -52,6 +56,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/jobs/{id}/savepoints"),
     ("GET", "/v1/jobs/{id}/checkpoints"),
     ("GET", "/v1/jobs/{id}/logs"),
+    ("GET", "/v1/jobs/{id}/spec"),
     ("GET", "/v1/taskmanagers"),
 ];
 
@@ -243,7 +248,7 @@ impl Server {
         {
             return Ok(Caller::Admin);
         }
-        Err(ApiError::unauthorized())
+        Err(ApiError::unknown_token())
     }
 
     /// Cancel every job (at shutdown).
@@ -296,7 +301,7 @@ impl Server {
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let result = self.route(req).await;
-        match result {
+        let mut reply = match result {
             Ok(r) => r,
             Err(e) => {
                 if e.status >= 500 && e.status != 503 && e.status != 507 {
@@ -307,7 +312,13 @@ impl Server {
                 let allow = (e.status == 405).then(|| allowed_methods(&path));
                 error_reply(&e, allow)
             }
-        }
+        };
+        // Answers hold one tenant's data: no cache keeps them past a sign-out.
+        reply
+            .headers_mut()
+            .entry(CACHE_CONTROL)
+            .or_insert(HeaderValue::from_static("no-store"));
+        reply
     }
 
     async fn route(self: &Arc<Self>, req: Request<Incoming>) -> Result<Reply, ApiError> {
@@ -318,6 +329,11 @@ impl Server {
         match (method.as_str(), segs.as_slice()) {
             ("GET", ["healthz"]) => return Ok(json_reply(200, &serde_json::json!({"status": "ok"}))),
             ("GET", ["v1", "openapi.json"]) => return Ok(reply(200, "application/json", super::OPENAPI.as_bytes().to_vec())),
+            ("GET", _) => {
+                if let Some((content_type, bytes)) = dashboard::asset(&path) {
+                    return Ok(page_reply(content_type, bytes));
+                }
+            }
             _ => {}
         }
         if !ROUTES.iter().any(|(_, p)| pattern_matches(p, &segs)) {
@@ -327,22 +343,20 @@ impl Server {
             return Err(ApiError::method_not_allowed(method.as_str(), &path));
         }
         let caller = self.authenticate(&req)?;
+        let headers = req.headers().clone();
         let tenant = match caller {
             Caller::Admin if segs == ["metrics"] => {
                 let all: Vec<Arc<Tenant>> = self.tenants.values().cloned().collect();
                 return self.metrics(all, true).await;
             }
-            Caller::Admin => {
-                return Err(ApiError::not_found(format!(
-                    "route {path} for the admin token (it may read /metrics only)"
-                )));
-            }
+            Caller::Admin => return self.admin_route(&method, &segs, &query).await,
             Caller::Tenant(t) => t,
         };
         let engine = self.tenant_engine(&tenant, false)?;
         let now = SystemClock.now_ms();
         match (method, segs.as_slice()) {
             (Method::GET, ["metrics"]) => self.metrics(vec![tenant], false).await,
+            (Method::GET, ["v1", "whoami"]) => Ok(json_reply(200, &serde_json::json!({ "tenant": tenant.config.id }))),
             (Method::POST, ["v1", "components"]) => {
                 let limit = tenant.config.quotas.max_upload_bytes;
                 let (body, _held) = self.body(&tenant, req, limit).await?;
@@ -395,8 +409,14 @@ impl Server {
                 let engine = self.engine_for(&tenant)?;
                 let (lines, limits) = (self.config.job_log_lines, self.config.limits.clone());
                 let cluster = self.cluster.clone();
+                // A TOML spec as the body, the rest of the request in the query.
+                let toml = content_type_is(&headers, "application/toml")
+                    .then(|| (query_param(&query, "savepoint"), query_param(&query, "allow_non_restored_state")));
                 blocking(move || {
-                    let request = jobs::parse_submit(&body)?;
+                    let request = match toml {
+                        Some((savepoint, allow)) => jobs::parse_submit_toml(&body, savepoint, allow.as_deref())?,
+                        None => jobs::parse_submit(&body)?,
+                    };
                     drop(body);
                     let job = jobs::submit(&tenant, &engine, request, lines, &limits, cluster)?;
                     Ok(json_reply(201, &job.details()))
@@ -407,7 +427,7 @@ impl Server {
                 let list: Vec<serde_json::Value> = tenant.jobs().iter().map(|j| j.summary()).collect();
                 Ok(json_reply(200, &serde_json::json!({ "jobs": list })))
             }
-            (Method::GET, ["v1", "jobs", id]) => Ok(json_reply(200, &job(&tenant, id)?.details())),
+            (Method::GET, ["v1", "jobs", id, rest @ ..]) if rest.len() <= 1 => read_job(job(&tenant, id)?, rest, &query).await,
             (Method::DELETE, ["v1", "jobs", id]) => {
                 let id = (*id).to_owned();
                 blocking(move || {
@@ -433,23 +453,116 @@ impl Server {
                 })
                 .await
             }
-            (Method::GET, ["v1", "jobs", id, kind @ ("savepoints" | "checkpoints")]) => {
-                let j = job(&tenant, id)?;
-                let (savepoints, key) = (*kind == "savepoints", (*kind).to_owned());
-                blocking(move || Ok(json_reply(200, &serde_json::json!({ key: j.stored_checkpoints(savepoints) })))).await
-            }
-            (Method::GET, ["v1", "taskmanagers"]) => match &self.cluster {
-                Some(c) => Ok(json_reply(200, &serde_json::json!({ "taskmanagers": c.taskmanagers() }))),
-                None => Ok(json_reply(200, &serde_json::json!({ "taskmanagers": [] }))),
-            },
-            (Method::GET, ["v1", "jobs", id, "logs"]) => {
-                let j = job(&tenant, id)?;
-                let tail = query_param(&query, "tail").and_then(|v| v.parse().ok()).unwrap_or(100);
-                Ok(json_reply(200, &serde_json::to_value(j.logs.snapshot(tail)).unwrap_or_default()))
-            }
+            (Method::GET, ["v1", "taskmanagers"]) => Ok(self.taskmanagers()),
             _ => Err(ApiError::not_found(format!("route {path}"))),
         }
     }
+
+    fn taskmanagers(&self) -> Reply {
+        let list = self.cluster.as_ref().map_or(serde_json::json!([]), |c| c.taskmanagers());
+        json_reply(200, &serde_json::json!({ "taskmanagers": list }))
+    }
+
+    /// What the admin token may do: read every tenant's jobs, components
+    /// and the TaskManagers (and `/metrics`, above); nothing else.
+    async fn admin_route(&self, method: &Method, segs: &[&str], query: &str) -> Result<Reply, ApiError> {
+        if method != Method::GET {
+            return Err(ApiError::forbidden(
+                "forbidden",
+                format!("the admin token only reads; {method} needs a tenant's token"),
+            ));
+        }
+        let find = |id: &str| {
+            self.tenants
+                .values()
+                .find_map(|t| t.job(id))
+                .ok_or_else(|| ApiError::not_found(format!("job {id}")))
+        };
+        match segs {
+            ["v1", "whoami"] => Ok(json_reply(200, &serde_json::json!({ "admin": true }))),
+            ["v1", "jobs"] => {
+                let mut list = Vec::new();
+                for t in self.sorted_tenants() {
+                    for j in t.jobs() {
+                        let mut v = j.summary();
+                        v["tenant"] = t.config.id.as_str().into();
+                        list.push(v);
+                    }
+                }
+                Ok(json_reply(200, &serde_json::json!({ "jobs": list })))
+            }
+            ["v1", "jobs", id, rest @ ..] if rest.len() <= 1 => read_job(find(id)?, rest, query).await,
+            ["v1", "components"] => {
+                let tenants = self.sorted_tenants();
+                blocking(move || {
+                    let mut list = Vec::new();
+                    for t in tenants {
+                        for c in t.store.list_components()? {
+                            let mut v = serde_json::to_value(c).unwrap_or_default();
+                            v["tenant"] = t.config.id.as_str().into();
+                            list.push(v);
+                        }
+                    }
+                    Ok(json_reply(200, &serde_json::json!({ "components": list })))
+                })
+                .await
+            }
+            ["v1", "taskmanagers"] => Ok(self.taskmanagers()),
+            _ => Err(ApiError::forbidden(
+                "forbidden",
+                format!(
+                    "the admin token reads jobs, components, TaskManagers and /metrics; /{} needs a tenant's token",
+                    segs.join("/")
+                ),
+            )),
+        }
+    }
+
+    fn sorted_tenants(&self) -> Vec<Arc<Tenant>> {
+        let mut all: Vec<Arc<Tenant>> = self.tenants.values().cloned().collect();
+        all.sort_by(|a, b| a.config.id.as_str().cmp(b.config.id.as_str()));
+        all
+    }
+}
+
+/// `GET /v1/jobs/{id}` and its reads (`checkpoints`, `savepoints`, `logs`,
+/// `spec`), for its tenant or the admin.
+async fn read_job(j: Arc<jobs::ManagedJob>, rest: &[&str], query: &str) -> Result<Reply, ApiError> {
+    match rest {
+        [] => Ok(json_reply(200, &j.details())),
+        [kind @ ("savepoints" | "checkpoints")] => {
+            let (savepoints, key) = (*kind == "savepoints", (*kind).to_owned());
+            blocking(move || Ok(json_reply(200, &serde_json::json!({ key: j.stored_checkpoints(savepoints) })))).await
+        }
+        ["logs"] => {
+            let tail = query_param(query, "tail").and_then(|v| v.parse().ok()).unwrap_or(100);
+            Ok(json_reply(200, &serde_json::to_value(j.logs.snapshot(tail)).unwrap_or_default()))
+        }
+        ["spec"] => Ok(json_reply(200, &serde_json::json!({ "spec": j.spec }))),
+        _ => Err(ApiError::not_found(format!("route /v1/jobs/{}/{}", j.id, rest.join("/")))),
+    }
+}
+
+/// True when the request's `Content-Type` is `mime` (parameters aside).
+fn content_type_is(headers: &hyper::HeaderMap, mime: &str) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(mime))
+}
+
+/// A file of the dashboard, which may load only the server's own files.
+fn page_reply(content_type: &str, bytes: Vec<u8>) -> Reply {
+    let mut r = reply(200, content_type, bytes);
+    let h = r.headers_mut();
+    h.insert(
+        CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(dashboard::CONTENT_SECURITY_POLICY),
+    );
+    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
 }
 
 fn job(tenant: &Tenant, id: &str) -> Result<Arc<jobs::ManagedJob>, ApiError> {
@@ -471,8 +584,11 @@ fn pattern_matches(pattern: &str, segs: &[&str]) -> bool {
     parts.len() == segs.len() && parts.iter().zip(segs).all(|(p, s)| (p.starts_with('{') && !s.is_empty()) || p == s)
 }
 
-fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
-    query.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+/// The first value of query parameter `name`, percent-decoded.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 /// Bytes of an oversized body read and discarded before answering 413, so
@@ -658,7 +774,11 @@ mod tests {
         assert!(!pattern_matches("/v1/jobs/{id}", &["v1", "jobs", ""]));
         assert!(!pattern_matches("/v1/jobs/{id}", &["v1", "jobs", "a", "b"]));
         assert!(pattern_matches("/v1/files/{path}", &["v1", "files", "a", "b"]));
-        assert_eq!(query_param("tail=5&x=1", "tail"), Some("5"));
+        assert_eq!(query_param("tail=5&x=1", "tail").as_deref(), Some("5"));
+        assert_eq!(
+            query_param("savepoint=ab%2Fsavepoint-3&x", "savepoint").as_deref(),
+            Some("ab/savepoint-3")
+        );
     }
 
     #[test]

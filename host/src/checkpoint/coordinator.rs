@@ -114,6 +114,29 @@ struct Pending {
     last: bool,
 }
 
+/// One checkpoint or savepoint as the API's history shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CheckpointRecord {
+    /// Its id.
+    pub id: u64,
+    /// `checkpoint` or `savepoint`.
+    pub kind: &'static str,
+    /// `completed` or `aborted`.
+    pub status: &'static str,
+    /// When it was triggered, ms since the Unix epoch.
+    pub started_ms: u64,
+    /// Trigger to completion (or abort), ms.
+    pub duration_ms: u64,
+    /// Bytes of state files acknowledged.
+    pub size_bytes: u64,
+    /// Why it was aborted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Checkpoints the history keeps, newest last.
+pub const CHECKPOINT_HISTORY: usize = 32;
+
 /// Figures of the coordinator, readable while the job runs.
 #[derive(Debug, Default)]
 pub struct CheckpointStats {
@@ -127,6 +150,38 @@ pub struct CheckpointStats {
     pub last_bytes: AtomicU64,
     /// Checkpoints aborted (timeout or failure).
     pub aborted: AtomicU64,
+    /// The newest [`CHECKPOINT_HISTORY`] checkpoints, completed or not.
+    history: std::sync::Mutex<VecDeque<CheckpointRecord>>,
+}
+
+impl CheckpointStats {
+    /// The newest checkpoints and savepoints, oldest first.
+    pub fn history(&self) -> Vec<CheckpointRecord> {
+        self.history.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+    }
+
+    fn record(&self, barrier: &Barrier, started: Instant, size_bytes: u64, reason: Option<&str>) {
+        let elapsed = started.elapsed();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let r = CheckpointRecord {
+            id: barrier.id,
+            kind: if matches!(barrier.kind, BarrierKind::Savepoint { .. }) {
+                "savepoint"
+            } else {
+                "checkpoint"
+            },
+            status: if reason.is_some() { "aborted" } else { "completed" },
+            started_ms: now.saturating_sub(elapsed).as_millis() as u64,
+            duration_ms: elapsed.as_millis() as u64,
+            size_bytes,
+            reason: reason.map(str::to_owned),
+        };
+        let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        if h.len() == CHECKPOINT_HISTORY {
+            h.pop_front();
+        }
+        h.push_back(r);
+    }
 }
 
 /// Triggers checkpoints, collects acks, completes checkpoints.
@@ -227,6 +282,8 @@ impl Coordinator {
     fn abort(&mut self, p: Pending, why: &str) {
         tracing::warn!(checkpoint = p.barrier.id, "checkpoint aborted: {why}");
         self.stats.aborted.fetch_add(1, Ordering::Relaxed);
+        let bytes = p.files.iter().map(|(_, f)| f.bytes).sum();
+        self.stats.record(&p.barrier, p.started, bytes, Some(why));
         self.storage.remove(&super::barrier_dir(&p.barrier));
         if let Some(reply) = p.reply {
             let _ = reply.send(Err(format!("savepoint {} aborted: {why}", p.barrier.id)));
@@ -432,6 +489,7 @@ impl Coordinator {
         self.stats.last_id.store(id, Ordering::Relaxed);
         self.stats.last_duration_ms.store(duration.as_millis() as u64, Ordering::Relaxed);
         self.stats.last_bytes.store(bytes, Ordering::Relaxed);
+        self.stats.record(&p.barrier, p.started, bytes, None);
         let path = self.storage.path().join(&dir);
         tracing::info!(
             checkpoint = id,

@@ -37,7 +37,7 @@ use super::rpc::{
 use crate::checkpoint::coordinator::{Ack, Command as CoordinatorCommand, Decline};
 use crate::job::JobError;
 use crate::job::plan::{ExecutionPlan, RestoreHandles};
-use crate::runtime::{EventSink, MetricsSample, OperatorMetrics, TaskError, TaskEvent};
+use crate::runtime::{EventSink, MetricsSample, OperatorMetrics, SubtaskSample, TaskError, TaskEvent};
 
 /// How the JobManager treats its TaskManagers.
 #[derive(Debug, Clone)]
@@ -81,6 +81,7 @@ struct TaskManagerEntry {
     tasks: HashMap<String, Vec<String>>,
     bytes_sent: u64,
     bytes_received: u64,
+    rss_bytes: u64,
 }
 
 impl TaskManagerEntry {
@@ -244,6 +245,7 @@ impl ClusterCore {
                         "tasks": tasks,
                         "bytes_sent": t.bytes_sent,
                         "bytes_received": t.bytes_received,
+                        "rss_bytes": t.rss_bytes,
                     })
                 })
                 .collect(),
@@ -257,7 +259,7 @@ impl ClusterCore {
         out.push_str("# HELP sluice_taskmanagers Registered TaskManagers.\n# TYPE sluice_taskmanagers gauge\n");
         out.push_str(&format!("sluice_taskmanagers {}\n", tms.len()));
         type Gauge = (&'static str, &'static str, fn(&TaskManagerEntry) -> f64);
-        let gauges: [Gauge; 6] = [
+        let gauges: [Gauge; 7] = [
             ("sluice_taskmanager_slots_total", "Task slots a TaskManager offers.", |t| {
                 f64::from(t.slots)
             }),
@@ -277,6 +279,11 @@ impl ClusterCore {
                 "sluice_taskmanager_network_received_bytes_total",
                 "Data-plane bytes received.",
                 |t| t.bytes_received as f64,
+            ),
+            (
+                "sluice_taskmanager_resident_memory_bytes",
+                "A TaskManager's resident memory.",
+                |t| t.rss_bytes as f64,
             ),
         ];
         for (name, help, f) in gauges {
@@ -687,6 +694,7 @@ impl JobManager for Rpc {
                 tasks: HashMap::new(),
                 bytes_sent: 0,
                 bytes_received: 0,
+                rss_bytes: 0,
             },
         );
         self.0.slots_changed.notify_all();
@@ -720,6 +728,7 @@ impl JobManager for Rpc {
                     t.last_heartbeat = Instant::now();
                     t.bytes_sent = h.bytes_sent;
                     t.bytes_received = h.bytes_received;
+                    t.rss_bytes = h.rss_bytes;
                     true
                 }
                 None => false,
@@ -812,23 +821,29 @@ fn sum_samples<'a>(metrics: &[Arc<OperatorMetrics>], samples: impl Iterator<Item
     let mut totals: Vec<MetricsSample> = metrics
         .iter()
         .map(|m| MetricsSample {
-            watermarks: vec![i64::MIN; m.parallelism as usize],
+            subtasks: vec![SubtaskSample::default(); m.parallelism as usize],
             ..MetricsSample::default()
         })
         .collect();
     for s in samples {
         for n in &s.nodes {
             let Some(t) = totals.get_mut(n.node as usize) else { continue };
-            t.records_in += n.records_in;
-            t.records_out += n.records_out;
-            t.failed += n.failed;
-            t.late += n.late;
-            t.late_dropped += n.late_dropped;
-            t.busy_ns += n.busy_ns;
-            t.backpressured_ns += n.backpressured_ns;
-            for (w, &v) in t.watermarks.iter_mut().zip(&n.watermarks) {
-                *w = (*w).max(v);
-            }
+            let at = |v: &[u64], i: usize| v.get(i).copied().unwrap_or(0);
+            let subtasks = (0..t.subtasks.len())
+                .map(|i| SubtaskSample {
+                    records_in: at(&n.records_in, i),
+                    records_out: at(&n.records_out, i),
+                    busy_ns: at(&n.busy_ns, i),
+                    backpressured_ns: at(&n.backpressured_ns, i),
+                    watermark: n.watermarks.get(i).copied().unwrap_or(i64::MIN),
+                })
+                .collect();
+            t.add(&MetricsSample {
+                failed: n.failed,
+                late: n.late,
+                late_dropped: n.late_dropped,
+                subtasks,
+            });
         }
     }
     for (m, t) in metrics.iter().zip(&totals) {

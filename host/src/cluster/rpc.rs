@@ -166,6 +166,9 @@ pub struct Heartbeat {
     pub bytes_sent: u64,
     #[prost(uint64, tag = "4")]
     pub bytes_received: u64,
+    /// Its resident memory (bytes; 0: unknown).
+    #[prost(uint64, tag = "5")]
+    pub rss_bytes: u64,
 }
 
 /// The counters of one job's tasks on one TaskManager.
@@ -183,23 +186,24 @@ pub struct JobSample {
 pub struct NodeSample {
     #[prost(uint32, tag = "1")]
     pub node: u32,
-    #[prost(uint64, tag = "2")]
-    pub records_in: u64,
-    #[prost(uint64, tag = "3")]
-    pub records_out: u64,
     #[prost(uint64, tag = "4")]
     pub failed: u64,
     #[prost(uint64, tag = "5")]
     pub late: u64,
     #[prost(uint64, tag = "6")]
     pub late_dropped: u64,
-    #[prost(uint64, tag = "7")]
-    pub busy_ns: u64,
-    #[prost(uint64, tag = "8")]
-    pub backpressured_ns: u64,
     /// Output watermark by subtask (`i64::MIN`: none, or not here).
     #[prost(int64, repeated, tag = "9")]
     pub watermarks: Vec<i64>,
+    /// By subtask (zero for subtasks not here).
+    #[prost(uint64, repeated, tag = "10")]
+    pub records_in: Vec<u64>,
+    #[prost(uint64, repeated, tag = "11")]
+    pub records_out: Vec<u64>,
+    #[prost(uint64, repeated, tag = "12")]
+    pub busy_ns: Vec<u64>,
+    #[prost(uint64, repeated, tag = "13")]
+    pub backpressured_ns: Vec<u64>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -33,7 +33,7 @@ use super::shuffle::NetworkShuffle;
 use crate::checkpoint::CheckpointStorage;
 use crate::job::plan::{ExecutionPlan, RestoreHandles};
 use crate::runtime::network::{DataPlane, NetworkConfig};
-use crate::runtime::{AttemptContext, EventSink, LocalShuffle, OperatorMetrics, RunningAttempt, TaskEvent};
+use crate::runtime::{AttemptContext, EventSink, LocalShuffle, OperatorMetrics, RunningAttempt, SubtaskSample, TaskEvent};
 use crate::tenancy::StateBudget;
 use crate::time::SystemClock;
 use crate::wasm::{LoadedComponent, WasmEngine};
@@ -390,6 +390,7 @@ impl Session {
                 .collect(),
             bytes_sent: self.data.bytes_sent(),
             bytes_received: self.data.bytes_received(),
+            rss_bytes: crate::tenancy::process_status_kb("VmRSS").map_or(0, |kb| kb * 1024),
         }
     }
 
@@ -417,16 +418,17 @@ fn sample(id: &AttemptId, metrics: &[Arc<OperatorMetrics>], tasks_running: u32) 
             .enumerate()
             .map(|(i, m)| {
                 let s = m.sample();
+                let by = |f: fn(&SubtaskSample) -> u64| s.subtasks.iter().map(f).collect();
                 rpc::NodeSample {
                     node: i as u32,
-                    records_in: s.records_in,
-                    records_out: s.records_out,
                     failed: s.failed,
                     late: s.late,
                     late_dropped: s.late_dropped,
-                    busy_ns: s.busy_ns,
-                    backpressured_ns: s.backpressured_ns,
-                    watermarks: s.watermarks,
+                    watermarks: s.subtasks.iter().map(|t| t.watermark).collect(),
+                    records_in: by(|t| t.records_in),
+                    records_out: by(|t| t.records_out),
+                    busy_ns: by(|t| t.busy_ns),
+                    backpressured_ns: by(|t| t.backpressured_ns),
                 }
             })
             .collect(),

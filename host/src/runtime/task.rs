@@ -94,8 +94,9 @@ impl TaskGauges {
         let blocked = self.blocked_ns.load(Ordering::Relaxed).saturating_sub(blocked_before);
         let busy = (started.elapsed().as_nanos() as u64).saturating_sub(blocked);
         for n in &self.nodes {
-            n.busy_ns.fetch_add(busy, Ordering::Relaxed);
-            n.backpressured_ns.fetch_add(blocked, Ordering::Relaxed);
+            let c = n.at(self.subtask);
+            c.busy_ns.fetch_add(busy, Ordering::Relaxed);
+            c.backpressured_ns.fetch_add(blocked, Ordering::Relaxed);
         }
     }
 }
@@ -105,14 +106,18 @@ impl Downstream<'_> {
     /// main-output edges at the end of the chain.
     fn push(&mut self, input: usize, batch: RecordBatch) -> Result<(), TaskError> {
         if let Some(m) = self.from {
-            m.records_out.fetch_add(batch.len as u64, Ordering::Relaxed);
+            m.at(self.gauges.subtask).records_out.fetch_add(batch.len as u64, Ordering::Relaxed);
         }
         if batch.len == 0 {
             return Ok(());
         }
         match self.ops.split_first_mut() {
             Some((first, rest)) => {
-                first.metrics.records_in.fetch_add(batch.len as u64, Ordering::Relaxed);
+                first
+                    .metrics
+                    .at(self.gauges.subtask)
+                    .records_in
+                    .fetch_add(batch.len as u64, Ordering::Relaxed);
                 first.op.process(
                     input,
                     batch,
