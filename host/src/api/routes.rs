@@ -343,7 +343,6 @@ impl Server {
             return Err(ApiError::method_not_allowed(method.as_str(), &path));
         }
         let caller = self.authenticate(&req)?;
-        let headers = req.headers().clone();
         let tenant = match caller {
             Caller::Admin if segs == ["metrics"] => {
                 let all: Vec<Arc<Tenant>> = self.tenants.values().cloned().collect();
@@ -405,13 +404,13 @@ impl Server {
             (Method::POST, ["v1", "jobs"]) => {
                 // Cheapest first: the job quota before the body is even read.
                 jobs::precheck(&tenant)?;
+                // A TOML spec as the body, the rest of the request in the query.
+                let toml = content_type_is(req.headers(), "application/toml")
+                    .then(|| (query_param(&query, "savepoint"), query_param(&query, "allow_non_restored_state")));
                 let (body, _held) = self.body(&tenant, req, self.config.limits.max_spec_bytes).await?;
                 let engine = self.engine_for(&tenant)?;
                 let (lines, limits) = (self.config.job_log_lines, self.config.limits.clone());
                 let cluster = self.cluster.clone();
-                // A TOML spec as the body, the rest of the request in the query.
-                let toml = content_type_is(&headers, "application/toml")
-                    .then(|| (query_param(&query, "savepoint"), query_param(&query, "allow_non_restored_state")));
                 blocking(move || {
                     let request = match toml {
                         Some((savepoint, allow)) => jobs::parse_submit_toml(&body, savepoint, allow.as_deref())?,
