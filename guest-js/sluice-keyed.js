@@ -1,8 +1,9 @@
 // Sluice keyed operators in JavaScript: the export glue of the
-// `keyed-process` world and typed keyed state (`ValueState`, `ListState`,
-// `MapState`) over the host's `state` interface. Values are stored as JSON,
-// as the Rust and Python SDKs store them, so UDFs in different languages can
-// read each other's state.
+// `keyed-process` world, typed keyed state (`ValueState`, `ListState`,
+// `MapState`) over the host's `state` interface, and timers
+// (`registerEventTimeTimer` and the like) over its `timers` interface.
+// Values are stored as JSON, as the Rust and Python SDKs store them, so UDFs
+// in different languages can read each other's state.
 //
 //     import { KeyedProcess, ValueState, exportKeyedProcess } from './sluice-keyed.js';
 //
@@ -12,10 +13,16 @@
 //     }
 //
 //     export const keyedOperator = exportKeyedProcess(Count);
+//
+// Timers belong to the key in scope when registered and live in host state:
+//
+//     process(record, out) { registerEventTimeTimer(record.timestamp + 60000); }
+//     onTimer(timestamp, domain, key, out) { ... }   // once the watermark reaches it
 
 import { enterRun } from 'sluice:udf/keyed-context@0.1.0';
 import * as state from 'sluice:udf/state@0.1.0';
-import { Collector, Udf, decode, openUdf, runRecords } from './sluice.js';
+import * as timers from 'sluice:udf/timers@0.1.0';
+import { Collector, RecordFailed, Udf, decode, openUdf, runRecords } from './sluice.js';
 
 export * from './sluice.js';
 
@@ -28,6 +35,46 @@ const EMPTY = new Uint8Array(0);
  * when the UDF registers timers (`domain` is 'event-time' or 'processing-time'). */
 export class KeyedProcess extends Udf {
   onTimer(_timestamp, _domain, _key, _out) {}
+}
+
+/** The host refused a timer call (for example: no key is in scope, outside
+ * `process` and `onTimer`). Not caught by the glue, it traps, as any bug. */
+/** The host refused a timer call. A `RecordFailed`: uncaught, it fails the record (the job's
+ * `on_record_error` decides), as `?` on the Rust SDK's timer calls does. */
+export class TimerError extends RecordFailed {}
+
+function timerCall(verb, domain, timestamp) {
+  try {
+    timers[verb](domain, BigInt(timestamp));
+  } catch (e) {
+    const why = e && e.payload !== undefined ? e.payload : e && e.message ? e.message : e;
+    throw new TimerError(`cannot ${verb} the ${domain} timer at ${timestamp}: ${why}`);
+  }
+}
+
+/** Register an event-time timer at `timestamp` (ms) for the key in scope:
+ * `onTimer` is called once the watermark reaches it. A key has at most one
+ * timer per domain and timestamp: registering it again is a no-op. Throws
+ * `TimerError` when no key is in scope. */
+export function registerEventTimeTimer(timestamp) {
+  timerCall('register', 'event-time', timestamp);
+}
+
+/** Register a processing-time timer at `timestamp` (ms) for the key in scope:
+ * `onTimer` is called once the host's clock reaches it. */
+export function registerProcessingTimeTimer(timestamp) {
+  timerCall('register', 'processing-time', timestamp);
+}
+
+/** Delete the event-time timer at `timestamp` of the key in scope; deleting a
+ * timer that does not exist is not an error. */
+export function deleteEventTimeTimer(timestamp) {
+  timerCall('delete', 'event-time', timestamp);
+}
+
+/** Delete the processing-time timer at `timestamp` of the key in scope, if any. */
+export function deleteProcessingTimeTimer(timestamp) {
+  timerCall('delete', 'processing-time', timestamp);
 }
 
 function sameBytes(a, b) {

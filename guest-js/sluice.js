@@ -19,7 +19,11 @@
 // Records cross the boundary packed in batches (the `types.batch` format of
 // the WIT): one call carries many records. Keys and values are Uint8Arrays;
 // timestamps are numbers (ms since the Unix epoch) or null.
+//
+// `currentWatermark()` and `currentProcessingTime()` read time as the host
+// sees it; timers are in `sluice-keyed.js`.
 
+import { processingTime, watermark } from 'sluice:udf/context@0.1.0';
 import { log } from 'sluice:udf/log@0.1.0';
 
 const utf8 = new TextEncoder();
@@ -154,6 +158,17 @@ export function warn(message) {
 /** Log at error level (kept to explain a later trap). */
 export function error(message) {
   log('error', String(message));
+}
+
+/** The subtask's current event-time watermark (ms), or null before the first one. */
+export function currentWatermark() {
+  const w = watermark();
+  return w === undefined || w === null ? null : Number(w);
+}
+
+/** The host's processing time (ms since the Unix epoch); a guest has no clock of its own. */
+export function currentProcessingTime() {
+  return Number(processingTime());
 }
 
 /** Base of every UDF class: `this.config` is the operator's configuration. */

@@ -20,19 +20,36 @@ the WIT), so one call carries many records. Keyed state lives in the host
 (`state` interface): `ValueState`, `ListState` and `MapState` read and write
 it for the key in scope, so a checkpoint never depends on Python's memory.
 Values are stored as JSON.
+
+Timers are host-owned too: in a keyed process, `register_event_time_timer(ts)`
+(or the processing-time and delete variants) while a key is in scope, and the
+host calls `on_timer` with that key in scope when the watermark (or its clock)
+reaches `ts`. `current_watermark()` and `current_processing_time()` read time
+as the host sees it.
 """
 
 import json
 import struct
 
 from componentize_py_types import Err
+from wit_world.imports import context as _context
 from wit_world.imports import log as _log
 from wit_world.imports import types as _types
+
+# Imported here, when the component is built (componentize-py snapshots the
+# modules loaded then; a binding module first imported at run time may be
+# missing). Only the keyed-process world has timers.
+try:
+    from wit_world.imports import timers as _timers
+except ImportError:
+    _timers = None
 
 __all__ = [
     "Record", "Collector", "RecordFailed", "Map", "Filter", "FlatMap", "KeyedProcess",
     "ValueState", "ListState", "MapState", "export_map", "export_filter", "export_flat_map",
-    "export_keyed_process", "info", "warn", "error",
+    "export_keyed_process", "info", "warn", "error", "TimerError", "register_event_time_timer",
+    "register_processing_time_timer", "delete_event_time_timer", "delete_processing_time_timer",
+    "current_watermark", "current_processing_time",
 ]
 
 _U32 = struct.Struct("<I")
@@ -164,13 +181,67 @@ class FlatMap:
 class KeyedProcess:
     """Records grouped by key, with that key's state in scope: implement
     `process(record, out)`, and `on_timer(timestamp, domain, key, out)` when
-    the UDF registers timers."""
+    the UDF registers timers (`register_event_time_timer` and the like);
+    `domain` is the WIT `time-domain` (`.name` is `EVENT_TIME` or
+    `PROCESSING_TIME`), `key` the timer's key (bytes), in scope."""
 
     def __init__(self, config):
         self.config = config
 
     def on_timer(self, timestamp, domain, key, out):
         pass
+
+
+class TimerError(RecordFailed):
+    """The host refused a timer call (for example: no key is in scope, outside
+    `process` and `on_timer`, or the timer limit). A `RecordFailed`: uncaught,
+    it fails the record (the job's `on_record_error` decides), as `?` on the
+    Rust SDK's timer calls does."""
+
+
+def _timer_call(verb, domain, timestamp):
+    t = _timers
+    if t is None:
+        raise TimerError(f"cannot {verb} the {domain} timer at {timestamp}: only a keyed process has timers")
+    d = t.TimeDomain.EVENT_TIME if domain == "event-time" else t.TimeDomain.PROCESSING_TIME
+    try:
+        (t.register if verb == "register" else t.delete)(d, int(timestamp))
+    except Err as e:
+        raise TimerError(f"cannot {verb} the {domain} timer at {timestamp}: {e.value}") from None
+
+
+def register_event_time_timer(timestamp):
+    """Register an event-time timer at `timestamp` (ms) for the key in scope: `on_timer`
+    is called once the watermark reaches it. A key has at most one timer per domain and
+    timestamp: registering it again is a no-op. Raises `TimerError` when no key is in scope."""
+    _timer_call("register", "event-time", timestamp)
+
+
+def register_processing_time_timer(timestamp):
+    """Register a processing-time timer at `timestamp` (ms) for the key in scope: `on_timer`
+    is called once the host's clock reaches it."""
+    _timer_call("register", "processing-time", timestamp)
+
+
+def delete_event_time_timer(timestamp):
+    """Delete the event-time timer at `timestamp` of the key in scope; deleting a timer that
+    does not exist is not an error."""
+    _timer_call("delete", "event-time", timestamp)
+
+
+def delete_processing_time_timer(timestamp):
+    """Delete the processing-time timer at `timestamp` of the key in scope, if any."""
+    _timer_call("delete", "processing-time", timestamp)
+
+
+def current_watermark():
+    """The subtask's current event-time watermark (ms), or None before the first one."""
+    return _context.watermark()
+
+
+def current_processing_time():
+    """The host's processing time (ms since the Unix epoch); a guest has no clock of its own."""
+    return _context.processing_time()
 
 
 def _run_records(records, each):
@@ -233,7 +304,14 @@ def export_flat_map(cls):
 
 def export_keyed_process(cls):
     """The `keyed-operator` export of a `KeyedProcess` class: assign it to `KeyedOperator`."""
-    from wit_world.imports import keyed_context
+    try:
+        from wit_world.imports import keyed_context
+    except ImportError:
+        raise ImportError(
+            "export_keyed_process needs the keyed-process world, but this component is being built "
+            "for another one: build it with `componentize-py ... -w keyed-process` (a map, filter or "
+            "flat-map is built with -w stateless)"
+        ) from None
 
     class KeyedOperator:
         udf = None

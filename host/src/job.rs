@@ -5,13 +5,16 @@
 //! wrong: an unknown input, a cycle, a missing component, a component that
 //! does not export the world its operator kind needs, parallelism 0.
 
+pub mod explain;
 pub mod graph;
+pub mod lint;
 pub mod plan;
 
 pub use crate::spec;
 
 use std::path::PathBuf;
 
+pub use explain::Plan;
 pub use graph::{Chain, Edge, JobGraph, Node, NodeId, NodeKind};
 pub use plan::{ExecutionPlan, JobComponents, RestoreHandles, TaskDescriptor};
 pub use spec::{EdgeSpec, ErrorPolicy, JobSpec, OperatorKind, OperatorSpec, Partition, SinkSpec, SourceSpec};
@@ -97,15 +100,20 @@ pub enum JobError {
         reason: String,
     },
     /// A component is not loadable (not a component, does not link, …).
-    #[error("operator `{operator}`: {source}")]
+    #[error("operator `{operator}`: component {path}: {error}")]
     Component {
         /// The operator.
         operator: String,
-        /// Why.
-        source: crate::wasm::WasmError,
+        /// The component file.
+        path: PathBuf,
+        /// Why (not the error's `source`, so that a chain prints it once).
+        error: crate::wasm::WasmError,
     },
     /// A component of the wrong world.
-    #[error("operator `{operator}` is a {kind} and needs a component exporting the world `{expected}`, but {path} exports {found}")]
+    #[error(
+        "operator `{operator}` is a {kind} and needs a component of world {}, but {path} {}. Rebuild it for {}: {}",
+        world_short(.expected), found_description(.found), world_short(.expected), rebuild_hint(*.expected)
+    )]
     WrongWorld {
         /// The operator.
         operator: String,
@@ -115,8 +123,8 @@ pub enum JobError {
         expected: crate::wasm::World,
         /// The component.
         path: PathBuf,
-        /// What the component exports.
-        found: String,
+        /// The world the component targets (as `sluice inspect` shows it), if any.
+        found: Option<crate::wasm::World>,
     },
     /// A checkpoint or savepoint cannot be restored into this job.
     #[error("restore: {0}")]
@@ -133,4 +141,45 @@ impl From<crate::spec::SpecError> for JobError {
             crate::spec::SpecError::Parse(m) => JobError::Parse(m),
         }
     }
+}
+
+/// A world as `sluice inspect` prints it and the `-w` flags of the guest
+/// tools take it: `` `keyed-process` (sluice:udf/keyed-process@0.1.0) ``.
+fn world_short(w: &crate::wasm::World) -> String {
+    format!("`{}` ({})", w.short_name(), w.wit_name())
+}
+
+/// What a component of the wrong world targets, and which operator kinds
+/// it would fit.
+fn found_description(found: &Option<crate::wasm::World>) -> String {
+    match found {
+        None => "targets no sluice:udf operator world (`sluice inspect` shows its exports)".to_owned(),
+        Some(w) => {
+            let kinds: Vec<String> = w.operator_kinds().iter().map(|k| format!("kind = \"{k}\"")).collect();
+            let fits = match kinds.as_slice() {
+                [] => {
+                    "no operator kind (it is a watermark generator: `watermarks = { strategy = \"punctuated\", component = … }`)".to_owned()
+                }
+                [one] => one.clone(),
+                [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
+            };
+            format!("targets world {}, which fits {fits}", world_short(w))
+        }
+    }
+}
+
+/// How to build a component of world `w` in each guest language.
+fn rebuild_hint(w: crate::wasm::World) -> String {
+    let name = w.short_name();
+    let rust = match w {
+        crate::wasm::World::Stateless => "`export_map!`, `export_filter!` or `export_flat_map!`".to_owned(),
+        crate::wasm::World::KeyedProcess => "`export_keyed_process!` (or `export_co_keyed_process!`)".to_owned(),
+        crate::wasm::World::WindowAggregate => "`export_aggregate!`".to_owned(),
+        crate::wasm::World::WindowProcess => "`export_window_process!`".to_owned(),
+        crate::wasm::World::Punctuated => "`export_punctuated!`".to_owned(),
+    };
+    format!(
+        "in Rust with sluice_guest's {rust}; in Python with `componentize-py … -w {name}`; in JavaScript with \
+         `componentize-js … --world-name {name}`; in C with `sluice c-bindings --world {name}` (`sluice new` creates a project of each)"
+    )
 }

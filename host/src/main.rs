@@ -12,6 +12,7 @@ use sluice::job::JobGraph;
 use sluice::wasm::WasmEngine;
 
 mod remote;
+mod scaffold;
 
 #[derive(Parser)]
 #[command(
@@ -138,10 +139,60 @@ enum Command {
         #[arg(long)]
         wait: bool,
     },
-    /// List the server's jobs of your tenant, or show one in full.
+    /// List the server's jobs of your tenant (a table), or show one:
+    /// state, checkpoints, and per operator records, rates,
+    /// busy/backpressured time, watermark and lag.
     Jobs {
         /// A job id.
         id: Option<String>,
+        /// With a job id: a row per subtask under each operator (key skew shows here).
+        #[arg(long)]
+        subtasks: bool,
+        /// `table`, or `json` (the API's answer).
+        #[arg(long, value_enum, default_value = "table")]
+        output: remote::Output,
+    },
+    /// Show a job's plan (Flink's `flink info`): nodes, parallelism, the
+    /// partitioner of every edge (and why, when defaulted), chains into tasks.
+    Plan {
+        /// A job spec file, or the id of a server's job.
+        job: String,
+        /// `text`, `json`, or `dot` (Graphviz: `sluice plan JOB --format dot | dot -Tsvg`).
+        #[arg(long, value_enum, default_value = "text")]
+        format: PlanFormat,
+    },
+    /// Print a server job's log: its guests' lines and the host's about it
+    /// (restores, warnings).
+    Logs {
+        /// The job id.
+        id: String,
+        /// Keep printing new lines until the job ends.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many of the newest lines to print first.
+        #[arg(long, default_value_t = 100)]
+        tail: usize,
+    },
+    /// List a server job's retained checkpoints.
+    Checkpoints {
+        /// The job id.
+        id: String,
+        /// `table` or `json`.
+        #[arg(long, value_enum, default_value = "table")]
+        output: remote::Output,
+    },
+    /// List a server job's savepoints (ids for `submit --savepoint`).
+    Savepoints {
+        /// The job id.
+        id: String,
+        /// `table` or `json`.
+        #[arg(long, value_enum, default_value = "table")]
+        output: remote::Output,
+    },
+    /// Stop a server's job with a savepoint (Flink's `flink stop`); prints the savepoint id.
+    Stop {
+        /// The job id.
+        id: String,
     },
     /// List a JobManager's TaskManagers: id, data address, free/total slots, tasks.
     Taskmanagers,
@@ -149,6 +200,22 @@ enum Command {
     Cancel {
         /// The job id.
         id: String,
+    },
+    /// Create a UDF project outside this repository: the UDF, its build
+    /// (one command, in the project's README), a job spec and sample input
+    /// that `sluice run job.toml` runs.
+    New {
+        /// The project's directory; its last part names the UDF.
+        dir: PathBuf,
+        /// rust | python | js | c
+        #[arg(long, default_value = "rust")]
+        lang: String,
+        /// map | filter | flat-map | keyed-process | window-aggregate (what each language offers: see the error)
+        #[arg(long, default_value = "map")]
+        kind: String,
+        /// Rust: the guest SDK's directory (default: the checkout this binary was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
     },
     /// Validate a job spec and its components without running it.
     Check {
@@ -224,6 +291,14 @@ enum Command {
     },
 }
 
+/// Formats of `sluice plan`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PlanFormat {
+    Text,
+    Json,
+    Dot,
+}
+
 fn cache_dir(flag: Option<PathBuf>) -> Option<PathBuf> {
     flag.or_else(|| std::env::var_os("SLUICE_CACHE_DIR").map(PathBuf::from))
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/sluice/components")))
@@ -240,9 +315,27 @@ fn main() {
         .init();
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", error_chain(&e));
         std::process::exit(1);
     }
+}
+
+/// An error and its causes on one line, each cause once: errors that
+/// already print their source (`thiserror`'s `{source}`) are not followed
+/// by it again.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -300,8 +393,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             wait,
         } => {
             let client = remote::client(&cli.server)?;
+            let restoring = savepoint.is_some();
             let id = remote::submit(&client, &job, savepoint, allow_non_restored_state)?;
             println!("{id}");
+            if restoring {
+                remote::report_restore(&client, &id)?;
+            }
             if wait {
                 remote::wait(&client, &id)?;
             }
@@ -309,7 +406,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Put { local, path } => remote::put(&remote::client(&cli.server)?, &local, &path),
         Command::Get { path } => remote::get(&remote::client(&cli.server)?, &path),
-        Command::Jobs { id } => remote::jobs(&remote::client(&cli.server)?, id.as_deref()),
+        Command::Jobs { id, subtasks, output } => {
+            let client = remote::client(&cli.server)?;
+            match id {
+                Some(id) => remote::show_job(&client, &id, subtasks, output),
+                None => remote::list_jobs(&client, output),
+            }
+        }
+        Command::Plan { job, format } => {
+            let plan = if std::path::Path::new(&job).is_file() {
+                sluice::job::Plan::of(&JobGraph::from_file(std::path::Path::new(&job))?)
+            } else {
+                remote::plan(&remote::client(&cli.server)?, &job)?
+            };
+            match format {
+                PlanFormat::Text => print!("{}", plan.to_text()),
+                PlanFormat::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+                PlanFormat::Dot => print!("{}", plan.to_dot()),
+            }
+            Ok(())
+        }
+        Command::Logs { id, follow, tail } => remote::logs(&remote::client(&cli.server)?, &id, tail, follow),
+        Command::Checkpoints { id, output } => remote::stored(&remote::client(&cli.server)?, &id, false, output),
+        Command::Savepoints { id, output } => remote::stored(&remote::client(&cli.server)?, &id, true, output),
+        Command::Stop { id } => remote::savepoint(&remote::client(&cli.server)?, &id, true),
         Command::Cancel { id } => remote::cancel(&remote::client(&cli.server)?, &id),
         Command::Taskmanagers => remote::taskmanagers(&remote::client(&cli.server)?),
         Command::Savepoint { job, stop, .. } if !std::path::Path::new(&job).is_file() => {
@@ -346,11 +466,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Check { job } => {
             let graph = JobGraph::from_file(&job)?;
             graph.load_components(&*engine()?)?;
+            for w in graph.warnings() {
+                eprintln!("warning: {w}");
+            }
+            let plan = sluice::job::Plan::of(&graph);
             println!(
-                "{}: ok ({} nodes, {} tasks per run)",
+                "{}: ok ({} nodes in {} tasks, {} subtasks; `sluice plan {}` shows them)",
                 job.display(),
-                graph.nodes.len(),
-                graph.chains().len()
+                plan.nodes.len(),
+                plan.tasks.len(),
+                plan.subtasks(),
+                job.display()
+            );
+            Ok(())
+        }
+        Command::New { dir, lang, kind, sdk } => {
+            let files = scaffold::create(&dir, &lang, &kind, sdk.as_deref())?;
+            for f in &files {
+                println!("{}", f.display());
+            }
+            eprintln!(
+                "created {} ({lang}, {kind}): build it as its README.md says, then `sluice run job.toml` in it",
+                dir.display()
             );
             Ok(())
         }

@@ -28,10 +28,7 @@ pub const UDF_WIT: &str = include_str!("../../wit/sluice-udf@0.1.0/udf.wit");
 /// The operator worlds a guest may target, by their short WIT names
 /// (`stateless`, `keyed-process`, …).
 pub fn guest_worlds() -> impl Iterator<Item = &'static str> {
-    crate::wasm::WORLDS.iter().map(|w| {
-        let name = w.wit_name().trim_start_matches("sluice:udf/");
-        name.split_once('@').map_or(name, |(n, _)| n)
-    })
+    crate::wasm::WORLDS.iter().map(|w| w.short_name())
 }
 
 /// Write the C bindings of `world` into `out_dir`: `<world>.h`, `<world>.c`

@@ -35,15 +35,18 @@ fn a_component_of_the_wrong_world_is_rejected_before_the_job_starts() {
     let dir = temp_dir("world");
     let err = run_toml(&job("map", &lit(&udf("count"))), &dir).unwrap_err().to_string();
     assert!(
-        err.starts_with("operator `op` is a map and needs a component exporting the world `sluice:udf/stateless@0.1.0`"),
+        err.starts_with("operator `op` is a map and needs a component of world `stateless` (sluice:udf/stateless@0.1.0)"),
         "{err}"
     );
-    assert!(err.contains("exports `sluice:udf/keyed-operator@0.1.0`"), "{err}");
+    assert!(
+        err.contains("targets world `keyed-process` (sluice:udf/keyed-process@0.1.0), which fits kind = \"keyed-process\""),
+        "{err}"
+    );
     let err = run_toml(&job("keyed-process", &lit(&udf("tokenize"))), &dir)
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("needs a component exporting the world `sluice:udf/keyed-process@0.1.0`"),
+        err.contains("needs a component of world `keyed-process` (sluice:udf/keyed-process@0.1.0)"),
         "{err}"
     );
 }
@@ -69,7 +72,26 @@ fn missing_and_non_component_files_are_named() {
 #[test]
 fn keyless_records_into_a_keyed_operator_fail_clearly() {
     let dir = temp_dir("keyless");
+    // A source that gives no keys: refused before the job starts.
     let toml = job("keyed-process", &lit(&udf("count"))).replace("keys = 3", "");
+    let err = run_toml(&toml, &dir).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "`op`: a keyed operator needs records with keys, but generator `gen` gives its records no key: set `keys` (how many distinct keys)"
+    );
+    // A map whose UDF emits no key: found at the first record.
+    let toml = toml
+        .replace(
+            "[[sinks]]",
+            &format!(
+                "[[operators]]\n        name = \"up\"\n        kind = \"map\"\n        component = {}\n        [[sinks]]",
+                lit(&udf("uppercase"))
+            ),
+        )
+        .replace(
+            "from = \"gen\"\n        to = \"op\"",
+            "from = \"gen\"\n        to = \"up\"\n        [[edges]]\n        from = \"up\"\n        to = \"op\"",
+        );
     let err = run_toml(&toml, &dir).unwrap_err().to_string();
     assert!(err.contains("a record without a key"), "{err}");
     assert!(err.contains("hash-partitioned input of `op`"), "{err}");

@@ -5,6 +5,7 @@
 mod checkpoints;
 mod cluster;
 mod dashboard;
+mod first_hour;
 mod harness;
 mod hostile;
 mod job_spec;

@@ -918,7 +918,7 @@ fn the_cli_client_uploads_submits_lists_savepoints_and_cancels() {
     assert!(sp.starts_with(&format!("{id}/savepoint-")), "{sp}");
     cli(&["cancel", &id]);
     wait_for(&c, &id, &["canceled"], Duration::from_secs(30));
-    assert!(cli(&["jobs", &id]).contains("\"canceled\""));
+    assert!(cli(&["jobs", &id, "--output", "json"]).contains("\"canceled\""));
     // Without a token the client says what to do.
     let out = Command::new(sluice_bin())
         .args(["jobs"])

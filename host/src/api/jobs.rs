@@ -149,8 +149,8 @@ pub struct ManagedJob {
     pub nodes: Vec<(String, u32)>,
     /// The spec as submitted (digests and paths of the tenant's area).
     pub spec: serde_json::Value,
-    /// The dataflow: nodes (role, kind, parallelism, task) and edges (with
-    /// their partitioners, defaulted ones resolved).
+    /// The plan ([`crate::job::Plan`] as JSON): nodes, edges with their
+    /// partitioners (defaulted ones resolved, saying why) and tasks.
     pub graph: serde_json::Value,
     /// Its directory (checkpoints and savepoints).
     pub dir: PathBuf,
@@ -848,55 +848,6 @@ pub fn check_bounds(spec: &JobSpec, limits: &ServerLimits) -> Result<(), ApiErro
     Ok(())
 }
 
-/// The dataflow as the dashboard draws it: each node's role, kind,
-/// parallelism and the task (chain) it runs in; each edge's partitioner as
-/// resolved (a defaulted one shows what it became) and the output it
-/// carries.
-fn graph_json(graph: &JobGraph) -> serde_json::Value {
-    use crate::job::NodeKind;
-    let mut task = vec![0usize; graph.nodes.len()];
-    for (i, chain) in graph.chains().iter().enumerate() {
-        for &n in &chain.nodes {
-            if let Some(t) = task.get_mut(n) {
-                *t = i;
-            }
-        }
-    }
-    let nodes: Vec<serde_json::Value> = graph
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            let (role, kind) = match &n.kind {
-                NodeKind::Source(s) => ("source", serde_json::to_value(s.kind)),
-                NodeKind::Operator(o, _) => ("operator", serde_json::to_value(o.kind)),
-                NodeKind::Sink(s) => ("sink", serde_json::to_value(s.kind)),
-            };
-            serde_json::json!({
-                "name": n.name,
-                "role": role,
-                "kind": kind.unwrap_or_default(),
-                "parallelism": n.parallelism,
-                "task": task[i],
-            })
-        })
-        .collect();
-    let edges: Vec<serde_json::Value> = graph
-        .edges
-        .iter()
-        .map(|e| {
-            serde_json::json!({
-                "from": graph.nodes[e.from].name,
-                "to": graph.nodes[e.to].name,
-                "partition": serde_json::to_value(e.partition).unwrap_or_default(),
-                "output": serde_json::to_value(e.output).unwrap_or_default(),
-                "input": e.input,
-            })
-        })
-        .collect();
-    serde_json::json!({ "nodes": nodes, "edges": edges })
-}
-
 /// Check, register and start a job. Fails (4xx) before anything is stored
 /// if the request is invalid or over a quota.
 pub fn submit(
@@ -965,7 +916,7 @@ pub fn submit(
             sinks,
             nodes: graph.nodes.iter().map(|n| (n.name.clone(), n.parallelism)).collect(),
             spec: submitted,
-            graph: graph_json(&graph),
+            graph: serde_json::to_value(crate::job::Plan::of(&graph)).unwrap_or_default(),
             dir,
             checkpoint_dir: graph.spec.checkpoints.as_ref().map(|c| PathBuf::from(&c.dir)),
             logs: Arc::new(GuestLogBuffer::new(log_lines)),

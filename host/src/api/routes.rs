@@ -57,6 +57,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/jobs/{id}/checkpoints"),
     ("GET", "/v1/jobs/{id}/logs"),
     ("GET", "/v1/jobs/{id}/spec"),
+    ("GET", "/v1/jobs/{id}/plan"),
     ("GET", "/v1/taskmanagers"),
 ];
 
@@ -538,6 +539,7 @@ async fn read_job(j: Arc<jobs::ManagedJob>, rest: &[&str], query: &str) -> Resul
             Ok(json_reply(200, &serde_json::to_value(j.logs.snapshot(tail)).unwrap_or_default()))
         }
         ["spec"] => Ok(json_reply(200, &serde_json::json!({ "spec": j.spec }))),
+        ["plan"] => Ok(json_reply(200, &j.graph)),
         _ => Err(ApiError::not_found(format!("route /v1/jobs/{}/{}", j.id, rest.join("/")))),
     }
 }

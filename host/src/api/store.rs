@@ -62,7 +62,7 @@ pub fn canonical_digest(digest: &str) -> Option<String> {
 pub fn validate_component(engine: &WasmEngine, bytes: &[u8], now_ms: i64) -> Result<ComponentMeta, ApiError> {
     let invalid = |m: String| ApiError::bad_request("invalid_component", m);
     let loaded = engine.load(bytes).map_err(|e| match e {
-        WasmError::NotWasm | WasmError::CoreModule => invalid(e.to_string()),
+        WasmError::NotWasm(_) | WasmError::CoreModule => invalid(e.to_string()),
         other => invalid(format!("the component was rejected: {other}")),
     })?;
     let reject = |m: String| {

@@ -442,6 +442,31 @@ pub(crate) fn prepare(graph: &JobGraph, engine: &Arc<WasmEngine>, options: &RunO
     if let Some(c) = &restored {
         check_restore(graph, c, options.allow_non_restored_state)?;
         tracing::info!(checkpoint = c.meta.checkpoint, path = %c.path.display(), "restoring");
+        if let Some(logs) = &options.logs {
+            let name = c.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            logs.host(
+                "info",
+                &spec.name,
+                0,
+                format!(
+                    "restored {} ({}, checkpoint {}) with the state of {} operators",
+                    name,
+                    if name.starts_with("savepoint-") {
+                        "savepoint"
+                    } else {
+                        "checkpoint"
+                    },
+                    c.meta.checkpoint,
+                    c.meta.operators.len()
+                ),
+            );
+        }
+    }
+    for w in graph.warnings() {
+        tracing::warn!(job = %spec.name, "{w}");
+        if let Some(logs) = &options.logs {
+            logs.host("warn", &spec.name, 0, w);
+        }
     }
     // The tasks read their own state files from the handles; the decoded
     // copy verified here is dropped.

@@ -155,14 +155,17 @@ fn writer_of(name: &str) -> Option<u32> {
 /// recovery falls back past a damaged checkpoint or an older savepoint is
 /// restored), and every other hidden file is discarded. On a fresh start
 /// (`restored` none) the output of earlier runs is removed too.
-pub fn prepare(dir: &Path, subtask: u32, parallelism: u32, restored: Option<(u64, &[String])>) -> Result<(), ConnectorError> {
+///
+/// Returns the names of the committed files it removed.
+pub fn prepare(dir: &Path, subtask: u32, parallelism: u32, restored: Option<(u64, &[String])>) -> Result<Vec<String>, ConnectorError> {
     let mine = |name: &str| writer_of(name).is_some_and(|i| i % parallelism.max(1) == subtask);
     if let Some((_, keep)) = restored {
         let keep: Vec<String> = keep.iter().filter(|n| mine(n)).cloned().collect();
         commit(dir, &keep)?;
     }
+    let mut rolled_back = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(());
+        return Ok(rolled_back);
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
@@ -178,6 +181,7 @@ pub fn prepare(dir: &Path, subtask: u32, parallelism: u32, restored: Option<(u64
                 let after = sealed.is_some_and(|s| s > id) && !keep.iter().any(|k| k == stem);
                 if after {
                     tracing::warn!(file = %e.path().display(), checkpoint = id, "removing output committed after the restored checkpoint");
+                    rolled_back.push(name.clone());
                 }
                 after
             }
@@ -187,7 +191,8 @@ pub fn prepare(dir: &Path, subtask: u32, parallelism: u32, restored: Option<(u64
             std::fs::remove_file(e.path()).map_err(io(&e.path()))?;
         }
     }
-    Ok(())
+    rolled_back.sort();
+    Ok(rolled_back)
 }
 
 #[cfg(test)]

@@ -243,6 +243,7 @@ impl JobGraph {
             }
         }
         let topo = topological_order(&nodes, &edges)?;
+        super::lint::check_keys(&nodes, &edges, &topo)?;
         Ok(JobGraph {
             spec,
             base_dir: base_dir.to_owned(),
@@ -257,6 +258,13 @@ impl JobGraph {
         let spec = JobSpec::from_file(path)?;
         let base = path.parent().map(Path::to_owned).unwrap_or_default();
         Self::build(spec, &base)
+    }
+
+    /// What may be wrong with the job although it is valid (event time
+    /// that cannot advance): `sluice check` prints these, a job logs them
+    /// when it starts.
+    pub fn warnings(&self) -> Vec<String> {
+        super::lint::watermark_warnings(self)
     }
 
     /// Edges into `node`.
@@ -323,9 +331,10 @@ impl JobGraph {
                     path: path.clone(),
                     reason: e.to_string(),
                 })?;
-                engine.load(&bytes).map(Some).map_err(|source| JobError::Component {
+                engine.load(&bytes).map(Some).map_err(|error| JobError::Component {
                     operator: n.name.clone(),
-                    source,
+                    path: path.clone(),
+                    error,
                 })
             })
             .collect()
@@ -346,14 +355,15 @@ impl JobGraph {
                     path: path.clone(),
                     reason: e.to_string(),
                 })?;
-                let loaded = engine.load(&bytes).map_err(|source| JobError::Component {
+                let loaded = engine.load(&bytes).map_err(|error| JobError::Component {
                     operator: op.name.clone(),
-                    source,
+                    path: path.clone(),
+                    error,
                 })?;
                 let worlds = worlds(op.kind);
                 let expected = worlds[0];
                 if !loaded.info.world.is_some_and(|w| worlds.contains(&w)) {
-                    let found = loaded.info.exports_description();
+                    let found = loaded.info.world;
                     let kind = serde_json::to_value(op.kind)
                         .ok()
                         .and_then(|v| v.as_str().map(str::to_owned))

@@ -449,7 +449,21 @@ fn open_sink(sink: &SinkSpec, subtask: u32, env: &TaskEnvironment) -> Result<Box
                 let keep = r.sinks.get(&sink.name).map_or(&[][..], |v| &v[..]);
                 (r.checkpoint, keep)
             });
-            file_sink::prepare(&dir, subtask, sink.parallelism, restored).map_err(restore_error)?;
+            let rolled_back = file_sink::prepare(&dir, subtask, sink.parallelism, restored).map_err(restore_error)?;
+            if let (Some(logs), Some((id, _))) = (&env.guest.logs, restored)
+                && !rolled_back.is_empty()
+            {
+                logs.host(
+                    "warn",
+                    &sink.name,
+                    subtask,
+                    format!(
+                        "rolled back {} committed after the restored checkpoint {id} (their records are written again): {}",
+                        if rolled_back.len() == 1 { "1 file" } else { "files" },
+                        rolled_back.join(", ")
+                    ),
+                );
+            }
             Box::new(TransactionalFileSink::new(&dir, subtask, sink.format, c.completed.clone()).map_err(|e| JobError::Failed(e.into()))?)
         }
         (SinkKind::File, None) => {

@@ -81,6 +81,22 @@ impl GuestLogBuffer {
         i.written += 1;
     }
 
+    /// A line of the host itself about the job (what a restore did, a
+    /// warning about its spec), beside its guests' lines; `operator` is the
+    /// node it is about.
+    pub fn host(&self, level: &'static str, operator: &str, subtask: u32, message: String) {
+        let time_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        self.push(LogLine {
+            time_ms,
+            level,
+            operator: operator.to_owned(),
+            subtask,
+            message,
+        });
+    }
+
     /// Count lines the rate limit dropped.
     pub fn rate_limited(&self, n: u64) {
         self.lock().rate_limited += n;

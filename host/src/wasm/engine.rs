@@ -53,11 +53,14 @@ pub enum WasmError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The bytes are not WebAssembly at all.
-    #[error("not a WebAssembly component: the bytes do not start with the wasm magic number")]
-    NotWasm,
+    /// The bytes are not WebAssembly at all; what they look like and the fix.
+    #[error("not a WebAssembly component: {0}")]
+    NotWasm(&'static str),
     /// A core module where a component is needed.
-    #[error("a core WebAssembly module, not a component: build for wasm32-wasip2 (or wrap it with `wasm-tools component new`)")]
+    #[error(
+        "a core WebAssembly module, not a component: build Rust for the wasm32-wasip2 target (not wasm32-unknown-unknown or \
+         wasm32-wasip1); wrap a wasm32-wasi module of another language with `sluice componentize`"
+    )]
     CoreModule,
     /// Compilation failed.
     #[error("compiling component: {0}")]
@@ -354,8 +357,20 @@ fn prune_cache(dir: &Path, max_bytes: u64) {
 }
 
 fn check_header(bytes: &[u8]) -> Result<(), WasmError> {
+    if bytes.starts_with(b"!<arch>\n") {
+        return Err(WasmError::NotWasm(
+            "it is an archive (a Rust `.rlib` or a static library). A Rust UDF crate needs `[lib] crate-type = [\"cdylib\"]` \
+             in its Cargo.toml; `cargo build --release --target wasm32-wasip2` then writes the component to \
+             target/wasm32-wasip2/release/<crate>.wasm",
+        ));
+    }
+    if bytes.starts_with(b"\x7fELF") || bytes.starts_with(b"MZ") || bytes.starts_with(&[0xcf, 0xfa, 0xed, 0xfe]) {
+        return Err(WasmError::NotWasm(
+            "it is a native executable or library, not WebAssembly: build the UDF for the wasm32-wasip2 target",
+        ));
+    }
     if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
-        return Err(WasmError::NotWasm);
+        return Err(WasmError::NotWasm("the bytes do not start with the wasm magic number"));
     }
     match bytes[4..8] {
         [0x01, 0x00, 0x00, 0x00] => Err(WasmError::CoreModule),

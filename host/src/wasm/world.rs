@@ -52,6 +52,24 @@ impl World {
         }
     }
 
+    /// The world's short name (`keyed-process`), as the guest tools' `-w`
+    /// flags take it.
+    pub fn short_name(self) -> &'static str {
+        let name = self.wit_name().trim_start_matches("sluice:udf/");
+        name.split_once('@').map_or(name, |(n, _)| n)
+    }
+
+    /// The operator kinds (as written in a spec) a component of this world
+    /// serves.
+    pub fn operator_kinds(self) -> &'static [&'static str] {
+        match self {
+            World::Stateless => &["map", "filter", "flat-map"],
+            World::KeyedProcess => &["keyed-process"],
+            World::WindowAggregate | World::WindowProcess => &["window"],
+            World::Punctuated => &[],
+        }
+    }
+
     /// The interface a component of this world exports.
     pub fn export(self) -> &'static str {
         match self {
