@@ -341,6 +341,17 @@ fn errors_name_the_fix() {
         err.contains("warning: no watermarks reach `counts`, which uses event-time windows: source `in` generates none"),
         "{err}"
     );
+    // A keyed process: warned about only when its records have event times.
+    let keyed = one_operator("keyed-process", &udf("count"), "format = \"json\"\nkey_field = \"k\"");
+    let (ok, err) = check("warn-keyed-none", &keyed);
+    assert!(ok && !err.contains("warning"), "{err}");
+    let timed = keyed.replace("key_field = \"k\"", "key_field = \"k\"\ntimestamp_field = \"ts\"");
+    let (ok, err) = check("warn-keyed", &timed);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("warning: no watermarks reach `op`: source `in` generates none, so if it registers event-time timers they fire only when the input ends"),
+        "{err}"
+    );
     let with_watermarks = windowed.replace(
         "timestamp_field = \"ts\"\n",
         "timestamp_field = \"ts\"\nwatermarks = { strategy = \"monotonous\" }\n",

@@ -67,13 +67,15 @@ pub fn check_keys(nodes: &[super::Node], edges: &[Edge], topo: &[NodeId]) -> Res
 }
 
 /// Per node, the sources upstream whose records reach it without
-/// watermarks on the way (empty: event time advances there).
-fn without_watermarks(graph: &super::JobGraph) -> Vec<Vec<String>> {
+/// watermarks on the way (empty: event time advances there); with
+/// `timestamped`, only sources that give their records event times.
+fn without_watermarks(graph: &super::JobGraph, timestamped: bool) -> Vec<Vec<String>> {
     let mut out: Vec<Vec<String>> = vec![Vec::new(); graph.nodes.len()];
     for &n in &graph.topo {
         let node = &graph.nodes[n];
         out[n] = match &node.kind {
             NodeKind::Source(s) if s.watermarks.is_some() => Vec::new(),
+            NodeKind::Source(s) if timestamped && !gives_timestamps(s) => Vec::new(),
             NodeKind::Source(s) => vec![s.name.clone()],
             NodeKind::Operator(o, _) if o.watermarks.is_some() => Vec::new(),
             _ => {
@@ -90,6 +92,15 @@ fn without_watermarks(graph: &super::JobGraph) -> Vec<Vec<String>> {
         };
     }
     out
+}
+
+/// Whether a source gives its records event times.
+fn gives_timestamps(s: &crate::spec::SourceSpec) -> bool {
+    match s.kind {
+        SourceKind::File => s.timestamp_field.is_some(),
+        SourceKind::Generator => s.events_per_second.is_some(),
+        SourceKind::Nexmark => true,
+    }
 }
 
 /// Whether an operator's windows follow event time.
@@ -122,7 +133,10 @@ fn sources_phrase(sources: &[String]) -> String {
 /// (a keyed process's event-time timers), event time when no watermarks
 /// reach it: its windows or timers would fire only when the input ends.
 pub fn watermark_warnings(graph: &super::JobGraph) -> Vec<String> {
-    let missing = without_watermarks(graph);
+    let missing = without_watermarks(graph, false);
+    // A keyed process is warned about only for records with event times:
+    // without them it has no use for event-time timers.
+    let missing_timestamped = without_watermarks(graph, true);
     let mut warnings = Vec::new();
     for (i, n) in graph.nodes.iter().enumerate() {
         let NodeKind::Operator(o, _) = &n.kind else {
@@ -132,11 +146,14 @@ pub fn watermark_warnings(graph: &super::JobGraph) -> Vec<String> {
             continue;
         }
         if o.kind == OperatorKind::KeyedProcess {
+            if missing_timestamped[i].is_empty() {
+                continue;
+            }
             warnings.push(format!(
                 "no watermarks reach `{}`: {}, so if it registers event-time timers they fire only when the input ends. \
                  Set `watermarks` on the source if it uses event time (see docs/event-time.md)",
                 n.name,
-                sources_phrase(&missing[i])
+                sources_phrase(&missing_timestamped[i])
             ));
             continue;
         }
