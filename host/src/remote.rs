@@ -10,6 +10,7 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use sluice::api::{ApiResponse, Client, Server, ServerConfig};
 use sluice::job::JobSpec;
+use sluice::time::{Clock, SystemClock};
 
 /// Components uploaded by tenants are compiled in a child process under a
 /// deadline and a memory limit, never in the server itself.
@@ -263,12 +264,6 @@ pub fn duration(ms: i64) -> String {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 /// A watermark as a time: `-` before the first, `end of input` after the last.
 fn watermark(v: &serde_json::Value) -> String {
     match v.as_i64() {
@@ -320,7 +315,7 @@ pub fn list_jobs(c: &Client, output: Output) -> anyhow::Result<()> {
         println!("no jobs");
         return Ok(());
     }
-    let now = now_ms();
+    let now = SystemClock.now_ms();
     let rows: Vec<Vec<String>> = jobs
         .iter()
         .map(|j| {
@@ -365,7 +360,7 @@ pub fn show_job(c: &Client, id: &str, subtasks: bool, output: Output) -> anyhow:
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    print!("{}", job_text(&v, subtasks, now_ms()));
+    print!("{}", job_text(&v, subtasks, SystemClock.now_ms()));
     Ok(())
 }
 
@@ -534,6 +529,8 @@ fn log_line(l: &serde_json::Value) -> String {
 /// about it); with `follow`, new lines until the job ends.
 pub fn logs(c: &Client, id: &str, tail: usize, follow: bool) -> anyhow::Result<()> {
     let mut seen: Option<u64> = None;
+    // Set once the job has ended: one more read takes the lines it wrote last.
+    let mut ended: Option<String> = None;
     loop {
         let v = ok(c.get(&format!("/v1/jobs/{id}/logs?tail={tail}"))?, &format!("log of job {id}"))?;
         let lines = v["lines"].as_array().cloned().unwrap_or_default();
@@ -557,21 +554,15 @@ pub fn logs(c: &Client, id: &str, tail: usize, follow: bool) -> anyhow::Result<(
             }
             return Ok(());
         }
-        let state = ok(c.get(&format!("/v1/jobs/{id}"))?, &format!("job {id}"))?;
-        if matches!(state["state"].as_str(), Some("finished" | "failed" | "canceled")) {
-            // One last read for lines written as it ended.
-            if seen == Some(written) {
-                let v = ok(c.get(&format!("/v1/jobs/{id}/logs?tail={tail}"))?, &format!("log of job {id}"))?;
-                let lines = v["lines"].as_array().cloned().unwrap_or_default();
-                let more = usize::try_from(v["written"].as_u64().unwrap_or(0).saturating_sub(written)).unwrap_or(0);
-                for l in &lines[lines.len() - more.min(lines.len())..] {
-                    println!("{}", log_line(l));
-                }
-            }
-            eprintln!("job {id} {}", state["state"].as_str().unwrap_or_default());
+        if let Some(state) = ended {
+            eprintln!("job {id} {state}");
             return Ok(());
         }
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        let job = ok(c.get(&format!("/v1/jobs/{id}"))?, &format!("job {id}"))?;
+        match job["state"].as_str() {
+            Some(s @ ("finished" | "failed" | "canceled")) => ended = Some(s.to_owned()),
+            _ => std::thread::sleep(std::time::Duration::from_millis(500)),
+        }
     }
 }
 

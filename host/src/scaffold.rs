@@ -388,11 +388,7 @@ sluice_guest::export_aggregate!(Udf);
 }
 
 fn behaviour_doc(kind: &str) -> String {
-    let b = behaviour(kind);
-    let mut s = String::from("This UDF ");
-    s.push_str(b);
-    s.push('.');
-    s
+    format!("This UDF {}.", behaviour(kind))
 }
 
 fn python_source(kind: &str) -> String {
