@@ -55,44 +55,44 @@ mod time_window;
 
 pub use time_window::Window;
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", doc))]
 mod error;
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", doc))]
 mod export;
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", doc))]
 pub mod log;
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", doc))]
 pub mod state;
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", doc))]
 pub mod timers;
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", doc))]
 mod watermark;
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", doc))]
 mod window;
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", doc))]
 pub use error::Error;
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", doc))]
 pub use export::{CoKeyedProcess, Collector, Filter, FlatMap, KeyedProcess, Map, Output, Record};
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", doc))]
 pub use state::{ListState, MapState, StateKey, ValueState};
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", doc))]
 pub use timers::{TimeDomain, Timer};
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", doc))]
 pub use watermark::Punctuated;
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", doc))]
 pub use window::{Accumulator, Aggregate, Json, WindowProcess};
 
 /// Parse the JSON configuration an operator's `open` receives (`{}` when
 /// the job gives none); the error starts with `config:` and says what is
 /// wrong.
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", doc))]
 pub fn parse_config<T: serde::de::DeserializeOwned>(config: &str) -> Result<T, Error> {
     serde_json::from_str(config).map_err(|e| Error::new(format!("config: {e}")))
 }
 
 /// Host time, as the host sees it.
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", doc))]
 pub mod time {
     use crate::__private::imports::sluice::udf::context;
 
@@ -114,7 +114,7 @@ pub mod time {
 }
 
 /// Generated bindings and glue used by the export macros. Not public API.
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", doc))]
 #[doc(hidden)]
 pub mod __private {
     pub use crate::export::{CoKeyedExport, FilterExport, FlatMapExport, KeyedExport, MapExport};
@@ -206,7 +206,7 @@ pub mod __private {
 
 /// The body of every `export_*!` macro: wrap `$ty` in its export adapter
 /// and hand it to the world's generated export macro. Not public API.
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", doc))]
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __sluice_export {
@@ -219,7 +219,7 @@ macro_rules! __sluice_export {
 }
 
 /// Export a [`Map`] implementation as this component's operator.
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", doc))]
 #[macro_export]
 macro_rules! export_map {
     ($ty:ty) => {
@@ -228,7 +228,7 @@ macro_rules! export_map {
 }
 
 /// Export a [`Filter`] implementation as this component's operator.
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", doc))]
 #[macro_export]
 macro_rules! export_filter {
     ($ty:ty) => {
@@ -237,7 +237,7 @@ macro_rules! export_filter {
 }
 
 /// Export a [`FlatMap`] implementation as this component's operator.
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", doc))]
 #[macro_export]
 macro_rules! export_flat_map {
     ($ty:ty) => {
@@ -246,7 +246,7 @@ macro_rules! export_flat_map {
 }
 
 /// Export a [`KeyedProcess`] implementation as this component's operator.
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", doc))]
 #[macro_export]
 macro_rules! export_keyed_process {
     ($ty:ty) => {
@@ -257,7 +257,7 @@ macro_rules! export_keyed_process {
 /// Export a [`CoKeyedProcess`] implementation as this component's operator
 /// (the `keyed-process` world; input 0 goes to `process1`, input 1 to
 /// `process2`).
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", doc))]
 #[macro_export]
 macro_rules! export_co_keyed_process {
     ($ty:ty) => {
@@ -267,7 +267,7 @@ macro_rules! export_co_keyed_process {
 
 /// Export an [`Aggregate`] implementation as this component's operator (the
 /// `window-aggregate` world).
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", doc))]
 #[macro_export]
 macro_rules! export_aggregate {
     ($ty:ty) => {
@@ -277,7 +277,7 @@ macro_rules! export_aggregate {
 
 /// Export a [`WindowProcess`] implementation as this component's operator
 /// (the `window-process` world).
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", doc))]
 #[macro_export]
 macro_rules! export_window_process {
     ($ty:ty) => {
@@ -287,7 +287,7 @@ macro_rules! export_window_process {
 
 /// Export a [`Punctuated`] implementation as this component's watermark
 /// generator (the `punctuated-watermarks` world).
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(target_arch = "wasm32", doc))]
 #[macro_export]
 macro_rules! export_punctuated {
     ($ty:ty) => {

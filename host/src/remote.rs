@@ -569,6 +569,11 @@ pub fn logs(c: &Client, id: &str, tail: usize, follow: bool) -> anyhow::Result<(
 /// After a submission with `--savepoint`: wait (a few seconds at most)
 /// for the job to say what it restored and rolled back, and print it.
 pub fn report_restore(c: &Client, id: &str) -> anyhow::Result<()> {
+    // The restore line comes before any task opens; a sink's rollback line
+    // comes when it opens. A checkpoint completes only when every task has
+    // opened, so with checkpoints on, the first one means every line is in.
+    let spec = ok(c.get(&format!("/v1/jobs/{id}/spec"))?, &format!("spec of job {id}"))?;
+    let checkpointed = !spec["spec"]["checkpoints"].is_null();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let v = ok(c.get(&format!("/v1/jobs/{id}/logs?tail=1000"))?, &format!("log of job {id}"))?;
@@ -578,7 +583,8 @@ pub fn report_restore(c: &Client, id: &str) -> anyhow::Result<()> {
             .any(|l| l["message"].as_str().is_some_and(|m| m.starts_with("restored ")));
         let state = ok(c.get(&format!("/v1/jobs/{id}"))?, &format!("job {id}"))?;
         let ended = matches!(state["state"].as_str(), Some("finished" | "failed" | "canceled"));
-        if restored || ended || std::time::Instant::now() >= deadline {
+        let opened = !checkpointed || state["checkpoints"]["completed"].as_u64().unwrap_or(0) > 0;
+        if (restored && opened) || ended || std::time::Instant::now() >= deadline {
             for l in &lines {
                 let m = l["message"].as_str().unwrap_or_default();
                 if m.starts_with("restored ") || m.starts_with("rolled back ") {

@@ -433,6 +433,22 @@ fn the_cli_covers_jobs_plans_logs_checkpoints_savepoints_stop_and_restore() {
     assert_eq!(serde_json::from_str::<Value>(&json_out).unwrap()["id"], id.as_str());
     let (checkpoints, _) = cli(&["checkpoints", &id]);
     assert!(checkpoints.starts_with("ID") && checkpoints.lines().count() >= 2, "{checkpoints}");
+    // A savepoint, then more checkpoints: the sink commits files after it,
+    // which a restore from it rolls back.
+    let (early, _) = cli(&["savepoint", &id]);
+    let early = early.trim().to_owned();
+    assert!(early.starts_with(&format!("{id}/savepoint-")), "{early}");
+    let completed = |c: &sluice::api::Client| {
+        c.get(&format!("/v1/jobs/{id}")).unwrap().json()["checkpoints"]["completed"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let after = completed(&c) + 2;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while completed(&c) < after {
+        assert!(std::time::Instant::now() < deadline, "no checkpoints after the savepoint");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // `stop`: a savepoint, listed by `savepoints`.
     let (sp, err) = cli(&["stop", &id]);
     let sp = sp.trim().to_owned();
@@ -441,11 +457,18 @@ fn the_cli_covers_jobs_plans_logs_checkpoints_savepoints_stop_and_restore() {
     wait_for(&c, &id, &["finished", "canceled"], Duration::from_secs(30));
     let (savepoints, _) = cli(&["savepoints", &id]);
     assert!(savepoints.lines().any(|l| l.ends_with(&sp)), "{savepoints}");
-    // `submit --savepoint` reports what the restore did.
-    let (restored, err) = cli(&["submit", "job.toml", "--savepoint", &sp]);
+    assert!(savepoints.lines().any(|l| l.ends_with(&early)), "{savepoints}");
+    // `submit --savepoint` reports what the restore did: the state it
+    // restored and the sink's files it rolled back.
+    let (restored, err) = cli(&["submit", "job.toml", "--savepoint", &early]);
     let id2 = restored.trim().to_owned();
     assert!(err.contains("restored savepoint-"), "{err}");
     assert!(err.contains("(savepoint, checkpoint "), "{err}");
+    assert!(
+        err.contains("out[0]: rolled back ") && err.contains("committed after the restored checkpoint"),
+        "{err}"
+    );
+    assert!(err.contains("part-"), "the rolled-back files are named: {err}");
     // `logs` shows the host's line about the restore.
     let (logs, _) = cli(&["logs", &id2]);
     assert!(logs.contains("INFO  cli[0] restored savepoint-"), "{logs}");

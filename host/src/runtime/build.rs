@@ -459,7 +459,11 @@ fn open_sink(sink: &SinkSpec, subtask: u32, env: &TaskEnvironment) -> Result<Box
                     subtask,
                     format!(
                         "rolled back {} committed after the restored checkpoint {id} (their records are written again): {}",
-                        if rolled_back.len() == 1 { "1 file" } else { "files" },
+                        if rolled_back.len() == 1 {
+                            "1 file".to_owned()
+                        } else {
+                            format!("{} files", rolled_back.len())
+                        },
                         rolled_back.join(", ")
                     ),
                 );
