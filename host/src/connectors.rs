@@ -9,6 +9,7 @@ mod file_source;
 pub mod generator;
 mod json_sink;
 pub mod nexmark;
+pub mod postgres_sink;
 
 use std::path::PathBuf;
 
@@ -49,6 +50,15 @@ pub enum ConnectorError {
         /// The source.
         source_name: String,
         /// Why.
+        message: String,
+    },
+    /// A sink's external system refused or failed (the message names the
+    /// server, the table and the cause).
+    #[error("sink `{sink}`: {message}")]
+    Sink {
+        /// The sink.
+        sink: String,
+        /// What happened.
         message: String,
     },
     /// Writing to standard output failed.

@@ -651,6 +651,24 @@ pub enum SinkKind {
     Stdout,
     /// Drops every record (Flink's `blackhole`): for benchmarks.
     Discard,
+    /// Rows into a PostgreSQL table (`url`, `table`, `columns`, `delivery`).
+    Postgres,
+}
+
+/// What a PostgreSQL sink promises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    /// The rows of a checkpoint interval in one transaction, prepared at the
+    /// barrier and committed when the checkpoint completes (two-phase commit).
+    #[default]
+    ExactlyOnce,
+    /// Each batch committed as it arrives; after a failure, the rows since
+    /// the restored checkpoint are written again.
+    AtLeastOnce,
+    /// `INSERT … ON CONFLICT (key) DO UPDATE` per batch: at-least-once
+    /// delivery that leaves each key's last row, for tables with a key.
+    Upsert,
 }
 
 /// How a sink writes each record.
@@ -680,6 +698,82 @@ pub struct SinkSpec {
     /// Parallel instances. Default 1.
     #[serde(default = "one")]
     pub parallelism: u32,
+    /// postgres: the connection URL, `postgres://user[:password]@host[:port]/database`
+    /// (a password in it is never shown by the API or logs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// postgres: the password, when it is not in `url` (never shown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// postgres: the table, `name` or `schema.name` (case-sensitive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    /// postgres: the columns filled from the same-named fields of each
+    /// record's JSON object. Default: every column without a default value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<Vec<String>>,
+    /// postgres: exactly-once (default), at-least-once or upsert.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<Delivery>,
+    /// postgres upsert: the conflict key. Default: the table's primary key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_columns: Option<Vec<String>>,
+    /// postgres exactly-once: the prefix of the prepared transactions' ids,
+    /// which must stay the same across restores. Default `sluice-<job>-<sink>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction_prefix: Option<String>,
+    /// postgres: how long connecting may take before the job fails. Default 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout_ms: Option<u64>,
+}
+
+impl SinkSpec {
+    /// The sink with its secrets (`password`, a password in `url`) replaced
+    /// by `***`: what the API and logs show.
+    pub fn redacted(&self) -> SinkSpec {
+        SinkSpec {
+            url: self.url.as_deref().map(redact_url),
+            password: self.password.as_ref().map(|_| "***".to_owned()),
+            ..self.clone()
+        }
+    }
+}
+
+/// `scheme://user:secret@host/…` → `scheme://user:***@host/…`; a
+/// `password=` parameter likewise.
+pub fn redact_url(url: &str) -> String {
+    if !url.contains("://") {
+        // A `key=value …` connection string.
+        return url
+            .split(' ')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => kv.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+    }
+    let mut out = url.to_owned();
+    if let Some(start) = out.find("://").map(|i| i + 3) {
+        let end = out[start..].find(['/', '?']).map_or(out.len(), |i| start + i);
+        if let Some(at) = out[start..end].rfind('@').map(|i| start + i)
+            && let Some(colon) = out[start..at].find(':').map(|i| start + i)
+        {
+            out.replace_range(colon + 1..at, "***");
+        }
+    }
+    if let Some(q) = out.find('?') {
+        let (base, query) = out.split_at(q + 1);
+        let query: Vec<String> = query
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => kv.to_owned(),
+            })
+            .collect();
+        out = format!("{base}{}", query.join("&"));
+    }
+    out
 }
 
 /// How records move along an edge.
@@ -725,6 +819,14 @@ pub enum OutputTag {
 }
 
 impl JobSpec {
+    /// The spec with every sink's secrets replaced by `***`.
+    pub fn redacted(&self) -> JobSpec {
+        JobSpec {
+            sinks: self.sinks.iter().map(SinkSpec::redacted).collect(),
+            ..self.clone()
+        }
+    }
+
     /// Parse TOML.
     pub fn from_toml(text: &str) -> Result<Self, SpecError> {
         toml::from_str(text).map_err(|e| SpecError::Parse(e.to_string().trim_end().to_owned()))
@@ -750,5 +852,25 @@ impl JobSpec {
             SpecError::Parse(m) => SpecError::Parse(format!("{}: {m}", path.display())),
             other => other,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted() {
+        assert_eq!(redact_url("postgres://u:s3cret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(redact_url("postgres://u@h/db?password=s3cret&x=1"), "postgres://u@h/db?password=***&x=1");
+        assert_eq!(redact_url("host=h user=u password=s3cret"), "host=h user=u password=***");
+        assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
+        let spec = JobSpec::from_toml(
+            "name = \"j\"\n[[sinks]]\nname = \"o\"\nkind = \"postgres\"\nurl = \"postgres://u:pw@h/db\"\npassword = \"pw2\"\ntable = \"t\"\n",
+        )
+        .unwrap();
+        let shown = serde_json::to_string(&spec.redacted()).unwrap();
+        assert!(!shown.contains("pw"), "{shown}");
+        assert!(shown.contains("postgres://u:***@h/db"), "{shown}");
     }
 }

@@ -135,10 +135,10 @@ output = "late"
 }
 
 /// A small xorshift generator: the tests print their seed.
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -147,7 +147,7 @@ impl Rng {
         eprintln!("random seed {seed}");
         Rng(seed)
     }
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -155,7 +155,7 @@ impl Rng {
     }
 }
 
-fn spawn(spec: &Path, restore: bool) -> Child {
+pub(crate) fn spawn(spec: &Path, restore: bool) -> Child {
     let mut cmd = Command::new(sluice_bin());
     cmd.arg("run").arg(spec).arg("--quiet");
     if restore {
@@ -172,7 +172,7 @@ fn spawn(spec: &Path, restore: bool) -> Child {
 }
 
 /// True if the newest checkpoint directory has no metadata yet.
-fn newest_incomplete(ckpt: &Path) -> bool {
+pub(crate) fn newest_incomplete(ckpt: &Path) -> bool {
     let Ok(entries) = std::fs::read_dir(ckpt) else { return false };
     let newest = entries
         .flatten()
@@ -184,7 +184,7 @@ fn newest_incomplete(ckpt: &Path) -> bool {
 
 /// A kill never damages a complete checkpoint (its metadata is written
 /// last, atomically), so restoring one must never be refused.
-fn no_fallback(stderr: &[u8]) {
+pub(crate) fn no_fallback(stderr: &[u8]) {
     let stderr = String::from_utf8_lossy(stderr);
     assert!(!stderr.contains("falling back"), "an intact checkpoint was refused: {stderr}");
 }

@@ -12,6 +12,7 @@ mod job_spec;
 mod keyed_state;
 mod languages;
 mod nexmark;
+mod postgres;
 mod server;
 mod traps;
 mod windows;

@@ -864,7 +864,7 @@ pub fn submit(
         allow_non_restored_state,
     } = request;
     check_bounds(&spec, limits)?;
-    let submitted = serde_json::to_value(&spec).unwrap_or_default();
+    let submitted = serde_json::to_value(spec.redacted()).unwrap_or_default();
     let writes_disk = spec.checkpoints.is_some() || spec.sinks.iter().any(|s| s.path.is_some());
     if writes_disk && let Some(reason) = tenant.over_disk_quota(tenant.disk_usage()) {
         return Err(ApiError::insufficient_storage(reason));

@@ -73,27 +73,32 @@ fn push_json_value(out: &mut Vec<u8>, bytes: &[u8]) {
 /// Append the records of `batch` to `line` as JSON lines in `format`.
 pub(crate) fn format_batch(format: SinkFormat, batch: &RecordBatch, line: &mut Vec<u8>) {
     for r in batch.records() {
-        match format {
-            SinkFormat::Value => push_json_value(line, r.value),
-            SinkFormat::Envelope => {
-                line.extend_from_slice(b"{\"key\":");
-                match r.key {
-                    Some(k) => {
-                        let _ = serde_json::to_writer(&mut *line, &String::from_utf8_lossy(k));
-                    }
-                    None => line.extend_from_slice(b"null"),
-                }
-                line.extend_from_slice(b",\"value\":");
-                push_json_value(line, r.value);
-                line.extend_from_slice(b",\"timestamp\":");
-                match r.timestamp {
-                    Some(t) => line.extend_from_slice(t.to_string().as_bytes()),
-                    None => line.extend_from_slice(b"null"),
-                }
-                line.push(b'}');
-            }
-        }
+        format_record(format, r.key, r.value, r.timestamp, line);
         line.push(b'\n');
+    }
+}
+
+/// Append one record to `line` as a JSON value in `format` (no newline).
+pub(crate) fn format_record(format: SinkFormat, key: Option<&[u8]>, value: &[u8], timestamp: Option<i64>, line: &mut Vec<u8>) {
+    match format {
+        SinkFormat::Value => push_json_value(line, value),
+        SinkFormat::Envelope => {
+            line.extend_from_slice(b"{\"key\":");
+            match key {
+                Some(k) => {
+                    let _ = serde_json::to_writer(&mut *line, &String::from_utf8_lossy(k));
+                }
+                None => line.extend_from_slice(b"null"),
+            }
+            line.extend_from_slice(b",\"value\":");
+            push_json_value(line, value);
+            line.extend_from_slice(b",\"timestamp\":");
+            match timestamp {
+                Some(t) => line.extend_from_slice(t.to_string().as_bytes()),
+                None => line.extend_from_slice(b"null"),
+            }
+            line.push(b'}');
+        }
     }
 }
 

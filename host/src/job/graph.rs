@@ -137,6 +137,7 @@ impl JobGraph {
                     format!("another sink already writes to {:?}", s.path.as_deref().unwrap_or_default()),
                 ));
             }
+            let s = check_sink(s, &spec)?;
             nodes.push(Node {
                 name: s.name.clone(),
                 kind: NodeKind::Sink(s.clone()),
@@ -507,6 +508,111 @@ fn has_file_fields(s: &SourceSpec) -> bool {
 /// Whether a source sets fields only the generator takes.
 fn has_generator_fields(s: &SourceSpec) -> bool {
     s.keys.is_some() || s.distribution.is_some() || s.value_size.is_some() || s.seed.is_some()
+}
+
+/// A SQL identifier Sluice accepts: a letter or `_`, then letters, digits,
+/// `_` or `$`, at most 63 bytes (PostgreSQL's limit).
+fn sql_identifier(name: &str) -> bool {
+    let mut b = name.bytes();
+    b.next().is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'$')
+        && name.len() <= 63
+}
+
+/// Check a sink's settings and fill in its defaults: those of a
+/// PostgreSQL sink are checked here, before anything connects.
+fn check_sink(s: &SinkSpec, job: &JobSpec) -> Result<SinkSpec, JobError> {
+    let invalid = |message: String| JobError::Invalid {
+        node: s.name.clone(),
+        message,
+    };
+    let pg_only = [
+        ("url", s.url.is_some()),
+        ("password", s.password.is_some()),
+        ("table", s.table.is_some()),
+        ("columns", s.columns.is_some()),
+        ("delivery", s.delivery.is_some()),
+        ("key_columns", s.key_columns.is_some()),
+        ("transaction_prefix", s.transaction_prefix.is_some()),
+        ("connect_timeout_ms", s.connect_timeout_ms.is_some()),
+    ];
+    if s.kind != SinkKind::Postgres {
+        if let Some((field, _)) = pg_only.iter().find(|(_, set)| *set) {
+            return Err(invalid(format!("`{field}` is a setting of postgres sinks, not of {:?} sinks", s.kind)));
+        }
+        return Ok(s.clone());
+    }
+    if s.path.is_some() {
+        return Err(invalid("a postgres sink has no `path`; it writes to `url` and `table`".into()));
+    }
+    let url = s.url.as_deref().unwrap_or_default();
+    if url.is_empty() {
+        return Err(invalid(
+            "a postgres sink needs `url`, e.g. \"postgres://user@127.0.0.1:5432/db\"".into(),
+        ));
+    }
+    if url.parse::<postgres::Config>().is_err() {
+        return Err(invalid(format!(
+            "`url` {:?} is not a PostgreSQL connection string (postgres://user[:password]@host[:port]/database)",
+            crate::spec::redact_url(url)
+        )));
+    }
+    let table = s.table.as_deref().unwrap_or_default();
+    if table.is_empty() {
+        return Err(invalid("a postgres sink needs `table`".into()));
+    }
+    let parts: Vec<&str> = table.split('.').collect();
+    if parts.len() > 2 || !parts.iter().all(|p| sql_identifier(p)) {
+        return Err(invalid(format!(
+            "`table` {table:?} is not `name` or `schema.name` of letters, digits, `_` and `$`"
+        )));
+    }
+    for (field, list) in [("columns", &s.columns), ("key_columns", &s.key_columns)] {
+        if let Some(cols) = list {
+            if cols.is_empty() {
+                return Err(invalid(format!("`{field}` is empty; leave it out for the default")));
+            }
+            if let Some(c) = cols.iter().find(|c| !sql_identifier(c)) {
+                return Err(invalid(format!("`{field}`: {c:?} is not a column name of letters, digits, `_` and `$`")));
+            }
+        }
+    }
+    let delivery = s.delivery.unwrap_or_default();
+    if s.key_columns.is_some() && delivery != crate::spec::Delivery::Upsert {
+        return Err(invalid("`key_columns` is for delivery = \"upsert\"".into()));
+    }
+    if s.connect_timeout_ms == Some(0) {
+        return Err(invalid("`connect_timeout_ms` must be at least 1".into()));
+    }
+    let mut out = s.clone();
+    if delivery == crate::spec::Delivery::ExactlyOnce {
+        if job.checkpoints.is_none() {
+            return Err(invalid(
+                "delivery = \"exactly-once\" commits at checkpoints, and the job has no `[checkpoints]`; \
+                 add them, or use delivery = \"at-least-once\" or \"upsert\""
+                    .into(),
+            ));
+        }
+        let prefix = match &s.transaction_prefix {
+            Some(p) => p.clone(),
+            None => {
+                let clean = |n: &str| -> String {
+                    n.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect()
+                };
+                format!("sluice-{}-{}", clean(&job.name), clean(&s.name))
+            }
+        };
+        let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':');
+        if prefix.is_empty() || prefix.len() > 150 || !prefix.chars().all(ok) {
+            return Err(invalid(format!(
+                "`transaction_prefix` {prefix:?} must be 1 to 150 letters, digits, `_`, `-`, `.` or `:`"
+            )));
+        }
+        out.transaction_prefix = Some(prefix);
+    } else if s.transaction_prefix.is_some() {
+        return Err(invalid("`transaction_prefix` is for delivery = \"exactly-once\"".into()));
+    }
+    Ok(out)
 }
 
 fn check_source(s: &SourceSpec) -> Result<(), JobError> {

@@ -26,7 +26,7 @@ use crate::checkpoint::{Barrier, DecodedSnapshot, RestoreLimits, read_operator_s
 use crate::connectors::generator::GeneratorConfig;
 use crate::connectors::{
     FileOptions, FileSource, Generator, JsonLinesSink, NexmarkSettings, NexmarkSource, SinkWriter, SourceReader, TransactionalFileSink,
-    file_sink,
+    file_sink, postgres_sink,
 };
 use crate::job::plan::{ExecutionPlan, OperatorBody, OperatorDescriptor, RestoreHandles, TaskDescriptor};
 use crate::job::{JobError, OperatorKind};
@@ -470,6 +470,33 @@ fn open_sink(sink: &SinkSpec, subtask: u32, env: &TaskEnvironment) -> Result<Box
             }
             Box::new(TransactionalFileSink::new(&dir, subtask, sink.format, c.completed.clone()).map_err(|e| JobError::Failed(e.into()))?)
         }
+        (SinkKind::Postgres, checkpoints) => {
+            let restored = env.restore.map(|r| {
+                let keep = r.sinks.get(&sink.name).map_or(&[][..], |v| &v[..]);
+                (r.checkpoint, keep)
+            });
+            let completed = checkpoints.map_or_else(|| Arc::new(AtomicU64::new(0)), |c| c.completed.clone());
+            let (writer, recovered) = postgres_sink::PostgresSink::open(sink, subtask, restored, completed)
+                .map_err(|e| JobError::Failed(e.into()))?;
+            if let Some(logs) = &env.guest.logs
+                && !(recovered.committed.is_empty() && recovered.rolled_back.is_empty())
+            {
+                logs.host(
+                    "info",
+                    &sink.name,
+                    subtask,
+                    format!(
+                        "prepared transactions of earlier runs: committed {} the restored checkpoint lists [{}], \
+                         rolled back {} (their records are written again) [{}]",
+                        recovered.committed.len(),
+                        recovered.committed.join(", "),
+                        recovered.rolled_back.len(),
+                        recovered.rolled_back.join(", ")
+                    ),
+                );
+            }
+            Box::new(writer)
+        }
         (SinkKind::File, None) => {
             let mut path = dir;
             if sink.parallelism > 1 {
@@ -483,12 +510,13 @@ fn open_sink(sink: &SinkSpec, subtask: u32, env: &TaskEnvironment) -> Result<Box
 /// Commit the sealed files `names` of the sink `sink` of a plan (whoever
 /// hosts the sink subtask that sealed them does this, on notify).
 pub(crate) fn commit_sink(plan: &ExecutionPlan, sink: &str, names: &[String]) -> Result<(), TaskError> {
-    let dir = plan.tasks.iter().flat_map(|t| &t.operators).find_map(|o| match &o.body {
-        OperatorBody::Sink { spec } if spec.name == sink && spec.kind == SinkKind::File => spec.path.clone(),
+    let spec = plan.tasks.iter().flat_map(|t| &t.operators).find_map(|o| match &o.body {
+        OperatorBody::Sink { spec } if spec.name == sink && matches!(spec.kind, SinkKind::File | SinkKind::Postgres) => Some(spec),
         _ => None,
     });
-    match dir {
-        Some(dir) => file_sink::commit(Path::new(&dir), names).map_err(TaskError::Connector),
+    match spec {
+        Some(spec) if spec.kind == SinkKind::Postgres => postgres_sink::commit(spec, names).map_err(TaskError::Connector),
+        Some(spec) => file_sink::commit(Path::new(spec.path.as_deref().unwrap_or_default()), names).map_err(TaskError::Connector),
         None if names.is_empty() => Ok(()),
         None => {
             tracing::warn!(
