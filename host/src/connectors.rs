@@ -8,6 +8,7 @@ pub mod file_sink;
 mod file_source;
 pub mod generator;
 mod json_sink;
+pub mod nats_source;
 pub mod nexmark;
 pub mod postgres_sink;
 
@@ -50,6 +51,15 @@ pub enum ConnectorError {
         /// The source.
         source_name: String,
         /// Why.
+        message: String,
+    },
+    /// A source's external system refused or failed (the message names the
+    /// server and the cause).
+    #[error("source `{source_name}`: {message}")]
+    Source {
+        /// The source.
+        source_name: String,
+        /// What happened.
         message: String,
     },
     /// A sink's external system refused or failed (the message names the

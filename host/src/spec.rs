@@ -323,6 +323,9 @@ pub enum SourceKind {
     /// Nexmark auction events (`count`, `events_per_second`, `start_time_ms`):
     /// see `connectors::nexmark`.
     Nexmark,
+    /// A NATS JetStream stream (`url`, `stream`, `subject`), read by an
+    /// ordered consumer from the checkpointed stream sequence.
+    Nats,
 }
 
 /// Line formats of a file source.
@@ -399,6 +402,25 @@ pub struct SourceSpec {
     /// Emit at most this many records per second of wall time (per
     /// subtask); none: as fast as downstream takes them.
     pub records_per_second: Option<u64>,
+    /// nats: the server, `nats://host:port` (a password in it is never shown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// nats: the JetStream stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// nats: only messages whose subject matches this (wildcards allowed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// nats: the stream sequence to start at on a fresh start. Default 1 (the first message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_sequence: Option<u64>,
+    /// nats: end after the messages the stream holds when the job first
+    /// starts (a bounded job), instead of reading until cancelled.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bounded: bool,
+    /// nats: how long connecting may take before the job fails. Default 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout_ms: Option<u64>,
 }
 
 /// How watermarks are generated, at a source or after a stateless operator
@@ -819,9 +841,17 @@ pub enum OutputTag {
 }
 
 impl JobSpec {
-    /// The spec with every sink's secrets replaced by `***`.
+    /// The spec with every source's and sink's secrets replaced by `***`.
     pub fn redacted(&self) -> JobSpec {
         JobSpec {
+            sources: self
+                .sources
+                .iter()
+                .map(|s| SourceSpec {
+                    url: s.url.as_deref().map(redact_url),
+                    ..s.clone()
+                })
+                .collect(),
             sinks: self.sinks.iter().map(SinkSpec::redacted).collect(),
             ..self.clone()
         }
@@ -862,7 +892,10 @@ mod tests {
     #[test]
     fn secrets_are_redacted() {
         assert_eq!(redact_url("postgres://u:s3cret@h:5432/db"), "postgres://u:***@h:5432/db");
-        assert_eq!(redact_url("postgres://u@h/db?password=s3cret&x=1"), "postgres://u@h/db?password=***&x=1");
+        assert_eq!(
+            redact_url("postgres://u@h/db?password=s3cret&x=1"),
+            "postgres://u@h/db?password=***&x=1"
+        );
         assert_eq!(redact_url("host=h user=u password=s3cret"), "host=h user=u password=***");
         assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
         let spec = JobSpec::from_toml(

@@ -135,10 +135,10 @@ output = "late"
 }
 
 /// A small xorshift generator: the tests print their seed.
-pub(crate) struct Rng(u64);
+struct Rng(u64);
 
 impl Rng {
-    pub(crate) fn new() -> Self {
+    fn new() -> Self {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -147,7 +147,7 @@ impl Rng {
         eprintln!("random seed {seed}");
         Rng(seed)
     }
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
+    fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -155,7 +155,7 @@ impl Rng {
     }
 }
 
-pub(crate) fn spawn(spec: &Path, restore: bool) -> Child {
+fn spawn(spec: &Path, restore: bool) -> Child {
     let mut cmd = Command::new(sluice_bin());
     cmd.arg("run").arg(spec).arg("--quiet");
     if restore {
@@ -172,7 +172,7 @@ pub(crate) fn spawn(spec: &Path, restore: bool) -> Child {
 }
 
 /// True if the newest checkpoint directory has no metadata yet.
-pub(crate) fn newest_incomplete(ckpt: &Path) -> bool {
+fn newest_incomplete(ckpt: &Path) -> bool {
     let Ok(entries) = std::fs::read_dir(ckpt) else { return false };
     let newest = entries
         .flatten()
@@ -184,7 +184,7 @@ pub(crate) fn newest_incomplete(ckpt: &Path) -> bool {
 
 /// A kill never damages a complete checkpoint (its metadata is written
 /// last, atomically), so restoring one must never be refused.
-pub(crate) fn no_fallback(stderr: &[u8]) {
+fn no_fallback(stderr: &[u8]) {
     let stderr = String::from_utf8_lossy(stderr);
     assert!(!stderr.contains("falling back"), "an intact checkpoint was refused: {stderr}");
 }
@@ -193,11 +193,38 @@ pub(crate) fn no_fallback(stderr: &[u8]) {
 /// running process, restarting it with `--restore latest` each time; then
 /// let it finish. Every round that finishes is checked against `expected`.
 fn crash_loop(name: &str, toml: &str, outputs: &[(&str, &[String])], kills: u32) {
+    kill_loop(
+        name,
+        toml,
+        kills,
+        || {},
+        |dir| {
+            for (sink, expected) in outputs {
+                let got = committed(&dir.join(sink));
+                assert_eq!(
+                    got.len(),
+                    expected.len(),
+                    "{name}: `{sink}` has {} lines, expected {}",
+                    got.len(),
+                    expected.len()
+                );
+                assert!(got == *expected, "{name}: `{sink}` differs from the uninterrupted run");
+            }
+        },
+    );
+}
+
+/// The kill loop: rounds of `sluice run` in a fresh directory, each killed
+/// at random moments (100–700 ms apart) and restarted with `--restore
+/// latest`, until `kills` kills have landed; `before_round` runs before a
+/// round starts, `check` on its directory once its last run has finished.
+pub(crate) fn kill_loop(name: &str, toml: &str, kills: u32, mut before_round: impl FnMut(), mut check: impl FnMut(&Path)) {
     let mut rng = Rng::new();
     let (mut landed, mut mid_checkpoint, mut rounds) = (0, 0, 0);
     while landed < kills {
         rounds += 1;
         assert!(rounds <= 5, "the job keeps finishing before it can be killed");
+        before_round();
         let dir = temp_dir(name);
         let spec = dir.join("job.toml");
         std::fs::write(&spec, toml).unwrap();
@@ -225,17 +252,7 @@ fn crash_loop(name: &str, toml: &str, outputs: &[(&str, &[String])], kills: u32)
                 mid_checkpoint += 1;
             }
         }
-        for (sink, expected) in outputs {
-            let got = committed(&dir.join(sink));
-            assert_eq!(
-                got.len(),
-                expected.len(),
-                "{name}: `{sink}` has {} lines, expected {}",
-                got.len(),
-                expected.len()
-            );
-            assert!(got == *expected, "{name}: `{sink}` differs from the uninterrupted run");
-        }
+        check(&dir);
     }
     eprintln!("{name}: {landed} kills ({mid_checkpoint} mid-checkpoint) in {rounds} rounds");
     assert!(mid_checkpoint >= 1, "no kill landed mid-checkpoint");

@@ -11,6 +11,7 @@ mod hostile;
 mod job_spec;
 mod keyed_state;
 mod languages;
+mod nats;
 mod nexmark;
 mod postgres;
 mod server;

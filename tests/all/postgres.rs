@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::checkpoints::{Rng, newest_incomplete, no_fallback, spawn, start};
+use crate::checkpoints::{kill_loop, start};
 use crate::harness::{lit, root, run_toml, temp_dir, udf};
 use crate::wordcount::expected_counts;
 
@@ -142,7 +142,7 @@ impl Drop for Pg {
 
 /// Every update `(word, n)` of the keyed word count over the example text,
 /// computed without the engine: a word seen n times gives 1, 2, …, n.
-fn expected_updates() -> Vec<(String, i64)> {
+pub(crate) fn expected_updates() -> Vec<(String, i64)> {
     let text = std::fs::read_to_string(root().join("examples/data/wordcount.txt")).unwrap();
     let mut rows: Vec<(String, i64)> = expected_counts(&text)
         .into_iter()
@@ -212,45 +212,24 @@ fn postgres_exactly_once_under_a_sigkill_loop_loses_and_duplicates_no_row() {
     let pg = Pg::start("eo-kill", 16);
     let expected = expected_updates();
     assert_eq!(expected.len(), 37_835);
-    let toml = job(&pg, 1500, r#"delivery = "exactly-once""#, r#"{ strategy = "fixed-delay", attempts = 3, delay_ms = 50 }"#);
-    let mut rng = Rng::new();
-    let (kills, mut landed, mut mid_checkpoint, mut rounds) = (10, 0, 0, 0);
-    while landed < kills {
-        rounds += 1;
-        assert!(rounds <= 5, "the job keeps finishing before it can be killed");
-        create_counts(&pg, "word text NOT NULL, count bigint NOT NULL");
-        let dir = temp_dir("pg-eo-kill");
-        let spec = dir.join("job.toml");
-        std::fs::write(&spec, &toml).unwrap();
-        let mut restore = false;
-        loop {
-            let mut child = spawn(&spec, restore);
-            restore = true;
-            if landed >= kills {
-                let out = child.wait_with_output().unwrap();
-                assert!(out.status.success(), "final run failed: {}", String::from_utf8_lossy(&out.stderr));
-                no_fallback(&out.stderr);
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100 + rng.below(600)));
-            if child.try_wait().unwrap().is_some() {
-                let out = child.wait_with_output().unwrap();
-                assert!(out.status.success(), "run failed: {}", String::from_utf8_lossy(&out.stderr));
-                break;
-            }
-            child.kill().unwrap();
-            no_fallback(&child.wait_with_output().unwrap().stderr);
-            landed += 1;
-            if newest_incomplete(&dir.join("ckpt")) {
-                mid_checkpoint += 1;
-            }
-        }
-        let got = pg.counts();
-        assert_eq!(got.len(), expected.len(), "rows in the table after round {rounds}");
-        assert!(got == expected, "the table differs from the independent count");
-        assert_eq!(pg.prepared(), Vec::<String>::new(), "prepared transactions left behind");
-    }
-    eprintln!("postgres exactly-once: {landed} kills ({mid_checkpoint} mid-checkpoint) in {rounds} rounds");
+    let toml = job(
+        &pg,
+        1500,
+        r#"delivery = "exactly-once""#,
+        r#"{ strategy = "fixed-delay", attempts = 3, delay_ms = 50 }"#,
+    );
+    kill_loop(
+        "pg-eo-kill",
+        &toml,
+        10,
+        || create_counts(&pg, "word text NOT NULL, count bigint NOT NULL"),
+        |_| {
+            let got = pg.counts();
+            assert_eq!(got.len(), expected.len(), "rows in the table");
+            assert!(got == expected, "the table differs from the independent count");
+            assert_eq!(pg.prepared(), Vec::<String>::new(), "prepared transactions left behind");
+        },
+    );
 }
 
 #[test]
@@ -291,8 +270,15 @@ fn postgres_upsert_and_at_least_once() {
     // transactions (max_prepared_transactions is 0 here).
     create_counts(&pg, "word text NOT NULL, count bigint NOT NULL, id bigserial PRIMARY KEY");
     let dir = temp_dir("pg-alo");
-    run_toml(&job(&pg, 1_000_000, r#"delivery = "at-least-once""#, r#"{ strategy = "none" }"#), &dir).unwrap();
-    assert!(pg.counts() == expected_updates(), "at-least-once without failures: every update once");
+    run_toml(
+        &job(&pg, 1_000_000, r#"delivery = "at-least-once""#, r#"{ strategy = "none" }"#),
+        &dir,
+    )
+    .unwrap();
+    assert!(
+        pg.counts() == expected_updates(),
+        "at-least-once without failures: every update once"
+    );
 }
 
 #[test]
@@ -305,24 +291,62 @@ fn postgres_sink_settings_errors_name_the_problem() {
     let eo = job(&pg, 1_000_000, "", none);
     for (from, to, message) in [
         (format!("url = \"{}\"", pg.url()), String::new(), "a postgres sink needs `url`"),
-        ("table = \"counts\"".to_owned(), "table = \"counts; drop\"".to_owned(), "is not `name` or `schema.name`"),
-        ("kind = \"postgres\"".to_owned(), "kind = \"postgres\"\nkey_columns = [\"word\"]".to_owned(), "`key_columns` is for delivery = \"upsert\""),
-        ("kind = \"postgres\"".to_owned(), "kind = \"postgres\"\ncolumns = [\"a b\"]".to_owned(), "\"a b\" is not a column name"),
-        ("interval_ms = 100\ndir = \"ckpt\"".to_owned(), String::new(), "the job has no `[checkpoints]`"),
-        ("kind = \"postgres\"".to_owned(), "kind = \"postgres\"\nport = 5432".to_owned(), "unknown field `port`"),
-        ("kind = \"postgres\"".to_owned(), "kind = \"file\"\npath = \"out\"".to_owned(), "`url` is a setting of postgres sinks"),
+        (
+            "table = \"counts\"".to_owned(),
+            "table = \"counts; drop\"".to_owned(),
+            "is not `name` or `schema.name`",
+        ),
+        (
+            "kind = \"postgres\"".to_owned(),
+            "kind = \"postgres\"\nkey_columns = [\"word\"]".to_owned(),
+            "`key_columns` is for delivery = \"upsert\"",
+        ),
+        (
+            "kind = \"postgres\"".to_owned(),
+            "kind = \"postgres\"\ncolumns = [\"a b\"]".to_owned(),
+            "\"a b\" is not a column name",
+        ),
+        (
+            "interval_ms = 100\ndir = \"ckpt\"".to_owned(),
+            String::new(),
+            "the job has no `[checkpoints]`",
+        ),
+        (
+            "kind = \"postgres\"".to_owned(),
+            "kind = \"postgres\"\nport = 5432".to_owned(),
+            "unknown field `port`",
+        ),
+        (
+            "kind = \"postgres\"".to_owned(),
+            "kind = \"file\"\npath = \"out\"".to_owned(),
+            "`url` is a setting of postgres sinks",
+        ),
     ] {
-        let toml = eo.replace("[checkpoints]\n", if from.starts_with("interval") { "" } else { "[checkpoints]\n" }).replace(&from, &to);
+        let toml = eo
+            .replace("[checkpoints]\n", if from.starts_with("interval") { "" } else { "[checkpoints]\n" })
+            .replace(&from, &to);
         let err = run(&toml);
         assert!(err.contains(message), "{message:?} not in: {err}");
     }
     // Checked when the sink opens: the job fails, naming the server and cause.
     let cases = [
         (eo.clone(), "max_prepared_transactions = 0".to_owned()),
-        (eo.replace(&pg.url(), &format!("postgres://postgres@127.0.0.1:{}/postgres", free_port())), "cannot connect to PostgreSQL at 127.0.0.1:".to_owned()),
-        (eo.replace("table = \"counts\"", "table = \"nope\""), format!("table `nope` does not exist in 127.0.0.1:{}/postgres", pg.port)),
-        (eo.replace("table = \"counts\"", "table = \"counts\"\ncolumns = [\"word\", \"total\"]"), "column `total` is not in table `counts` (it has word, count)".to_owned()),
-        (job(&pg, 1_000_000, "delivery = \"upsert\"", none), "table `counts` has no primary key".to_owned()),
+        (
+            eo.replace(&pg.url(), &format!("postgres://postgres@127.0.0.1:{}/postgres", free_port())),
+            "cannot connect to PostgreSQL at 127.0.0.1:".to_owned(),
+        ),
+        (
+            eo.replace("table = \"counts\"", "table = \"nope\""),
+            format!("table `nope` does not exist in 127.0.0.1:{}/postgres", pg.port),
+        ),
+        (
+            eo.replace("table = \"counts\"", "table = \"counts\"\ncolumns = [\"word\", \"total\"]"),
+            "column `total` is not in table `counts` (it has word, count)".to_owned(),
+        ),
+        (
+            job(&pg, 1_000_000, "delivery = \"upsert\"", none),
+            "table `counts` has no primary key".to_owned(),
+        ),
     ];
     for (toml, message) in cases {
         let err = run(&toml);

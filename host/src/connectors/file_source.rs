@@ -94,26 +94,38 @@ impl FileSource {
     }
 
     fn push_json(&self, w: &mut BatchWriter, line: &[u8]) -> Result<(), ConnectorError> {
-        let doc: serde_json::Value = serde_json::from_slice(line).map_err(|e| self.bad(format!("invalid JSON: {e}")))?;
-        let key = match &self.options.key_field {
-            None => None,
-            Some(f) => Some(match doc.get(f) {
-                Some(serde_json::Value::String(s)) => s.as_bytes().to_vec(),
-                Some(serde_json::Value::Null) | None => return Err(self.bad(format!("key field `{f}` is missing"))),
-                Some(other) => other.to_string().into_bytes(),
-            }),
-        };
-        let ts = match &self.options.timestamp_field {
-            None => None,
-            Some(f) => Some(
-                doc.get(f)
-                    .and_then(serde_json::Value::as_i64)
-                    .ok_or_else(|| self.bad(format!("timestamp field `{f}` is missing or not an integer")))?,
-            ),
-        };
+        let (key, ts) =
+            json_fields(line, self.options.key_field.as_deref(), self.options.timestamp_field.as_deref()).map_err(|m| self.bad(m))?;
         w.push(key.as_deref(), line, ts);
         Ok(())
     }
+}
+
+/// The key and event time of a JSON record from its `key_field` and
+/// `timestamp_field` (integer ms); the error says which is wrong.
+pub(crate) fn json_fields(
+    json: &[u8],
+    key_field: Option<&str>,
+    timestamp_field: Option<&str>,
+) -> Result<(Option<Vec<u8>>, Option<i64>), String> {
+    let doc: serde_json::Value = serde_json::from_slice(json).map_err(|e| format!("invalid JSON: {e}"))?;
+    let key = match key_field {
+        None => None,
+        Some(f) => Some(match doc.get(f) {
+            Some(serde_json::Value::String(s)) => s.as_bytes().to_vec(),
+            Some(serde_json::Value::Null) | None => return Err(format!("key field `{f}` is missing")),
+            Some(other) => other.to_string().into_bytes(),
+        }),
+    };
+    let ts = match timestamp_field {
+        None => None,
+        Some(f) => Some(
+            doc.get(f)
+                .and_then(serde_json::Value::as_i64)
+                .ok_or_else(|| format!("timestamp field `{f}` is missing or not an integer"))?,
+        ),
+    };
+    Ok((key, ts))
 }
 
 /// Longest line a file source reads (with its newline): a longer one fails

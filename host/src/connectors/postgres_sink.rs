@@ -116,7 +116,11 @@ fn endpoint(config: &Config) -> String {
             format!("{host}:{port}")
         })
         .collect();
-    let hosts = if hosts.is_empty() { "localhost:5432".to_owned() } else { hosts.join(",") };
+    let hosts = if hosts.is_empty() {
+        "localhost:5432".to_owned()
+    } else {
+        hosts.join(",")
+    };
     let db = config.get_dbname().or(config.get_user()).unwrap_or("postgres");
     format!("{hosts}/{db}")
 }
@@ -145,7 +149,9 @@ fn connect(spec: &SinkSpec) -> Result<(Client, String), ConnectorError> {
         .keepalives_idle(Duration::from_secs(10))
         .application_name("sluice");
     let at = endpoint(&config);
-    let client = config.connect(NoTls).map_err(|e| failed(&spec.name, format!("cannot connect to PostgreSQL at {at}: {}", describe_error(&e))))?;
+    let client = config
+        .connect(NoTls)
+        .map_err(|e| failed(&spec.name, format!("cannot connect to PostgreSQL at {at}: {}", describe_error(&e))))?;
     Ok((client, at))
 }
 
@@ -179,9 +185,7 @@ impl PostgresSink {
         let delivery = spec.delivery.unwrap_or_default();
         let table = spec.table.clone().unwrap_or_default();
         let quoted = quote_table(&table);
-        let q = |client: &mut Client, sql: &str, params: &[&(dyn postgres::types::ToSql + Sync)]| {
-            client.query(sql, params)
-        };
+        let q = |client: &mut Client, sql: &str, params: &[&(dyn postgres::types::ToSql + Sync)]| client.query(sql, params);
         let columns = q(
             &mut client,
             "SELECT a.attname::text, (a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '') \
@@ -207,7 +211,11 @@ impl PostgresSink {
                 }
                 cols.clone()
             }
-            None => table_columns.iter().filter(|(_, default)| !default).map(|(c, _)| c.clone()).collect(),
+            None => table_columns
+                .iter()
+                .filter(|(_, default)| !default)
+                .map(|(c, _)| c.clone())
+                .collect(),
         };
         if columns.is_empty() {
             return Err(failed(

@@ -538,7 +538,10 @@ fn check_sink(s: &SinkSpec, job: &JobSpec) -> Result<SinkSpec, JobError> {
     ];
     if s.kind != SinkKind::Postgres {
         if let Some((field, _)) = pg_only.iter().find(|(_, set)| *set) {
-            return Err(invalid(format!("`{field}` is a setting of postgres sinks, not of {:?} sinks", s.kind)));
+            return Err(invalid(format!(
+                "`{field}` is a setting of postgres sinks, not of {:?} sinks",
+                s.kind
+            )));
         }
         return Ok(s.clone());
     }
@@ -573,7 +576,9 @@ fn check_sink(s: &SinkSpec, job: &JobSpec) -> Result<SinkSpec, JobError> {
                 return Err(invalid(format!("`{field}` is empty; leave it out for the default")));
             }
             if let Some(c) = cols.iter().find(|c| !sql_identifier(c)) {
-                return Err(invalid(format!("`{field}`: {c:?} is not a column name of letters, digits, `_` and `$`")));
+                return Err(invalid(format!(
+                    "`{field}`: {c:?} is not a column name of letters, digits, `_` and `$`"
+                )));
             }
         }
     }
@@ -597,7 +602,15 @@ fn check_sink(s: &SinkSpec, job: &JobSpec) -> Result<SinkSpec, JobError> {
             Some(p) => p.clone(),
             None => {
                 let clean = |n: &str| -> String {
-                    n.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect()
+                    n.chars()
+                        .map(|c| {
+                            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                                c
+                            } else {
+                                '_'
+                            }
+                        })
+                        .collect()
                 };
                 format!("sluice-{}-{}", clean(&job.name), clean(&s.name))
             }
@@ -684,6 +697,57 @@ fn check_source(s: &SourceSpec) -> Result<(), JobError> {
                 return Err(invalid("`start_time_ms` needs `events_per_second`"));
             }
         }
+        SourceKind::Nats => {
+            let url = s.url.as_deref().unwrap_or_default();
+            if url.is_empty() {
+                return Err(invalid("a nats source needs `url`, e.g. \"nats://127.0.0.1:4222\""));
+            }
+            if !(url.starts_with("nats://") || url.starts_with("tls://") || !url.contains("://")) {
+                return Err(invalid("`url` is a NATS server address, `nats://host:port`"));
+            }
+            let stream = s.stream.as_deref().unwrap_or_default();
+            if stream.is_empty() {
+                return Err(invalid("a nats source needs `stream` (the JetStream stream to read)"));
+            }
+            if stream
+                .chars()
+                .any(|c| c.is_whitespace() || matches!(c, '.' | '*' | '>' | '/' | '\\'))
+            {
+                return Err(invalid("`stream` is a stream name: no spaces, `.`, `*`, `>`, `/` or `\\`"));
+            }
+            if s.subject
+                .as_deref()
+                .is_some_and(|x| x.is_empty() || x.chars().any(char::is_whitespace))
+            {
+                return Err(invalid("`subject` is a subject (wildcards allowed), without spaces"));
+            }
+            if s.parallelism != 1 {
+                return Err(invalid(
+                    "a nats source reads with parallelism 1 (one ordered consumer follows the stream's sequence); \
+                     rebalance after it to spread the work",
+                ));
+            }
+            if s.start_sequence == Some(0) {
+                return Err(invalid("`start_sequence` starts at 1"));
+            }
+            if s.connect_timeout_ms == Some(0) {
+                return Err(invalid("`connect_timeout_ms` must be at least 1"));
+            }
+            if !matches!(s.format, None | Some(FileFormat::Lines | FileFormat::Json)) {
+                return Err(invalid(
+                    "a nats source takes format = \"json\" (with `key_field`, `timestamp_field`) or none",
+                ));
+            }
+            if s.format != Some(FileFormat::Json) && (s.key_field.is_some() || s.timestamp_field.is_some()) {
+                return Err(invalid("`key_field` and `timestamp_field` need format = \"json\""));
+            }
+            if s.path.is_some() || s.columns.is_some() || s.follow || s.count.is_some() || has_generator_fields(s) {
+                return Err(invalid(
+                    "a nats source takes `url`, `stream`, `subject`, `start_sequence`, `bounded`, \
+                     `connect_timeout_ms`, `format`, `key_field`, `timestamp_field` (and `watermarks`, `records_per_second`)",
+                ));
+            }
+        }
         SourceKind::Nexmark => {
             if s.count.is_none() {
                 return Err(invalid("a nexmark source needs `count`"));
@@ -700,6 +764,17 @@ fn check_source(s: &SourceSpec) -> Result<(), JobError> {
                 ));
             }
         }
+    }
+    let nats_fields = s.url.is_some()
+        || s.stream.is_some()
+        || s.subject.is_some()
+        || s.start_sequence.is_some()
+        || s.bounded
+        || s.connect_timeout_ms.is_some();
+    if s.kind != SourceKind::Nats && nats_fields {
+        return Err(invalid(
+            "`url`, `stream`, `subject`, `start_sequence`, `bounded` and `connect_timeout_ms` are nats-source fields",
+        ));
     }
     if let Some(w) = &s.watermarks {
         check_watermarks(&s.name, w)?;

@@ -34,6 +34,12 @@ fn keyless(nodes: &[super::Node], edges: &[Edge], topo: &[NodeId]) -> Vec<Option
                     "nexmark source `{}` gives its events no key: put a map whose UDF emits keys in between",
                     s.name
                 )),
+                SourceKind::Nats if s.key_field.is_some() => None,
+                SourceKind::Nats => Some(format!(
+                    "nats source `{}` gives its records no key: use format = \"json\" with `key_field`, \
+                     or put a map or flat-map whose UDF emits keys in between",
+                    s.name
+                )),
             },
             // A filter passes records unchanged.
             NodeKind::Operator(o, _) if o.kind == OperatorKind::Filter => {
@@ -99,7 +105,7 @@ fn gives_timestamps(s: &crate::spec::SourceSpec) -> bool {
     match s.kind {
         SourceKind::File => s.timestamp_field.is_some(),
         SourceKind::Generator => s.events_per_second.is_some(),
-        SourceKind::Nexmark => true,
+        SourceKind::Nexmark | SourceKind::Nats => true,
     }
 }
 

@@ -24,6 +24,7 @@ use super::task::{Finals, Input, OpSlot, Task, TaskCheckpoints, TaskGauges, Thro
 use crate::checkpoint::writer::WriteJob;
 use crate::checkpoint::{Barrier, DecodedSnapshot, RestoreLimits, read_operator_state};
 use crate::connectors::generator::GeneratorConfig;
+use crate::connectors::nats_source::NatsSource;
 use crate::connectors::{
     FileOptions, FileSource, Generator, JsonLinesSink, NexmarkSettings, NexmarkSource, SinkWriter, SourceReader, TransactionalFileSink,
     file_sink, postgres_sink,
@@ -425,6 +426,7 @@ fn open_source(src: &SourceSpec, subtask: u32) -> Result<Box<dyn SourceReader>, 
             subtask,
             src.parallelism,
         )),
+        SourceKind::Nats => Box::new(NatsSource::new(src).map_err(|e| JobError::Failed(e.into()))?),
         SourceKind::Nexmark => Box::new(NexmarkSource::new(
             NexmarkSettings {
                 count: src.count.unwrap_or(0),
@@ -476,8 +478,8 @@ fn open_sink(sink: &SinkSpec, subtask: u32, env: &TaskEnvironment) -> Result<Box
                 (r.checkpoint, keep)
             });
             let completed = checkpoints.map_or_else(|| Arc::new(AtomicU64::new(0)), |c| c.completed.clone());
-            let (writer, recovered) = postgres_sink::PostgresSink::open(sink, subtask, restored, completed)
-                .map_err(|e| JobError::Failed(e.into()))?;
+            let (writer, recovered) =
+                postgres_sink::PostgresSink::open(sink, subtask, restored, completed).map_err(|e| JobError::Failed(e.into()))?;
             if let Some(logs) = &env.guest.logs
                 && !(recovered.committed.is_empty() && recovered.rolled_back.is_empty())
             {

@@ -1,0 +1,272 @@
+//! The NATS JetStream source against a real `nats-server -js` (Debian's),
+//! started per test on free ports: exactly once into the transactional file
+//! sink under a SIGKILL loop, a subject filter, and the errors of bad settings.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::checkpoints::{committed, kill_loop};
+use crate::harness::{lit, root, run_toml, temp_dir, udf};
+use crate::postgres::expected_updates;
+
+/// A `nats-server` of one test, killed by its pid on drop.
+struct Nats {
+    port: u16,
+    child: Child,
+    dir: PathBuf,
+    runtime: tokio::runtime::Runtime,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Nats {
+    fn start(name: &str) -> Nats {
+        let dir = temp_dir(&format!("nats-{name}"));
+        let (port, monitor) = (free_port(), free_port());
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-m", &monitor.to_string(), "-js", "-sd"])
+            .arg(dir.join("js"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server is not installed; scripts/test installs it (Debian's nats-server)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        Nats { port, child, dir, runtime }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Create stream `stream` on `subjects.>` and publish `messages` (subject,
+    /// payload), each acknowledged by JetStream.
+    fn publish(&self, stream: &str, messages: &[(String, Vec<u8>)]) {
+        let url = self.url();
+        self.runtime.block_on(async {
+            let client = async_nats::connect(url).await.unwrap();
+            let js = async_nats::jetstream::new(client);
+            js.create_stream(async_nats::jetstream::stream::Config {
+                name: stream.to_owned(),
+                subjects: vec![format!("{stream}.>")],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            let mut acks = Vec::new();
+            for (subject, payload) in messages {
+                acks.push(js.publish(subject.clone(), payload.clone().into()).await.unwrap());
+                if acks.len() >= 256 {
+                    for a in acks.drain(..) {
+                        a.await.unwrap();
+                    }
+                }
+            }
+            for a in acks {
+                a.await.unwrap();
+            }
+        });
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The keyed word count reading the lines from NATS into a file sink.
+fn job(nats: &Nats, rate: u64, extra: &str) -> String {
+    format!(
+        r#"
+name = "nats-wc"
+restart = {{ strategy = "fixed-delay", attempts = 3, delay_ms = 50 }}
+[checkpoints]
+interval_ms = 100
+dir = "ckpt"
+[[sources]]
+name = "lines"
+kind = "nats"
+url = "{url}"
+stream = "lines"
+bounded = true
+records_per_second = {rate}
+{extra}
+[[operators]]
+name = "tokenize"
+kind = "flat-map"
+component = {tokenize}
+parallelism = 2
+[[operators]]
+name = "count"
+kind = "keyed-process"
+component = {count}
+parallelism = 2
+[[sinks]]
+name = "out"
+kind = "file"
+path = "out"
+parallelism = 2
+[[edges]]
+from = "lines"
+to = "tokenize"
+partition = "rebalance"
+[[edges]]
+from = "tokenize"
+to = "count"
+[[edges]]
+from = "count"
+to = "out"
+"#,
+        url = nats.url(),
+        tokenize = lit(&udf("tokenize")),
+        count = lit(&udf("count")),
+    )
+}
+
+/// The committed `(word, count)` updates under `dir`, sorted.
+fn updates(dir: &Path) -> Vec<(String, i64)> {
+    let mut rows: Vec<(String, i64)> = committed(dir)
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["word"].as_str().unwrap().to_owned(), v["count"].as_i64().unwrap())
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+fn lines() -> Vec<(String, Vec<u8>)> {
+    std::fs::read_to_string(root().join("examples/data/wordcount.txt"))
+        .unwrap()
+        .lines()
+        .map(|l| ("lines.text".to_owned(), l.as_bytes().to_vec()))
+        .collect()
+}
+
+#[test]
+fn nats_source_under_a_sigkill_loop_loses_and_duplicates_nothing() {
+    let nats = Nats::start("kill");
+    nats.publish("lines", &lines());
+    let expected = expected_updates();
+    let toml = job(&nats, 1500, "");
+    kill_loop(
+        "nats-kill",
+        &toml,
+        10,
+        || {},
+        |dir| {
+            let got = updates(&dir.join("out"));
+            assert_eq!(got.len(), expected.len(), "updates");
+            assert!(got == expected, "the output differs from the independent count");
+        },
+    );
+}
+
+#[test]
+fn nats_source_filters_subjects_reads_json_fields_and_names_bad_settings() {
+    let nats = Nats::start("filter");
+    // Two subjects; the job reads one. JSON payloads give the key and the
+    // event time.
+    let mut messages = Vec::new();
+    for i in 0..300i64 {
+        let subject = if i % 3 == 0 { "lines.skip" } else { "lines.text" };
+        let payload = serde_json::json!({"user": format!("u{}", i % 7), "ts": 1000 * i, "n": i});
+        messages.push((subject.to_owned(), payload.to_string().into_bytes()));
+    }
+    nats.publish("lines", &messages);
+    let toml = format!(
+        r#"
+name = "nats-json"
+[[sources]]
+name = "events"
+kind = "nats"
+url = "{url}"
+stream = "lines"
+subject = "lines.text"
+bounded = true
+format = "json"
+key_field = "user"
+timestamp_field = "ts"
+[[sinks]]
+name = "out"
+kind = "file"
+path = "out.jsonl"
+format = "envelope"
+[[edges]]
+from = "events"
+to = "out"
+"#,
+        url = nats.url()
+    );
+    let dir = temp_dir("nats-json");
+    run_toml(&toml, &dir).unwrap();
+    let got: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("out.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let expected: Vec<i64> = (0..300).filter(|i| i % 3 != 0).collect();
+    assert_eq!(got.iter().map(|v| v["value"]["n"].as_i64().unwrap()).collect::<Vec<_>>(), expected);
+    for v in &got {
+        let n = v["value"]["n"].as_i64().unwrap();
+        assert_eq!(v["key"], format!("u{}", n % 7));
+        assert_eq!(v["timestamp"], 1000 * n);
+    }
+    // A subject nothing matches: a bounded job ends at once, empty.
+    let dir = temp_dir("nats-none");
+    run_toml(&toml.replace("subject = \"lines.text\"", "subject = \"lines.none\""), &dir).unwrap();
+    assert_eq!(std::fs::read_to_string(dir.join("out.jsonl")).unwrap(), "");
+    // Bad settings.
+    let run = |t: &str| run_toml(t, &temp_dir("nats-errors")).unwrap_err().to_string();
+    for (from, to, message) in [
+        (
+            "stream = \"lines\"".to_owned(),
+            "stream = \"nope\"".to_owned(),
+            "stream `nope` at nats://127.0.0.1:".to_owned(),
+        ),
+        (
+            nats.url(),
+            format!("nats://127.0.0.1:{}", free_port()),
+            "cannot connect to NATS at nats://127.0.0.1:".to_owned(),
+        ),
+        (
+            "stream = \"lines\"\n".to_owned(),
+            String::new(),
+            "a nats source needs `stream`".to_owned(),
+        ),
+        (
+            "bounded = true".to_owned(),
+            "bounded = true\nparallelism = 2".to_owned(),
+            "a nats source reads with parallelism 1".to_owned(),
+        ),
+        (
+            "format = \"json\"\n".to_owned(),
+            String::new(),
+            "`key_field` and `timestamp_field` need format = \"json\"".to_owned(),
+        ),
+        (
+            "bounded = true".to_owned(),
+            "bounded = true\npath = \"x\"".to_owned(),
+            "a nats source takes `url`".to_owned(),
+        ),
+        (
+            format!("url = \"{}\"", nats.url()),
+            "url = \"http://x\"".to_owned(),
+            "`url` is a NATS server address".to_owned(),
+        ),
+    ] {
+        let err = run(&toml.replace(&from, &to));
+        assert!(err.contains(&message), "{message:?} not in: {err}");
+    }
+}
