@@ -38,19 +38,34 @@ pub(crate) fn committed(dir: &Path) -> Vec<String> {
 
 /// The keyed word count: lines → tokenize (2) → count (`count_par`) → out.
 pub(crate) fn wordcount_job(name: &str, rate: u64, count_par: u32, extra: &str) -> String {
+    wordcount_pipeline(
+        name,
+        r#"{ strategy = "fixed-delay", attempts = 3, delay_ms = 50 }"#,
+        &format!("{extra}\n"),
+        &format!(
+            "kind = \"file\"\npath = {}\nrecords_per_second = {rate}",
+            lit(&root().join("examples/data/wordcount.txt"))
+        ),
+        count_par,
+        "kind = \"file\"\npath = \"out\"\nparallelism = 2",
+    )
+}
+
+/// The keyed word count from the source `lines` (its fields after the
+/// name) to the sink `out` (likewise), checkpointed every 100 ms into
+/// `ckpt` (with `checkpoints` added to that table).
+pub(crate) fn wordcount_pipeline(name: &str, restart: &str, checkpoints: &str, source: &str, count_par: u32, sink: &str) -> String {
     format!(
         r#"
 name = "{name}"
-restart = {{ strategy = "fixed-delay", attempts = 3, delay_ms = 50 }}
+restart = {restart}
 [checkpoints]
 interval_ms = 100
 dir = "ckpt"
-{extra}
+{checkpoints}
 [[sources]]
 name = "lines"
-kind = "file"
-path = {data}
-records_per_second = {rate}
+{source}
 [[operators]]
 name = "tokenize"
 kind = "flat-map"
@@ -63,9 +78,7 @@ component = {count}
 parallelism = {count_par}
 [[sinks]]
 name = "out"
-kind = "file"
-path = "out"
-parallelism = 2
+{sink}
 [[edges]]
 from = "lines"
 to = "tokenize"
@@ -78,7 +91,6 @@ partition = "hash"
 from = "count"
 to = "out"
 "#,
-        data = lit(&root().join("examples/data/wordcount.txt")),
         tokenize = lit(&udf("tokenize")),
         count = lit(&udf("count")),
     )

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::checkpoints::{committed, kill_loop};
-use crate::harness::{lit, root, run_toml, temp_dir, udf};
+use crate::checkpoints::{committed, kill_loop, wordcount_pipeline};
+use crate::harness::{root, run_toml, temp_dir};
 use crate::postgres::expected_updates;
 
 /// A `nats-server` of one test, killed by its pid on drop.
@@ -85,51 +85,17 @@ impl Drop for Nats {
 }
 
 /// The keyed word count reading the lines from NATS into a file sink.
-fn job(nats: &Nats, rate: u64, extra: &str) -> String {
-    format!(
-        r#"
-name = "nats-wc"
-restart = {{ strategy = "fixed-delay", attempts = 3, delay_ms = 50 }}
-[checkpoints]
-interval_ms = 100
-dir = "ckpt"
-[[sources]]
-name = "lines"
-kind = "nats"
-url = "{url}"
-stream = "lines"
-bounded = true
-records_per_second = {rate}
-{extra}
-[[operators]]
-name = "tokenize"
-kind = "flat-map"
-component = {tokenize}
-parallelism = 2
-[[operators]]
-name = "count"
-kind = "keyed-process"
-component = {count}
-parallelism = 2
-[[sinks]]
-name = "out"
-kind = "file"
-path = "out"
-parallelism = 2
-[[edges]]
-from = "lines"
-to = "tokenize"
-partition = "rebalance"
-[[edges]]
-from = "tokenize"
-to = "count"
-[[edges]]
-from = "count"
-to = "out"
-"#,
-        url = nats.url(),
-        tokenize = lit(&udf("tokenize")),
-        count = lit(&udf("count")),
+fn job(nats: &Nats, rate: u64) -> String {
+    wordcount_pipeline(
+        "nats-wc",
+        r#"{ strategy = "fixed-delay", attempts = 3, delay_ms = 50 }"#,
+        "",
+        &format!(
+            "kind = \"nats\"\nurl = \"{}\"\nstream = \"lines\"\nbounded = true\nrecords_per_second = {rate}",
+            nats.url()
+        ),
+        2,
+        "kind = \"file\"\npath = \"out\"\nparallelism = 2",
     )
 }
 
@@ -159,7 +125,7 @@ fn nats_source_under_a_sigkill_loop_loses_and_duplicates_nothing() {
     let nats = Nats::start("kill");
     nats.publish("lines", &lines());
     let expected = expected_updates();
-    let toml = job(&nats, 1500, "");
+    let toml = job(&nats, 1500);
     kill_loop(
         "nats-kill",
         &toml,

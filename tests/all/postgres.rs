@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::checkpoints::{kill_loop, start};
-use crate::harness::{lit, root, run_toml, temp_dir, udf};
+use crate::checkpoints::{kill_loop, start, wordcount_pipeline};
+use crate::harness::{lit, root, run_toml, temp_dir};
 use crate::wordcount::expected_counts;
 
 const BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -154,50 +154,19 @@ pub(crate) fn expected_updates() -> Vec<(String, i64)> {
 
 /// The keyed word count into the table `counts` of `pg`.
 fn job(pg: &Pg, rate: u64, sink: &str, restart: &str) -> String {
-    format!(
-        r#"
-name = "pg-wc"
-restart = {restart}
-[checkpoints]
-interval_ms = 100
-dir = "ckpt"
-[[sources]]
-name = "lines"
-kind = "file"
-path = {data}
-records_per_second = {rate}
-[[operators]]
-name = "tokenize"
-kind = "flat-map"
-component = {tokenize}
-parallelism = 2
-[[operators]]
-name = "count"
-kind = "keyed-process"
-component = {count}
-parallelism = 2
-[[sinks]]
-name = "out"
-kind = "postgres"
-url = "{url}"
-table = "counts"
-parallelism = 2
-{sink}
-[[edges]]
-from = "lines"
-to = "tokenize"
-partition = "rebalance"
-[[edges]]
-from = "tokenize"
-to = "count"
-[[edges]]
-from = "count"
-to = "out"
-"#,
-        data = lit(&root().join("examples/data/wordcount.txt")),
-        tokenize = lit(&udf("tokenize")),
-        count = lit(&udf("count")),
-        url = pg.url(),
+    wordcount_pipeline(
+        "pg-wc",
+        restart,
+        "",
+        &format!(
+            "kind = \"file\"\npath = {}\nrecords_per_second = {rate}",
+            lit(&root().join("examples/data/wordcount.txt"))
+        ),
+        2,
+        &format!(
+            "kind = \"postgres\"\nurl = \"{}\"\ntable = \"counts\"\nparallelism = 2\n{sink}",
+            pg.url()
+        ),
     )
 }
 
@@ -354,10 +323,8 @@ fn postgres_sink_settings_errors_name_the_problem() {
     }
     // A record that is not a JSON object names the problem (tokenize emits
     // bare words).
-    let words = job(&pg, 1_000_000, "delivery = \"at-least-once\"", none).replace(
-        "[[edges]]\nfrom = \"tokenize\"\nto = \"count\"\n[[edges]]\nfrom = \"count\"\nto = \"out\"",
-        "[[edges]]\nfrom = \"tokenize\"\nto = \"count\"\n[[edges]]\nfrom = \"tokenize\"\nto = \"out\"",
-    );
+    let words = job(&pg, 1_000_000, "delivery = \"at-least-once\"", none)
+        .replace("from = \"count\"\nto = \"out\"", "from = \"tokenize\"\nto = \"out\"");
     let err = run(&words);
     assert!(err.contains("a record's value is not a JSON object"), "{err}");
     // Nothing reached the table.
