@@ -8,6 +8,7 @@ pub mod file_sink;
 mod file_source;
 pub mod generator;
 mod json_sink;
+pub mod nats_sink;
 pub mod nats_source;
 pub mod nexmark;
 pub mod postgres_sink;
@@ -74,6 +75,16 @@ pub enum ConnectorError {
     /// Writing to standard output failed.
     #[error("writing to stdout: {0}")]
     Stdout(std::io::Error),
+}
+
+/// Run `f` on a thread outside any async runtime: a blocking client starts
+/// (and drops) its own runtime, which may not happen inside another.
+pub(crate) fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> Option<T> {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        std::thread::scope(|s| s.spawn(f).join().ok())
+    } else {
+        Some(f())
+    }
 }
 
 /// Two little-endian `u64`s: how sources encode their positions.

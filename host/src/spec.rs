@@ -675,6 +675,9 @@ pub enum SinkKind {
     Discard,
     /// Rows into a PostgreSQL table (`url`, `table`, `columns`, `delivery`).
     Postgres,
+    /// Messages to a NATS JetStream subject (`url`, `subject`), published
+    /// from a spool when their checkpoint completes.
+    Nats,
 }
 
 /// What a PostgreSQL sink promises.
@@ -720,8 +723,9 @@ pub struct SinkSpec {
     /// Parallel instances. Default 1.
     #[serde(default = "one")]
     pub parallelism: u32,
-    /// postgres: the connection URL, `postgres://user[:password]@host[:port]/database`
-    /// (a password in it is never shown by the API or logs).
+    /// postgres: the connection URL, `postgres://user[:password]@host[:port]/database`;
+    /// nats: the server, `nats://host:port` (a password in it is never shown
+    /// by the API or logs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// postgres: the password, when it is not in `url` (never shown).
@@ -740,11 +744,15 @@ pub struct SinkSpec {
     /// postgres upsert: the conflict key. Default: the table's primary key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_columns: Option<Vec<String>>,
-    /// postgres exactly-once: the prefix of the prepared transactions' ids,
-    /// which must stay the same across restores. Default `sluice-<job>-<sink>`.
+    /// postgres exactly-once: the prefix of the prepared transactions' ids;
+    /// nats: of the messages' `Nats-Msg-Id`s. It must stay the same across
+    /// restores. Default `sluice-<job>-<sink>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transaction_prefix: Option<String>,
-    /// postgres: how long connecting may take before the job fails. Default 10000.
+    /// nats: the subject messages are published to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// postgres, nats: how long connecting may take before the job fails. Default 10000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout_ms: Option<u64>,
 }

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::checkpoints::{committed, kill_loop, wordcount_pipeline};
-use crate::harness::{root, run_toml, temp_dir};
+use crate::harness::{lit, root, run_toml, temp_dir};
 use crate::postgres::expected_updates;
 
 /// A `nats-server` of one test, killed by its pid on drop.
@@ -73,6 +73,46 @@ impl Nats {
                 a.await.unwrap();
             }
         });
+    }
+}
+
+impl Nats {
+    /// Delete stream `stream` if it exists, and create it empty on `stream.>`.
+    fn reset(&self, stream: &str) {
+        let url = self.url();
+        self.runtime.block_on(async {
+            let client = async_nats::connect(url).await.unwrap();
+            let js = async_nats::jetstream::new(client);
+            let _ = js.delete_stream(stream).await;
+        });
+        self.publish(stream, &[]);
+    }
+
+    /// Every message payload of `stream`, in order.
+    fn read(&self, stream: &str) -> Vec<Vec<u8>> {
+        use tokio_stream::StreamExt;
+        let url = self.url();
+        self.runtime.block_on(async {
+            let client = async_nats::connect(url).await.unwrap();
+            let js = async_nats::jetstream::new(client);
+            let mut s = js.get_stream(stream).await.unwrap();
+            let count = s.info().await.unwrap().state.messages as usize;
+            let consumer = s
+                .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+                .await
+                .unwrap();
+            let mut messages = consumer.messages().await.unwrap();
+            let mut out = Vec::with_capacity(count);
+            while out.len() < count {
+                let m = tokio::time::timeout(Duration::from_secs(10), messages.next())
+                    .await
+                    .expect("reading the stream back")
+                    .unwrap()
+                    .unwrap();
+                out.push(m.payload.to_vec());
+            }
+            out
+        })
     }
 }
 
@@ -235,4 +275,68 @@ to = "out"
         let err = run(&toml.replace(&from, &to));
         assert!(err.contains(&message), "{message:?} not in: {err}");
     }
+    // The sink's settings.
+    let file_sink = "kind = \"file\"\npath = \"out.jsonl\"\nformat = \"envelope\"";
+    for (sink, message) in [
+        (
+            format!("kind = \"nats\"\nurl = \"{}\"\nsubject = \"out.*\"", nats.url()),
+            "is not a subject to publish to",
+        ),
+        (
+            format!("kind = \"nats\"\nurl = \"{}\"\nsubject = \"out.x\"", nats.url()),
+            "the job has no `[checkpoints]`",
+        ),
+        (format!("kind = \"nats\"\nurl = \"{}\"", nats.url()), "a nats sink needs `subject`"),
+        (
+            format!("kind = \"nats\"\nurl = \"{}\"\nsubject = \"out.x\"\npath = \"p\"", nats.url()),
+            "a nats sink has no `path`",
+        ),
+        (
+            "kind = \"file\"\npath = \"o\"\nsubject = \"out.x\"".to_owned(),
+            "`subject` is a setting of nats sinks, not of file sinks",
+        ),
+    ] {
+        let err = run(&toml.replace(file_sink, &sink));
+        assert!(err.contains(message), "{message:?} not in: {err}");
+    }
+}
+
+#[test]
+fn nats_sink_under_a_sigkill_loop_publishes_every_update_once() {
+    let nats = Nats::start("sink");
+    let sink = format!(
+        "kind = \"nats\"\nurl = \"{}\"\nsubject = \"counts.words\"\nparallelism = 2",
+        nats.url()
+    );
+    let toml = wordcount_pipeline(
+        "nats-sink",
+        r#"{ strategy = "fixed-delay", attempts = 3, delay_ms = 50 }"#,
+        "",
+        &format!(
+            "kind = \"file\"\npath = {}\nrecords_per_second = 1500",
+            lit(&root().join("examples/data/wordcount.txt"))
+        ),
+        2,
+        &sink,
+    );
+    let expected = expected_updates();
+    kill_loop(
+        "nats-sink",
+        &toml,
+        10,
+        || nats.reset("counts"),
+        |_| {
+            let mut got: Vec<(String, i64)> = nats
+                .read("counts")
+                .iter()
+                .map(|m| {
+                    let v: serde_json::Value = serde_json::from_slice(m).unwrap();
+                    (v["word"].as_str().unwrap().to_owned(), v["count"].as_i64().unwrap())
+                })
+                .collect();
+            got.sort();
+            assert_eq!(got.len(), expected.len(), "messages in the stream");
+            assert!(got == expected, "the stream differs from the independent count");
+        },
+    );
 }

@@ -288,7 +288,7 @@ fn postgres_sink_settings_errors_name_the_problem() {
         (
             "kind = \"postgres\"".to_owned(),
             "kind = \"file\"\npath = \"out\"".to_owned(),
-            "`url` is a setting of postgres sinks",
+            "`url` is a setting of postgres and nats sinks, not of file sinks",
         ),
     ] {
         let toml = eo

@@ -139,7 +139,7 @@ pub fn commit(dir: &Path, names: &[String]) -> Result<(), ConnectorError> {
 
 /// The subtask that wrote a file of the sink directory, from its name
 /// (`part-<i>-…jsonl`, `.part-<i>.inprogress`, `.part-<i>-….pending`).
-fn writer_of(name: &str) -> Option<u32> {
+pub(crate) fn writer_of(name: &str) -> Option<u32> {
     let rest = name.strip_prefix(".part-").or_else(|| name.strip_prefix("part-"))?;
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()

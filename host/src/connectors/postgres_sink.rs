@@ -24,7 +24,7 @@ use postgres::error::SqlState;
 use postgres::{Client, Config, NoTls};
 
 use super::json_sink::format_record;
-use super::{ConnectorError, SinkWriter};
+use super::{ConnectorError, SinkWriter, off_runtime};
 use crate::spec::{Delivery, SinkFormat, SinkSpec};
 use crate::types::RecordBatch;
 
@@ -123,16 +123,6 @@ fn endpoint(config: &Config) -> String {
     };
     let db = config.get_dbname().or(config.get_user()).unwrap_or("postgres");
     format!("{hosts}/{db}")
-}
-
-/// Run `f` on a thread outside any async runtime: the blocking client
-/// starts (and drops) its own, which may not happen inside another.
-fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> Option<T> {
-    if tokio::runtime::Handle::try_current().is_ok() {
-        std::thread::scope(|s| s.spawn(f).join().ok())
-    } else {
-        Some(f())
-    }
 }
 
 /// Connect as the sink `spec` says; the error names the server and the cause.

@@ -526,27 +526,85 @@ fn check_sink(s: &SinkSpec, job: &JobSpec) -> Result<SinkSpec, JobError> {
         node: s.name.clone(),
         message,
     };
-    let pg_only = [
-        ("url", s.url.is_some()),
-        ("password", s.password.is_some()),
-        ("table", s.table.is_some()),
-        ("columns", s.columns.is_some()),
-        ("delivery", s.delivery.is_some()),
-        ("key_columns", s.key_columns.is_some()),
-        ("transaction_prefix", s.transaction_prefix.is_some()),
-        ("connect_timeout_ms", s.connect_timeout_ms.is_some()),
+    use SinkKind::{Nats, Postgres};
+    let settings: [(&str, bool, &[SinkKind]); 9] = [
+        ("url", s.url.is_some(), &[Postgres, Nats]),
+        ("password", s.password.is_some(), &[Postgres]),
+        ("table", s.table.is_some(), &[Postgres]),
+        ("columns", s.columns.is_some(), &[Postgres]),
+        ("delivery", s.delivery.is_some(), &[Postgres]),
+        ("key_columns", s.key_columns.is_some(), &[Postgres]),
+        ("transaction_prefix", s.transaction_prefix.is_some(), &[Postgres, Nats]),
+        ("connect_timeout_ms", s.connect_timeout_ms.is_some(), &[Postgres, Nats]),
+        ("subject", s.subject.is_some(), &[Nats]),
     ];
-    if s.kind != SinkKind::Postgres {
-        if let Some((field, _)) = pg_only.iter().find(|(_, set)| *set) {
-            return Err(invalid(format!(
-                "`{field}` is a setting of postgres sinks, not of {:?} sinks",
-                s.kind
-            )));
-        }
-        return Ok(s.clone());
+    if let Some((field, _, kinds)) = settings.iter().find(|(_, set, kinds)| *set && !kinds.contains(&s.kind)) {
+        let kinds: Vec<String> = kinds.iter().map(|k| format!("{k:?}").to_lowercase()).collect();
+        return Err(invalid(format!(
+            "`{field}` is a setting of {} sinks, not of {} sinks",
+            kinds.join(" and "),
+            format!("{:?}", s.kind).to_lowercase()
+        )));
     }
-    if s.path.is_some() {
-        return Err(invalid("a postgres sink has no `path`; it writes to `url` and `table`".into()));
+    let clean = |n: &str| -> String {
+        n.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    let default_prefix = format!("sluice-{}-{}", clean(&job.name), clean(&s.name));
+    let prefix_ok = |p: &str| {
+        let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':');
+        !p.is_empty() && p.len() <= 150 && p.chars().all(ok)
+    };
+    if let Some(p) = s.transaction_prefix.as_deref().filter(|p| !prefix_ok(p)) {
+        return Err(invalid(format!(
+            "`transaction_prefix` {p:?} must be 1 to 150 letters, digits, `_`, `-`, `.` or `:`"
+        )));
+    }
+    if s.connect_timeout_ms == Some(0) {
+        return Err(invalid("`connect_timeout_ms` must be at least 1".into()));
+    }
+    match s.kind {
+        Postgres => {}
+        Nats => {
+            let url = s.url.as_deref().unwrap_or_default();
+            if url.is_empty() {
+                return Err(invalid("a nats sink needs `url`, e.g. \"nats://127.0.0.1:4222\"".into()));
+            }
+            if !(url.starts_with("nats://") || url.starts_with("tls://") || !url.contains("://")) {
+                return Err(invalid("`url` is a NATS server address, `nats://host:port`".into()));
+            }
+            let subject = s.subject.as_deref().unwrap_or_default();
+            if subject.is_empty() {
+                return Err(invalid("a nats sink needs `subject` (where it publishes)".into()));
+            }
+            if subject.chars().any(|c| c.is_whitespace() || c == '*' || c == '>') || subject.split('.').any(str::is_empty) {
+                return Err(invalid(format!(
+                    "`subject` {subject:?} is not a subject to publish to (no wildcards, spaces or empty tokens)"
+                )));
+            }
+            if s.path.is_some() {
+                return Err(invalid(
+                    "a nats sink has no `path`; it spools into the job's checkpoint directory".into(),
+                ));
+            }
+            let Some(c) = &job.checkpoints else {
+                return Err(invalid(
+                    "a nats sink publishes when checkpoints complete, and the job has no `[checkpoints]`; add them".into(),
+                ));
+            };
+            let mut out = s.clone();
+            out.transaction_prefix = Some(s.transaction_prefix.clone().unwrap_or(default_prefix));
+            out.path = Some(format!("{}/spool-{}", c.dir.trim_end_matches('/'), clean(&s.name)));
+            return Ok(out);
+        }
+        _ => return Ok(s.clone()),
     }
     let url = s.url.as_deref().unwrap_or_default();
     if url.is_empty() {
@@ -586,9 +644,6 @@ fn check_sink(s: &SinkSpec, job: &JobSpec) -> Result<SinkSpec, JobError> {
     if s.key_columns.is_some() && delivery != crate::spec::Delivery::Upsert {
         return Err(invalid("`key_columns` is for delivery = \"upsert\"".into()));
     }
-    if s.connect_timeout_ms == Some(0) {
-        return Err(invalid("`connect_timeout_ms` must be at least 1".into()));
-    }
     let mut out = s.clone();
     if delivery == crate::spec::Delivery::ExactlyOnce {
         if job.checkpoints.is_none() {
@@ -598,29 +653,7 @@ fn check_sink(s: &SinkSpec, job: &JobSpec) -> Result<SinkSpec, JobError> {
                     .into(),
             ));
         }
-        let prefix = match &s.transaction_prefix {
-            Some(p) => p.clone(),
-            None => {
-                let clean = |n: &str| -> String {
-                    n.chars()
-                        .map(|c| {
-                            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                                c
-                            } else {
-                                '_'
-                            }
-                        })
-                        .collect()
-                };
-                format!("sluice-{}-{}", clean(&job.name), clean(&s.name))
-            }
-        };
-        let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':');
-        if prefix.is_empty() || prefix.len() > 150 || !prefix.chars().all(ok) {
-            return Err(invalid(format!(
-                "`transaction_prefix` {prefix:?} must be 1 to 150 letters, digits, `_`, `-`, `.` or `:`"
-            )));
-        }
+        let prefix = s.transaction_prefix.clone().unwrap_or(default_prefix);
         out.transaction_prefix = Some(prefix);
     } else if s.transaction_prefix.is_some() {
         return Err(invalid("`transaction_prefix` is for delivery = \"exactly-once\"".into()));

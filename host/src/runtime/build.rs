@@ -27,7 +27,7 @@ use crate::connectors::generator::GeneratorConfig;
 use crate::connectors::nats_source::NatsSource;
 use crate::connectors::{
     FileOptions, FileSource, Generator, JsonLinesSink, NexmarkSettings, NexmarkSource, SinkWriter, SourceReader, TransactionalFileSink,
-    file_sink, postgres_sink,
+    file_sink, nats_sink, postgres_sink,
 };
 use crate::job::plan::{ExecutionPlan, OperatorBody, OperatorDescriptor, RestoreHandles, TaskDescriptor};
 use crate::job::{JobError, OperatorKind};
@@ -472,6 +472,34 @@ fn open_sink(sink: &SinkSpec, subtask: u32, env: &TaskEnvironment) -> Result<Box
             }
             Box::new(TransactionalFileSink::new(&dir, subtask, sink.format, c.completed.clone()).map_err(|e| JobError::Failed(e.into()))?)
         }
+        (SinkKind::Nats, Some(c)) => {
+            let restored = env.restore.map(|r| {
+                let keep = r.sinks.get(&sink.name).map_or(&[][..], |v| &v[..]);
+                (r.checkpoint, keep)
+            });
+            let again = nats_sink::recover(sink, subtask, restored).map_err(|e| JobError::Failed(e.into()))?;
+            if let Some(logs) = &env.guest.logs
+                && !again.is_empty()
+            {
+                logs.host(
+                    "info",
+                    &sink.name,
+                    subtask,
+                    format!(
+                        "published again the spooled output of completed checkpoints (JetStream drops the duplicates): {}",
+                        again.join(", ")
+                    ),
+                );
+            }
+            let dir = nats_sink::spool(sink);
+            Box::new(TransactionalFileSink::new(&dir, subtask, sink.format, c.completed.clone()).map_err(|e| JobError::Failed(e.into()))?)
+        }
+        (SinkKind::Nats, None) => {
+            return Err(JobError::Invalid {
+                node: sink.name.clone(),
+                message: "a nats sink needs `[checkpoints]`".into(),
+            });
+        }
         (SinkKind::Postgres, checkpoints) => {
             let restored = env.restore.map(|r| {
                 let keep = r.sinks.get(&sink.name).map_or(&[][..], |v| &v[..]);
@@ -513,10 +541,13 @@ fn open_sink(sink: &SinkSpec, subtask: u32, env: &TaskEnvironment) -> Result<Box
 /// hosts the sink subtask that sealed them does this, on notify).
 pub(crate) fn commit_sink(plan: &ExecutionPlan, sink: &str, names: &[String]) -> Result<(), TaskError> {
     let spec = plan.tasks.iter().flat_map(|t| &t.operators).find_map(|o| match &o.body {
-        OperatorBody::Sink { spec } if spec.name == sink && matches!(spec.kind, SinkKind::File | SinkKind::Postgres) => Some(spec),
+        OperatorBody::Sink { spec } if spec.name == sink && matches!(spec.kind, SinkKind::File | SinkKind::Postgres | SinkKind::Nats) => {
+            Some(spec)
+        }
         _ => None,
     });
     match spec {
+        Some(spec) if spec.kind == SinkKind::Nats => nats_sink::commit(spec, names).map_err(TaskError::Connector),
         Some(spec) if spec.kind == SinkKind::Postgres => postgres_sink::commit(spec, names).map_err(TaskError::Connector),
         Some(spec) => file_sink::commit(Path::new(spec.path.as_deref().unwrap_or_default()), names).map_err(TaskError::Connector),
         None if names.is_empty() => Ok(()),

@@ -1,0 +1,160 @@
+//! The NATS JetStream sink: a write-ahead spool on local disk, published
+//! when its checkpoint completes.
+//!
+//! ```text
+//! write              ─► the spool: a transactional file sink's hidden file
+//! barrier n          ─► sealed as part-<subtask>-<n> (the checkpoint lists it)
+//! checkpoint n done  ─► committed, then published line by line with
+//!                       Nats-Msg-Id = <prefix>-part-<subtask>-<n>-<line>,
+//!                       each acknowledged by JetStream, then deleted
+//! restore            ─► the spool files the checkpoint lists are committed;
+//!                       every committed file not yet deleted is published again
+//! ```
+//!
+//! A message is published only once its checkpoint is complete, so nothing
+//! a restore takes back was published. A republished message has the same
+//! id, so JetStream's duplicate window (the stream's `duplicate_window`,
+//! two minutes by default) drops it: exactly once within that window, at
+//! least once beyond it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{ConnectorError, file_sink, off_runtime};
+use crate::spec::{SinkSpec, redact_url};
+
+/// How long connecting may take unless the spec says otherwise.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
+
+/// Publishes in flight before the sink waits for their acknowledgements.
+const IN_FLIGHT: usize = 512;
+
+fn failed(sink: &str, message: String) -> ConnectorError {
+    ConnectorError::Sink {
+        sink: sink.to_owned(),
+        message,
+    }
+}
+
+/// The spool directory of a sink (the graph fills it in).
+pub fn spool(spec: &SinkSpec) -> PathBuf {
+    PathBuf::from(spec.path.as_deref().unwrap_or_default())
+}
+
+/// Before sink subtask `subtask` runs: settle the spool as the file sink
+/// does, then publish the committed files of this subtask (and of earlier
+/// subtasks `i` with `i % parallelism == subtask`) not yet published.
+/// Returns the names published again.
+pub fn recover(spec: &SinkSpec, subtask: u32, restored: Option<(u64, &[String])>) -> Result<Vec<String>, ConnectorError> {
+    let dir = spool(spec);
+    // A listed file already published was deleted: nothing to commit.
+    let keep = restored.map(|(id, names)| (id, unpublished(&dir, names)));
+    file_sink::prepare(&dir, subtask, spec.parallelism, keep.as_ref().map(|(id, k)| (*id, &k[..])))?;
+    let mut left: Vec<String> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".jsonl")).map(str::to_owned))
+                .filter(|n| n.starts_with("part-"))
+                .filter(|n| file_sink::writer_of(n).is_some_and(|w| w % spec.parallelism.max(1) == subtask))
+                .collect()
+        })
+        .unwrap_or_default();
+    left.sort();
+    publish(spec, &left)?;
+    Ok(left)
+}
+
+/// Checkpoint done: commit the spool files `names` and publish them.
+pub fn commit(spec: &SinkSpec, names: &[String]) -> Result<(), ConnectorError> {
+    let names = unpublished(&spool(spec), names);
+    file_sink::commit(&spool(spec), &names)?;
+    publish(spec, &names)
+}
+
+/// The spool files of `names` still on disk, sealed or committed: the
+/// others were published and deleted.
+fn unpublished(dir: &std::path::Path, names: &[String]) -> Vec<String> {
+    names
+        .iter()
+        .filter(|n| dir.join(format!(".{n}.pending")).exists() || dir.join(format!("{n}.jsonl")).exists())
+        .cloned()
+        .collect()
+}
+
+/// Publish the committed spool files `names` (those already published and
+/// deleted are skipped), each line acknowledged, then delete them.
+fn publish(spec: &SinkSpec, names: &[String]) -> Result<(), ConnectorError> {
+    let dir = spool(spec);
+    let files: Vec<(String, PathBuf)> = names
+        .iter()
+        .map(|n| (n.clone(), dir.join(format!("{n}.jsonl"))))
+        .filter(|(_, p)| p.exists())
+        .collect();
+    if files.is_empty() {
+        return Ok(());
+    }
+    off_runtime(|| publish_now(spec, &files)).unwrap_or_else(|| Err(failed(&spec.name, "publishing panicked".into())))
+}
+
+fn publish_now(spec: &SinkSpec, files: &[(String, PathBuf)]) -> Result<(), ConnectorError> {
+    let name = spec.name.as_str();
+    let url = spec.url.clone().unwrap_or_default();
+    let at = redact_url(&url);
+    let subject = spec.subject.clone().unwrap_or_default();
+    let prefix = spec.transaction_prefix.clone().unwrap_or_else(|| format!("sluice-{name}"));
+    let timeout = Duration::from_millis(spec.connect_timeout_ms.unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| failed(name, format!("starting the NATS client's runtime: {e}")))?;
+    runtime.block_on(async {
+        let client = tokio::time::timeout(
+            timeout,
+            async_nats::ConnectOptions::new()
+                .connection_timeout(timeout)
+                .name("sluice")
+                .connect(url.as_str()),
+        )
+        .await
+        .map_err(|_| {
+            failed(
+                name,
+                format!("cannot connect to NATS at {at}: no answer within {} ms", timeout.as_millis()),
+            )
+        })?
+        .map_err(|e| failed(name, format!("cannot connect to NATS at {at}: {e}")))?;
+        let js = async_nats::jetstream::new(client);
+        for (part, path) in files {
+            let text = std::fs::read(path).map_err(|source| ConnectorError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let mut acks = Vec::with_capacity(IN_FLIGHT);
+            for (i, line) in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()).enumerate() {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Msg-Id", format!("{prefix}-{part}-{i}").as_str());
+                let ack = js
+                    .publish_with_headers(subject.clone(), headers, line.to_vec().into())
+                    .await
+                    .map_err(|e| failed(name, format!("publishing to `{subject}` at {at}: {e}")))?;
+                acks.push(ack);
+                if acks.len() >= IN_FLIGHT {
+                    for a in acks.drain(..) {
+                        a.await
+                            .map_err(|e| failed(name, format!("JetStream did not store a message on `{subject}`: {e}")))?;
+                    }
+                }
+            }
+            for a in acks {
+                a.await
+                    .map_err(|e| failed(name, format!("JetStream did not store a message on `{subject}`: {e}")))?;
+            }
+            std::fs::remove_file(path).map_err(|source| ConnectorError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    })
+}
