@@ -36,6 +36,22 @@ fn failed(sink: &str, message: String) -> ConnectorError {
     }
 }
 
+/// Connect to the NATS server at `url` within `timeout`; the error names
+/// the server (without secrets) and the cause.
+pub(crate) async fn connect(url: &str, timeout: Duration) -> Result<async_nats::Client, String> {
+    let at = redact_url(url);
+    tokio::time::timeout(
+        timeout,
+        async_nats::ConnectOptions::new()
+            .connection_timeout(timeout)
+            .name("sluice")
+            .connect(url),
+    )
+    .await
+    .map_err(|_| format!("cannot connect to NATS at {at}: no answer within {} ms", timeout.as_millis()))?
+    .map_err(|e| format!("cannot connect to NATS at {at}: {e}"))
+}
+
 /// The spool directory of a sink (the graph fills it in).
 pub fn spool(spec: &SinkSpec) -> PathBuf {
     PathBuf::from(spec.path.as_deref().unwrap_or_default())
@@ -109,21 +125,7 @@ fn publish_now(spec: &SinkSpec, files: &[(String, PathBuf)]) -> Result<(), Conne
         .build()
         .map_err(|e| failed(name, format!("starting the NATS client's runtime: {e}")))?;
     runtime.block_on(async {
-        let client = tokio::time::timeout(
-            timeout,
-            async_nats::ConnectOptions::new()
-                .connection_timeout(timeout)
-                .name("sluice")
-                .connect(url.as_str()),
-        )
-        .await
-        .map_err(|_| {
-            failed(
-                name,
-                format!("cannot connect to NATS at {at}: no answer within {} ms", timeout.as_millis()),
-            )
-        })?
-        .map_err(|e| failed(name, format!("cannot connect to NATS at {at}: {e}")))?;
+        let client = connect(&url, timeout).await.map_err(|m| failed(name, m))?;
         let js = async_nats::jetstream::new(client);
         for (part, path) in files {
             let text = std::fs::read(path).map_err(|source| ConnectorError::Io {

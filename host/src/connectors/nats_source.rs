@@ -29,9 +29,6 @@ use super::{ConnectorError, SOURCE_BATCH_BYTES, SourceReader, position_pair};
 use crate::spec::{FileFormat, SourceSpec, redact_url};
 use crate::types::RecordBatch;
 
-/// How long connecting may take unless the spec says otherwise.
-pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
-
 /// The largest message a source takes: a bigger one fails the job, naming
 /// its sequence (the server's own default limit is 1 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
@@ -78,7 +75,7 @@ impl NatsSource {
             key_field: spec.key_field.clone(),
             timestamp_field: spec.timestamp_field.clone(),
             json: spec.format == Some(FileFormat::Json),
-            timeout: Duration::from_millis(spec.connect_timeout_ms.unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS)),
+            timeout: Duration::from_millis(spec.connect_timeout_ms.unwrap_or(super::nats_sink::DEFAULT_CONNECT_TIMEOUT_MS)),
             runtime,
             messages: None,
             next: spec.start_sequence.unwrap_or(1).max(1),
@@ -98,16 +95,7 @@ impl NatsSource {
         let at = redact_url(&self.url);
         let (url, stream, subject, timeout, next) = (self.url.clone(), self.stream.clone(), self.subject.clone(), self.timeout, self.next);
         let result: Result<(Ordered, u64, u64, u64), String> = self.runtime.block_on(async move {
-            let client = tokio::time::timeout(
-                timeout,
-                async_nats::ConnectOptions::new()
-                    .connection_timeout(timeout)
-                    .name("sluice")
-                    .connect(url.as_str()),
-            )
-            .await
-            .map_err(|_| format!("cannot connect to NATS at {at}: no answer within {} ms", timeout.as_millis()))?
-            .map_err(|e| format!("cannot connect to NATS at {at}: {e}"))?;
+            let client = super::nats_sink::connect(&url, timeout).await?;
             let js = jetstream::new(client);
             let mut s = tokio::time::timeout(timeout, js.get_stream(&stream))
                 .await
