@@ -8,10 +8,14 @@ pub mod file_sink;
 mod file_source;
 pub mod generator;
 mod json_sink;
+pub mod kafka;
+pub mod kafka_sink;
+pub mod kafka_source;
 pub mod nats_sink;
 pub mod nats_source;
 pub mod nexmark;
 pub mod postgres_sink;
+pub mod spool;
 
 use std::path::PathBuf;
 
@@ -190,6 +194,35 @@ pub trait SourceReader: Send {
     fn position(&self) -> Vec<u8>;
     /// Continue from a position returned by [`SourceReader::position`].
     fn seek(&mut self, position: &[u8]) -> Result<(), ConnectorError>;
+    /// The position stored by checkpoint `checkpoint` (a source that acts
+    /// once the checkpoint completes notes it here).
+    fn snapshot_position(&mut self, _checkpoint: u64) -> Vec<u8> {
+        self.position()
+    }
+    /// Whether every subtask restores from the positions of all subtasks
+    /// (Flink's union list state): a source whose splits move between
+    /// subtasks when the parallelism changes, as Kafka partitions do.
+    fn union_positions(&self) -> bool {
+        false
+    }
+    /// With [`SourceReader::union_positions`]: continue from the positions
+    /// of every subtask of the checkpoint, taking the splits this subtask
+    /// owns now.
+    fn seek_union(&mut self, positions: &[&[u8]]) -> Result<(), ConnectorError> {
+        match positions {
+            [one] => self.seek(one),
+            _ => Err(ConnectorError::BadPosition {
+                source_name: "source".into(),
+                message: format!("{} positions for one subtask", positions.len()),
+            }),
+        }
+    }
+    /// A source that tracks event time per split (Kafka partitions): the
+    /// watermark to emit now, if it moved forward. Such a source has no
+    /// watermark assigner after it.
+    fn watermark(&mut self) -> Option<i64> {
+        None
+    }
 }
 
 /// One subtask of a sink.

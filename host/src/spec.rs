@@ -326,6 +326,9 @@ pub enum SourceKind {
     /// A NATS JetStream stream (`url`, `stream`, `subject`), read by an
     /// ordered consumer from the checkpointed stream sequence.
     Nats,
+    /// Kafka topics (`brokers`, `topic`), partitions spread over the
+    /// subtasks, offsets kept in checkpoints.
+    Kafka,
 }
 
 /// Line formats of a file source.
@@ -418,9 +421,88 @@ pub struct SourceSpec {
     /// starts (a bounded job), instead of reading until cancelled.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub bounded: bool,
-    /// nats: how long connecting may take before the job fails. Default 10000.
+    /// nats, kafka: how long connecting may take before the job fails. Default 10000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout_ms: Option<u64>,
+    /// kafka: the bootstrap servers, `host:port[,host:port…]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brokers: Option<String>,
+    /// kafka: the topic, or a list of topics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<Topics>,
+    /// kafka: the consumer group the offsets of completed checkpoints are
+    /// committed to (for monitoring; the job resumes from its checkpoint).
+    /// Default `sluice-<job>-<source>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// kafka: where a fresh start begins. Default "earliest".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<KafkaStart>,
+    /// kafka: how often (ms) new partitions are looked for while running;
+    /// 0: never. Default 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_discovery_ms: Option<u64>,
+    /// kafka: librdkafka settings passed as they are (`security.protocol`,
+    /// `sasl.username`, …); values of keys naming a password or secret are
+    /// never shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// One Kafka topic or several.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Topics {
+    /// `topic = "a"`.
+    One(String),
+    /// `topic = ["a", "b"]`.
+    Many(Vec<String>),
+}
+
+impl Topics {
+    /// The topics, in order.
+    pub fn names(&self) -> Vec<String> {
+        match self {
+            Topics::One(t) => vec![t.clone()],
+            Topics::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// Where a Kafka source starts when it does not resume from a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum KafkaStart {
+    /// "earliest", "latest" or "committed".
+    Named(KafkaStartAt),
+    /// `{ timestamp_ms = … }`: the first record at or after that time.
+    Timestamp {
+        /// Milliseconds since the epoch.
+        timestamp_ms: i64,
+    },
+}
+
+/// The named start positions of a Kafka source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KafkaStartAt {
+    /// The first offset each partition still holds.
+    Earliest,
+    /// The end of each partition when the job starts.
+    Latest,
+    /// The group's committed offsets (earliest where it has none).
+    Committed,
+}
+
+/// `properties` with the values of secret-looking keys replaced by `***`.
+pub fn redact_properties(p: &std::collections::BTreeMap<String, String>) -> std::collections::BTreeMap<String, String> {
+    p.iter()
+        .map(|(k, v)| {
+            let l = k.to_ascii_lowercase();
+            let secret = ["password", "secret", "jaas", "key.pem", "token"].iter().any(|s| l.contains(s));
+            (k.clone(), if secret { "***".to_owned() } else { v.clone() })
+        })
+        .collect()
 }
 
 /// How watermarks are generated, at a source or after a stateless operator
@@ -678,6 +760,8 @@ pub enum SinkKind {
     /// Messages to a NATS JetStream subject (`url`, `subject`), published
     /// from a spool when their checkpoint completes.
     Nats,
+    /// Records to a Kafka topic (`brokers`, `topic`, `delivery`).
+    Kafka,
 }
 
 /// What a PostgreSQL sink promises.
@@ -752,9 +836,23 @@ pub struct SinkSpec {
     /// nats: the subject messages are published to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
-    /// postgres, nats: how long connecting may take before the job fails. Default 10000.
+    /// postgres, nats, kafka: how long connecting may take before the job fails. Default 10000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout_ms: Option<u64>,
+    /// kafka: the bootstrap servers, `host:port[,host:port…]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brokers: Option<String>,
+    /// kafka: the topic records are produced to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// kafka exactly-once: the transaction timeout (ms), below the broker's
+    /// `transaction.max.timeout.ms`. Default 60000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction_timeout_ms: Option<u64>,
+    /// kafka: librdkafka settings passed as they are; values of keys naming
+    /// a password or secret are never shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<std::collections::BTreeMap<String, String>>,
 }
 
 impl SinkSpec {
@@ -764,6 +862,7 @@ impl SinkSpec {
         SinkSpec {
             url: self.url.as_deref().map(redact_url),
             password: self.password.as_ref().map(|_| "***".to_owned()),
+            properties: self.properties.as_ref().map(redact_properties),
             ..self.clone()
         }
     }
@@ -857,6 +956,7 @@ impl JobSpec {
                 .iter()
                 .map(|s| SourceSpec {
                     url: s.url.as_deref().map(redact_url),
+                    properties: s.properties.as_ref().map(redact_properties),
                     ..s.clone()
                 })
                 .collect(),

@@ -9,6 +9,7 @@ mod first_hour;
 mod harness;
 mod hostile;
 mod job_spec;
+mod kafka;
 mod keyed_state;
 mod languages;
 mod nats;

@@ -170,7 +170,7 @@ fn job(pg: &Pg, rate: u64, sink: &str, restart: &str) -> String {
     )
 }
 
-fn create_counts(pg: &Pg, ddl: &str) {
+pub(crate) fn create_counts(pg: &Pg, ddl: &str) {
     pg.client()
         .batch_execute(&format!("DROP TABLE IF EXISTS counts; CREATE TABLE counts ({ddl})"))
         .unwrap();

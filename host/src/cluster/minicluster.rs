@@ -331,7 +331,9 @@ pub(crate) fn check_restore(graph: &JobGraph, c: &LoadedCheckpoint, allow_non_re
                 if kind != op.kind {
                     return Err(err(format!("`{}` was a {} and is now a {kind}", op.name, op.kind)));
                 }
-                if kind == "source" && n.parallelism != op.parallelism {
+                // A Kafka source's partitions move between subtasks (union state).
+                let union = matches!(&n.kind, crate::job::NodeKind::Source(s) if s.kind == crate::spec::SourceKind::Kafka);
+                if kind == "source" && n.parallelism != op.parallelism && !union {
                     return Err(err(format!(
                         "source `{}` had parallelism {} and now has {}: source positions cannot be redistributed",
                         op.name, op.parallelism, n.parallelism

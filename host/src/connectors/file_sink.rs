@@ -30,6 +30,8 @@ pub struct TransactionalFileSink {
     in_progress: PathBuf,
     subtask: u32,
     format: SinkFormat,
+    /// How a batch becomes lines.
+    encode: Encoder,
     current: Option<BufWriter<File>>,
     /// Sealed files not yet known to be committed: (checkpoint, name).
     pending: Vec<(u64, String)>,
@@ -53,15 +55,31 @@ fn committed_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.jsonl"))
 }
 
+/// Appends a batch's records to a file's bytes, one line each.
+pub type Encoder = fn(SinkFormat, &RecordBatch, &mut Vec<u8>);
+
 impl TransactionalFileSink {
-    /// A sink subtask writing into `dir`.
+    /// A sink subtask writing JSON lines into `dir`.
     pub fn new(dir: &Path, subtask: u32, format: SinkFormat, completed: Arc<AtomicU64>) -> Result<Self, ConnectorError> {
+        Self::with_encoder(dir, subtask, format, format_batch, completed)
+    }
+
+    /// A sink subtask writing lines `encode` makes into `dir` (a spool of
+    /// records a sink publishes elsewhere once their checkpoint completes).
+    pub fn with_encoder(
+        dir: &Path,
+        subtask: u32,
+        format: SinkFormat,
+        encode: Encoder,
+        completed: Arc<AtomicU64>,
+    ) -> Result<Self, ConnectorError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         Ok(TransactionalFileSink {
             dir: dir.to_owned(),
             in_progress: dir.join(format!(".part-{subtask}.inprogress")),
             subtask,
             format,
+            encode,
             current: None,
             pending: Vec::new(),
             completed,
@@ -80,7 +98,7 @@ impl SinkWriter for TransactionalFileSink {
                 .insert(BufWriter::with_capacity(256 << 10, File::create(path).map_err(io(path))?)),
         };
         self.line.clear();
-        format_batch(self.format, batch, &mut self.line);
+        (self.encode)(self.format, batch, &mut self.line);
         w.write_all(&self.line).map_err(io(path))
     }
 

@@ -20,7 +20,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{ConnectorError, file_sink, off_runtime};
+use super::ConnectorError;
 use crate::spec::{SinkSpec, redact_url};
 
 /// How long connecting may take unless the spec says otherwise.
@@ -52,65 +52,15 @@ pub(crate) async fn connect(url: &str, timeout: Duration) -> Result<async_nats::
     .map_err(|e| format!("cannot connect to NATS at {at}: {e}"))
 }
 
-/// The spool directory of a sink (the graph fills it in).
-pub fn spool(spec: &SinkSpec) -> PathBuf {
-    PathBuf::from(spec.path.as_deref().unwrap_or_default())
-}
-
-/// Before sink subtask `subtask` runs: settle the spool as the file sink
-/// does, then publish the committed files of this subtask (and of earlier
-/// subtasks `i` with `i % parallelism == subtask`) not yet published.
-/// Returns the names published again.
+/// Before sink subtask `subtask` runs: settle its spool and publish again
+/// what completed checkpoints left (see [`super::spool::recover`]).
 pub fn recover(spec: &SinkSpec, subtask: u32, restored: Option<(u64, &[String])>) -> Result<Vec<String>, ConnectorError> {
-    let dir = spool(spec);
-    // A listed file already published was deleted: nothing to commit.
-    let keep = restored.map(|(id, names)| (id, unpublished(&dir, names)));
-    file_sink::prepare(&dir, subtask, spec.parallelism, keep.as_ref().map(|(id, k)| (*id, &k[..])))?;
-    let mut left: Vec<String> = std::fs::read_dir(&dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".jsonl")).map(str::to_owned))
-                .filter(|n| n.starts_with("part-"))
-                .filter(|n| file_sink::writer_of(n).is_some_and(|w| w % spec.parallelism.max(1) == subtask))
-                .collect()
-        })
-        .unwrap_or_default();
-    left.sort();
-    publish(spec, &left)?;
-    Ok(left)
+    super::spool::recover(spec, subtask, restored, publish_now)
 }
 
 /// Checkpoint done: commit the spool files `names` and publish them.
 pub fn commit(spec: &SinkSpec, names: &[String]) -> Result<(), ConnectorError> {
-    let names = unpublished(&spool(spec), names);
-    file_sink::commit(&spool(spec), &names)?;
-    publish(spec, &names)
-}
-
-/// The spool files of `names` still on disk, sealed or committed: the
-/// others were published and deleted.
-fn unpublished(dir: &std::path::Path, names: &[String]) -> Vec<String> {
-    names
-        .iter()
-        .filter(|n| dir.join(format!(".{n}.pending")).exists() || dir.join(format!("{n}.jsonl")).exists())
-        .cloned()
-        .collect()
-}
-
-/// Publish the committed spool files `names` (those already published and
-/// deleted are skipped), each line acknowledged, then delete them.
-fn publish(spec: &SinkSpec, names: &[String]) -> Result<(), ConnectorError> {
-    let dir = spool(spec);
-    let files: Vec<(String, PathBuf)> = names
-        .iter()
-        .map(|n| (n.clone(), dir.join(format!("{n}.jsonl"))))
-        .filter(|(_, p)| p.exists())
-        .collect();
-    if files.is_empty() {
-        return Ok(());
-    }
-    off_runtime(|| publish_now(spec, &files)).unwrap_or_else(|| Err(failed(&spec.name, "publishing panicked".into())))
+    super::spool::commit(spec, names, publish_now)
 }
 
 fn publish_now(spec: &SinkSpec, files: &[(String, PathBuf)]) -> Result<(), ConnectorError> {
@@ -118,7 +68,7 @@ fn publish_now(spec: &SinkSpec, files: &[(String, PathBuf)]) -> Result<(), Conne
     let url = spec.url.clone().unwrap_or_default();
     let at = redact_url(&url);
     let subject = spec.subject.clone().unwrap_or_default();
-    let prefix = spec.transaction_prefix.clone().unwrap_or_else(|| format!("sluice-{name}"));
+    let prefix = spec.transaction_prefix.clone().unwrap_or_default();
     let timeout = Duration::from_millis(spec.connect_timeout_ms.unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -112,10 +112,14 @@ impl JobGraph {
         let mut nodes = Vec::new();
         for s in &spec.sources {
             check_source(s)?;
+            let mut s = s.clone();
+            if s.kind == SourceKind::Kafka && s.group.is_none() {
+                s.group = Some(format!("sluice-{}-{}", clean_name(&spec.name), clean_name(&s.name)));
+            }
             nodes.push(Node {
                 name: s.name.clone(),
-                kind: NodeKind::Source(s.clone()),
                 parallelism: s.parallelism,
+                kind: NodeKind::Source(s),
             });
         }
         for o in &spec.operators {
@@ -510,6 +514,20 @@ fn has_generator_fields(s: &SourceSpec) -> bool {
     s.keys.is_some() || s.distribution.is_some() || s.value_size.is_some() || s.seed.is_some()
 }
 
+/// `name` with everything but letters, digits, `_` and `-` made `_`: a
+/// safe part of a transaction id, group or file name.
+fn clean_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// A SQL identifier Sluice accepts: a letter or `_`, then letters, digits,
 /// `_` or `$`, at most 63 bytes (PostgreSQL's limit).
 fn sql_identifier(name: &str) -> bool {
@@ -526,17 +544,21 @@ fn check_sink(s: &SinkSpec, job: &JobSpec) -> Result<SinkSpec, JobError> {
         node: s.name.clone(),
         message,
     };
-    use SinkKind::{Nats, Postgres};
-    let settings: [(&str, bool, &[SinkKind]); 9] = [
+    use SinkKind::{Kafka, Nats, Postgres};
+    let settings: [(&str, bool, &[SinkKind]); 13] = [
         ("url", s.url.is_some(), &[Postgres, Nats]),
         ("password", s.password.is_some(), &[Postgres]),
         ("table", s.table.is_some(), &[Postgres]),
         ("columns", s.columns.is_some(), &[Postgres]),
-        ("delivery", s.delivery.is_some(), &[Postgres]),
+        ("delivery", s.delivery.is_some(), &[Postgres, Kafka]),
         ("key_columns", s.key_columns.is_some(), &[Postgres]),
-        ("transaction_prefix", s.transaction_prefix.is_some(), &[Postgres, Nats]),
-        ("connect_timeout_ms", s.connect_timeout_ms.is_some(), &[Postgres, Nats]),
+        ("transaction_prefix", s.transaction_prefix.is_some(), &[Postgres, Nats, Kafka]),
+        ("connect_timeout_ms", s.connect_timeout_ms.is_some(), &[Postgres, Nats, Kafka]),
         ("subject", s.subject.is_some(), &[Nats]),
+        ("brokers", s.brokers.is_some(), &[Kafka]),
+        ("topic", s.topic.is_some(), &[Kafka]),
+        ("transaction_timeout_ms", s.transaction_timeout_ms.is_some(), &[Kafka]),
+        ("properties", s.properties.is_some(), &[Kafka]),
     ];
     if let Some((field, _, kinds)) = settings.iter().find(|(_, set, kinds)| *set && !kinds.contains(&s.kind)) {
         let kinds: Vec<String> = kinds.iter().map(|k| format!("{k:?}").to_lowercase()).collect();
@@ -546,17 +568,7 @@ fn check_sink(s: &SinkSpec, job: &JobSpec) -> Result<SinkSpec, JobError> {
             format!("{:?}", s.kind).to_lowercase()
         )));
     }
-    let clean = |n: &str| -> String {
-        n.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect()
-    };
+    let clean = clean_name;
     let default_prefix = format!("sluice-{}-{}", clean(&job.name), clean(&s.name));
     let prefix_ok = |p: &str| {
         let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':');
@@ -572,6 +584,7 @@ fn check_sink(s: &SinkSpec, job: &JobSpec) -> Result<SinkSpec, JobError> {
     }
     match s.kind {
         Postgres => {}
+        Kafka => return check_kafka_sink(s, job, default_prefix),
         Nats => {
             let url = s.url.as_deref().unwrap_or_default();
             if url.is_empty() {
@@ -661,11 +674,139 @@ fn check_sink(s: &SinkSpec, job: &JobSpec) -> Result<SinkSpec, JobError> {
     Ok(out)
 }
 
+/// A Kafka sink's settings; fills in the transaction prefix and the spool.
+fn check_kafka_sink(s: &SinkSpec, job: &JobSpec, default_prefix: String) -> Result<SinkSpec, JobError> {
+    use crate::connectors::kafka;
+    let invalid = |message: String| JobError::Invalid {
+        node: s.name.clone(),
+        message,
+    };
+    let brokers = s
+        .brokers
+        .as_deref()
+        .ok_or_else(|| invalid("a kafka sink needs `brokers`, e.g. \"127.0.0.1:9092\"".into()))?;
+    kafka::check_brokers(brokers).map_err(invalid)?;
+    let topic = s
+        .topic
+        .as_deref()
+        .ok_or_else(|| invalid("a kafka sink needs `topic` (where it produces)".into()))?;
+    kafka::check_topic(topic).map_err(|m| invalid(format!("`topic`: {m}")))?;
+    kafka::check_properties(s.properties.as_ref()).map_err(invalid)?;
+    if s.path.is_some() {
+        return Err(invalid("a kafka sink has no `path`".into()));
+    }
+    let mut out = s.clone();
+    match s.delivery.unwrap_or_default() {
+        crate::spec::Delivery::AtLeastOnce => {
+            if s.transaction_prefix.is_some() || s.transaction_timeout_ms.is_some() {
+                return Err(invalid(
+                    "`transaction_prefix` and `transaction_timeout_ms` are for delivery = \"exactly-once\"".into(),
+                ));
+            }
+        }
+        crate::spec::Delivery::ExactlyOnce => {
+            let Some(c) = &job.checkpoints else {
+                return Err(invalid(
+                    "delivery = \"exactly-once\" commits Kafka transactions at checkpoints, and the job has no `[checkpoints]`; \
+                     add them, or use delivery = \"at-least-once\""
+                        .into(),
+                ));
+            };
+            // Kafka's default transaction.max.timeout.ms is 15 minutes.
+            let max = 900_000;
+            match s.transaction_timeout_ms {
+                Some(t) if t == 0 || t > max => {
+                    return Err(invalid(format!(
+                        "`transaction_timeout_ms` {t} must be between 1 and {max} (brokers refuse a longer one by default: \
+                         transaction.max.timeout.ms)"
+                    )));
+                }
+                Some(t) if t <= c.interval_ms => {
+                    return Err(invalid(format!(
+                        "`transaction_timeout_ms` {t} is not longer than the checkpoint interval ({} ms)",
+                        c.interval_ms
+                    )));
+                }
+                _ => {}
+            }
+            out.transaction_prefix = Some(s.transaction_prefix.clone().unwrap_or(default_prefix));
+            out.path = Some(format!("{}/spool-{}", c.dir.trim_end_matches('/'), clean_name(&s.name)));
+        }
+        crate::spec::Delivery::Upsert => {
+            return Err(invalid(
+                "a kafka sink takes delivery = \"exactly-once\" or \"at-least-once\" (upsert is for postgres)".into(),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// A Kafka source's own settings.
+fn check_kafka_source(s: &SourceSpec) -> Result<(), String> {
+    use crate::connectors::kafka;
+    let brokers = s
+        .brokers
+        .as_deref()
+        .ok_or("a kafka source needs `brokers`, e.g. \"127.0.0.1:9092\"")?;
+    kafka::check_brokers(brokers)?;
+    let topics = s.topic.as_ref().map(crate::spec::Topics::names).unwrap_or_default();
+    if topics.is_empty() {
+        return Err("a kafka source needs `topic` (a topic or a list of topics)".into());
+    }
+    for t in &topics {
+        kafka::check_topic(t).map_err(|m| format!("`topic`: {m}"))?;
+    }
+    if let Some(g) = s.group.as_deref().filter(|g| g.is_empty() || g.len() > 255) {
+        return Err(format!("`group` {g:?} must be 1 to 255 characters"));
+    }
+    kafka::check_properties(s.properties.as_ref())?;
+    if s.connect_timeout_ms == Some(0) {
+        return Err("`connect_timeout_ms` must be at least 1".into());
+    }
+    if s.bounded && matches!(s.start, Some(crate::spec::KafkaStart::Named(crate::spec::KafkaStartAt::Latest))) {
+        return Err("a bounded kafka source that starts at \"latest\" reads nothing".into());
+    }
+    if !matches!(s.format, None | Some(FileFormat::Lines | FileFormat::Json)) {
+        return Err("a kafka source takes format = \"json\" (with `key_field`, `timestamp_field`) or none".into());
+    }
+    if s.format != Some(FileFormat::Json) && (s.key_field.is_some() || s.timestamp_field.is_some()) {
+        return Err("`key_field` and `timestamp_field` need format = \"json\" (without them the Kafka key and timestamp are used)".into());
+    }
+    if s.path.is_some()
+        || s.columns.is_some()
+        || s.follow
+        || s.count.is_some()
+        || has_generator_fields(s)
+        || s.url.is_some()
+        || s.stream.is_some()
+    {
+        return Err(
+            "a kafka source takes `brokers`, `topic`, `group`, `start`, `bounded`, `partition_discovery_ms`, \
+                    `properties`, `connect_timeout_ms`, `format`, `key_field`, `timestamp_field` (and `parallelism`, `watermarks`, \
+                    `records_per_second`)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 fn check_source(s: &SourceSpec) -> Result<(), JobError> {
     let invalid = |message: &str| JobError::Invalid {
         node: s.name.clone(),
         message: message.to_owned(),
     };
+    let kafka_fields = s.brokers.is_some()
+        || s.topic.is_some()
+        || s.group.is_some()
+        || s.start.is_some()
+        || s.partition_discovery_ms.is_some()
+        || s.properties.is_some();
+    if kafka_fields && s.kind != SourceKind::Kafka {
+        return Err(invalid(
+            "`brokers`, `topic`, `group`, `start`, `partition_discovery_ms` and `properties` are kafka-source fields",
+        ));
+    }
+
     if s.records_per_second == Some(0) {
         return Err(invalid("records_per_second must be at least 1 (leave it out for no limit)"));
     }
@@ -781,6 +922,7 @@ fn check_source(s: &SourceSpec) -> Result<(), JobError> {
                 ));
             }
         }
+        SourceKind::Kafka => check_kafka_source(s).map_err(|m| invalid(&m))?,
         SourceKind::Nexmark => {
             if s.count.is_none() {
                 return Err(invalid("a nexmark source needs `count`"));
@@ -798,16 +940,12 @@ fn check_source(s: &SourceSpec) -> Result<(), JobError> {
             }
         }
     }
-    let nats_fields = s.url.is_some()
-        || s.stream.is_some()
-        || s.subject.is_some()
-        || s.start_sequence.is_some()
-        || s.bounded
-        || s.connect_timeout_ms.is_some();
+    let nats_fields = s.url.is_some() || s.stream.is_some() || s.subject.is_some() || s.start_sequence.is_some();
+    if !matches!(s.kind, SourceKind::Nats | SourceKind::Kafka) && (s.bounded || s.connect_timeout_ms.is_some()) {
+        return Err(invalid("`bounded` and `connect_timeout_ms` are settings of nats and kafka sources"));
+    }
     if s.kind != SourceKind::Nats && nats_fields {
-        return Err(invalid(
-            "`url`, `stream`, `subject`, `start_sequence`, `bounded` and `connect_timeout_ms` are nats-source fields",
-        ));
+        return Err(invalid("`url`, `stream`, `subject` and `start_sequence` are nats-source fields"));
     }
     if let Some(w) = &s.watermarks {
         check_watermarks(&s.name, w)?;

@@ -34,6 +34,8 @@ fn keyless(nodes: &[super::Node], edges: &[Edge], topo: &[NodeId]) -> Vec<Option
                     "nexmark source `{}` gives its events no key: put a map whose UDF emits keys in between",
                     s.name
                 )),
+                // A Kafka record's key is the message key (or `key_field`).
+                SourceKind::Kafka => None,
                 SourceKind::Nats if s.key_field.is_some() => None,
                 SourceKind::Nats => Some(format!(
                     "nats source `{}` gives its records no key: use format = \"json\" with `key_field`, \
@@ -105,7 +107,7 @@ fn gives_timestamps(s: &crate::spec::SourceSpec) -> bool {
     match s.kind {
         SourceKind::File => s.timestamp_field.is_some(),
         SourceKind::Generator => s.events_per_second.is_some(),
-        SourceKind::Nexmark | SourceKind::Nats => true,
+        SourceKind::Nexmark | SourceKind::Nats | SourceKind::Kafka => true,
     }
 }
 

@@ -24,10 +24,11 @@ use super::task::{Finals, Input, OpSlot, Task, TaskCheckpoints, TaskGauges, Thro
 use crate::checkpoint::writer::WriteJob;
 use crate::checkpoint::{Barrier, DecodedSnapshot, RestoreLimits, read_operator_state};
 use crate::connectors::generator::GeneratorConfig;
+use crate::connectors::kafka_source::KafkaSource;
 use crate::connectors::nats_source::NatsSource;
 use crate::connectors::{
     FileOptions, FileSource, Generator, JsonLinesSink, NexmarkSettings, NexmarkSource, SinkWriter, SourceReader, TransactionalFileSink,
-    file_sink, nats_sink, postgres_sink,
+    file_sink, kafka_sink, nats_sink, postgres_sink, spool,
 };
 use crate::job::plan::{ExecutionPlan, OperatorBody, OperatorDescriptor, RestoreHandles, TaskDescriptor};
 use crate::job::{JobError, OperatorKind};
@@ -36,7 +37,7 @@ use crate::operator::TaskError;
 use crate::operator::join::{JoinConfig, JoinOperator};
 use crate::operator::{GuestOutputs, KeyedOperator, Operator, SinkOperator, StatelessOperator, WatermarkAssigner};
 use crate::operator::{WindowFunction, WindowOperator};
-use crate::spec::{SinkKind, SinkSpec, SourceKind, SourceSpec, WatermarkSpec, WatermarkStrategy};
+use crate::spec::{Delivery, SinkKind, SinkSpec, SourceKind, SourceSpec, WatermarkSpec, WatermarkStrategy};
 use crate::state::HeapKeyedState;
 use crate::tenancy::{InstanceLimits, StateBudget};
 use crate::time::{Clock, IdleTracker, PeriodicWatermarks, WatermarkValve};
@@ -165,9 +166,11 @@ impl TaskEnvironment<'_> {
         let Some(h) = r.operators.get(&o.name) else { return Ok(None) };
         let mine = o.key_group_range();
         let source = matches!(o.body, OperatorBody::Source { .. });
+        // A Kafka source restores from every subtask's partitions (union).
+        let union = matches!(&o.body, OperatorBody::Source { spec, .. } if spec.kind == SourceKind::Kafka);
         let keep = |f: &crate::checkpoint::StateFile| {
             if source {
-                return f.subtask == subtask;
+                return union || f.subtask == subtask;
             }
             let theirs = crate::state::KeyGroupRange::for_subtask(r.max_parallelism, h.parallelism, f.subtask);
             theirs.start <= mine.end && mine.start <= theirs.end && !theirs.is_empty()
@@ -194,12 +197,16 @@ pub(crate) fn build_task(desc: &TaskDescriptor, env: &TaskEnvironment) -> Result
             spec: src,
             watermark_component,
         } => {
-            if let Some(wm) = &src.watermarks {
+            // A Kafka source makes its own watermarks, per partition.
+            let own_watermarks = src.kind == SourceKind::Kafka && KafkaSource::tracks_watermarks(src);
+            if let Some(wm) = src.watermarks.as_ref().filter(|_| !own_watermarks) {
                 ops.push(env.assigner(wm, watermark_component.as_deref(), &src.name, s)?);
             }
-            let mut reader = open_source(src, s)?;
+            let mut reader = open_source(src, s, env.checkpoints.map(|c| c.completed.clone()))?;
             if let Some(snaps) = env.restored(head, s)? {
+                let positions: Vec<&[u8]> = snaps.iter().filter_map(|snap| snap.operator_state("position")).collect();
                 match snaps.first().and_then(|snap| snap.operator_state("position")) {
+                    Some(_) if reader.union_positions() => reader.seek_union(&positions).map_err(restore_error)?,
                     Some(p) => reader.seek(p).map_err(restore_error)?,
                     None => {
                         return Err(JobError::Restore(format!(
@@ -395,7 +402,7 @@ pub(crate) fn build_task(desc: &TaskDescriptor, env: &TaskEnvironment) -> Result
     Ok((task, trigger))
 }
 
-fn open_source(src: &SourceSpec, subtask: u32) -> Result<Box<dyn SourceReader>, JobError> {
+fn open_source(src: &SourceSpec, subtask: u32, completed: Option<Arc<AtomicU64>>) -> Result<Box<dyn SourceReader>, JobError> {
     Ok(match src.kind {
         SourceKind::File => {
             let path = PathBuf::from(src.path.as_deref().unwrap_or_default());
@@ -427,6 +434,7 @@ fn open_source(src: &SourceSpec, subtask: u32) -> Result<Box<dyn SourceReader>, 
             src.parallelism,
         )),
         SourceKind::Nats => Box::new(NatsSource::new(src).map_err(|e| JobError::Failed(e.into()))?),
+        SourceKind::Kafka => Box::new(KafkaSource::new(src, subtask, completed)),
         SourceKind::Nexmark => Box::new(NexmarkSource::new(
             NexmarkSettings {
                 count: src.count.unwrap_or(0),
@@ -491,8 +499,48 @@ fn open_sink(sink: &SinkSpec, subtask: u32, env: &TaskEnvironment) -> Result<Box
                     ),
                 );
             }
-            let dir = nats_sink::spool(sink);
+            let dir = spool::spool(sink);
             Box::new(TransactionalFileSink::new(&dir, subtask, sink.format, c.completed.clone()).map_err(|e| JobError::Failed(e.into()))?)
+        }
+        (SinkKind::Kafka, _) if sink.delivery == Some(Delivery::AtLeastOnce) => {
+            Box::new(kafka_sink::KafkaSink::open(sink).map_err(|e| JobError::Failed(e.into()))?)
+        }
+        (SinkKind::Kafka, Some(c)) => {
+            let restored = env.restore.map(|r| {
+                let keep = r.sinks.get(&sink.name).map_or(&[][..], |v| &v[..]);
+                (r.checkpoint, keep)
+            });
+            let again =
+                spool::recover(sink, subtask, restored, kafka_sink::publish_transactions).map_err(|e| JobError::Failed(e.into()))?;
+            if let Some(logs) = &env.guest.logs
+                && !again.is_empty()
+            {
+                logs.host(
+                    "info",
+                    &sink.name,
+                    subtask,
+                    format!(
+                        "completed the Kafka transactions of completed checkpoints left by an earlier run: {}",
+                        again.join(", ")
+                    ),
+                );
+            }
+            Box::new(
+                TransactionalFileSink::with_encoder(
+                    &spool::spool(sink),
+                    subtask,
+                    sink.format,
+                    kafka_sink::encode_spool,
+                    c.completed.clone(),
+                )
+                .map_err(|e| JobError::Failed(e.into()))?,
+            )
+        }
+        (SinkKind::Kafka, None) => {
+            return Err(JobError::Invalid {
+                node: sink.name.clone(),
+                message: "an exactly-once kafka sink needs `[checkpoints]`".into(),
+            });
         }
         (SinkKind::Nats, None) => {
             return Err(JobError::Invalid {
@@ -541,13 +589,18 @@ fn open_sink(sink: &SinkSpec, subtask: u32, env: &TaskEnvironment) -> Result<Box
 /// hosts the sink subtask that sealed them does this, on notify).
 pub(crate) fn commit_sink(plan: &ExecutionPlan, sink: &str, names: &[String]) -> Result<(), TaskError> {
     let spec = plan.tasks.iter().flat_map(|t| &t.operators).find_map(|o| match &o.body {
-        OperatorBody::Sink { spec } if spec.name == sink && matches!(spec.kind, SinkKind::File | SinkKind::Postgres | SinkKind::Nats) => {
+        OperatorBody::Sink { spec }
+            if spec.name == sink && matches!(spec.kind, SinkKind::File | SinkKind::Postgres | SinkKind::Nats | SinkKind::Kafka) =>
+        {
             Some(spec)
         }
         _ => None,
     });
     match spec {
         Some(spec) if spec.kind == SinkKind::Nats => nats_sink::commit(spec, names).map_err(TaskError::Connector),
+        Some(spec) if spec.kind == SinkKind::Kafka => {
+            spool::commit(spec, names, kafka_sink::publish_transactions).map_err(TaskError::Connector)
+        }
         Some(spec) if spec.kind == SinkKind::Postgres => postgres_sink::commit(spec, names).map_err(TaskError::Connector),
         Some(spec) => file_sink::commit(Path::new(spec.path.as_deref().unwrap_or_default()), names).map_err(TaskError::Connector),
         None if names.is_empty() => Ok(()),

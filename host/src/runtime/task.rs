@@ -301,9 +301,9 @@ impl Task {
     /// Copy the state of every node of the chain.
     fn snapshot(&mut self, checkpoint: u64, last: bool) -> Result<Vec<NodeSnapshot>, TaskError> {
         let mut parts = Vec::new();
-        if let (Input::Source { reader, .. }, Some(name)) = (&self.input, &self.source_node) {
+        if let (Input::Source { reader, .. }, Some(name)) = (&mut self.input, &self.source_node) {
             let mut w = SnapshotWriter::new();
-            w.operator_state("position", reader.position());
+            w.operator_state("position", reader.snapshot_position(checkpoint));
             parts.push(NodeSnapshot {
                 node: name.clone(),
                 subtask: self.subtask,
@@ -425,7 +425,9 @@ impl Task {
                         continue;
                     }
                     let (started, blocked) = (Instant::now(), self.gauges.blocked_ns.load(Ordering::Relaxed));
-                    match reader.next_batch(max)? {
+                    let batch = reader.next_batch(max)?;
+                    let mark = if batch.is_some() { reader.watermark() } else { None };
+                    match batch {
                         Some(b) if b.len > 0 => {
                             if let Some(t) = &mut self.throttle {
                                 t.emitted += b.len as u64;
@@ -435,10 +437,16 @@ impl Task {
                                 self.downstream().idle(false)?;
                             }
                             self.downstream().emit(b)?;
+                            if let Some(wm) = mark {
+                                self.downstream().watermark(wm)?;
+                            }
                             self.gauges.work(started, blocked);
                         }
                         Some(_) => {
                             let went_idle = idle.poll(self.clock.now_ms());
+                            if let Some(wm) = mark {
+                                self.downstream().watermark(wm)?;
+                            }
                             if went_idle {
                                 self.downstream().idle(true)?;
                             }
