@@ -31,24 +31,93 @@ pub(crate) struct Tansu {
     child: Child,
 }
 
-impl Tansu {
-    pub(crate) fn start() -> Tansu {
-        let linked = root().join("target/tools/tansu");
-        let bin = if linked.exists() { linked } else { PathBuf::from("tansu") };
+/// A tool scripts/services-setup links under target/tools, else from PATH.
+fn tool(name: &str) -> PathBuf {
+    let linked = root().join("target/tools").join(name);
+    if linked.exists() { linked } else { PathBuf::from(name) }
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An s3s-fs S3 server over a directory, with the bucket `tansu`.
+struct S3 {
+    port: u16,
+    child: Child,
+    dir: PathBuf,
+}
+
+impl S3 {
+    fn start(name: &str) -> S3 {
+        let dir = temp_dir(&format!("s3-{name}"));
+        std::fs::create_dir_all(dir.join("tansu")).unwrap();
         let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(&bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/", "--silent"])
+        let child = Command::new(tool("s3s-fs"))
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--access-key",
+                "sluice",
+                "--secret-key",
+                "sluice-secret",
+            ])
+            .arg(&dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("{}: {e}; scripts/services-setup links tansu there", bin.display()));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            .expect("s3s-fs: scripts/services-setup links it under target/tools");
+        wait_for_port(port, "s3s-fs");
+        S3 { port, child, dir }
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Tansu {
+    /// A broker keeping its data in memory.
+    pub(crate) fn start() -> Tansu {
+        Self::spawn(free_port(), None)
+    }
+
+    /// A broker on `port` (a fresh one if 0) keeping its data in the bucket
+    /// `tansu` of `s3`, so it can be stopped and started again.
+    fn start_on_s3(port: u16, s3: &S3) -> Tansu {
+        Self::spawn(if port == 0 { free_port() } else { port }, Some(s3.port))
+    }
+
+    fn spawn(port: u16, s3: Option<u16>) -> Tansu {
+        let url = format!("tcp://127.0.0.1:{port}");
+        let mut cmd = Command::new(tool("tansu"));
+        cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--silent"]);
+        match s3 {
+            None => cmd.args(["--storage-engine", "memory://tansu/"]),
+            Some(s3) => cmd
+                .args(["--storage-engine", "s3://tansu/"])
+                .env("AWS_ACCESS_KEY_ID", "sluice")
+                .env("AWS_SECRET_ACCESS_KEY", "sluice-secret")
+                .env("AWS_ENDPOINT", format!("http://127.0.0.1:{s3}"))
+                .env("AWS_ALLOW_HTTP", "true")
+                .env("AWS_DEFAULT_REGION", "us-east-1"),
+        };
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tansu: scripts/services-setup links it under target/tools");
+        wait_for_port(port, "tansu");
         Tansu { port, child }
     }
 
@@ -83,14 +152,16 @@ pub(crate) fn create_topic(brokers: &str, topic: &str, partitions: i32) {
 }
 
 /// Produce `records` (partition, key, value, timestamp) and wait for every
-/// acknowledgement. One record per batch: tansu 0.6 reports a partition's
-/// high watermark as its last batch's base offset + 1, and a bounded
-/// source ends at the high watermark.
+/// acknowledgement. One record per batch, for two faults of tansu 0.6: it
+/// reports a partition's high watermark as its last batch's base offset + 1
+/// (and a bounded source ends at the high watermark), and a fetch from an
+/// offset inside a batch returns the *next* batch, so a restore from such
+/// an offset would skip records. Real Kafka brokers do neither.
 pub(crate) fn produce(brokers: &str, topic: &str, records: &[Produced]) {
     let p: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("linger.ms", "5")
         .set("batch.num.messages", "1")
+        .set("linger.ms", "0")
         .create()
         .unwrap();
     for (partition, key, value, ts) in records {
@@ -101,7 +172,6 @@ pub(crate) fn produce(brokers: &str, topic: &str, records: &[Produced]) {
         if let Some(t) = ts {
             r = r.timestamp(*t);
         }
-        let mut r = r;
         loop {
             match p.send(r) {
                 Ok(()) => break,
@@ -113,7 +183,7 @@ pub(crate) fn produce(brokers: &str, topic: &str, records: &[Produced]) {
         }
         p.poll(Duration::ZERO);
     }
-    p.flush(Duration::from_secs(30)).unwrap();
+    p.flush(Duration::from_secs(60)).unwrap();
 }
 
 /// A record read back: its `sluice-txn` and `sluice-seq` headers, if any, and its value.
@@ -503,4 +573,53 @@ to = "out"
     .unwrap();
     let shown = serde_json::to_string(&spec.redacted()).unwrap();
     assert!(!shown.contains("hunter2") && shown.contains("\"me\""), "{shown}");
+}
+
+#[test]
+fn a_kafka_broker_stopped_mid_run_restarts_the_job_which_completes_once_it_is_back() {
+    let s3 = S3::start("broker-stop");
+    let kafka = Tansu::start_on_s3(0, &s3);
+    let port = kafka.port;
+    create_topic(&kafka.brokers(), "lines", 2);
+    let text = std::fs::read_to_string(root().join("examples/data/wordcount.txt")).unwrap();
+    // tansu over S3 serves about one batch (here: one record) per S3 read,
+    // some tens a second: a few hundred lines take seconds.
+    let head: Vec<&str> = text.lines().take(300).collect();
+    let records: Vec<Produced> = head
+        .iter()
+        .enumerate()
+        .map(|(i, l)| ((i as i32) % 2, None, l.as_bytes().to_vec(), None))
+        .collect();
+    produce(&kafka.brokers(), "lines", &records);
+    let toml = wordcount_pipeline(
+        "kafka-stop",
+        r#"{ strategy = "fixed-delay", attempts = 100, delay_ms = 200 }"#,
+        "",
+        &format!("{}\nconnect_timeout_ms = 1000", kafka_source(&kafka.brokers(), 1, 50)),
+        2,
+        "kind = \"file\"\npath = \"out\"\nparallelism = 2",
+    );
+    let dir = temp_dir("kafka-stop");
+    let handle = start(&toml, &dir, None);
+    let t = Instant::now();
+    while handle.metrics[0].records_out() < 60 {
+        assert!(t.elapsed() < Duration::from_secs(30), "the job made no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Stop the broker for three seconds, then start it again on the same
+    // port over the same bucket.
+    drop(kafka);
+    std::thread::sleep(Duration::from_secs(3));
+    let _kafka = Tansu::start_on_s3(port, &s3);
+    let summary = handle.wait().unwrap();
+    assert!(summary.restarts >= 1, "the job did not restart while the broker was down");
+    // The keyed count of those lines, computed without the engine.
+    let mut expected = Vec::new();
+    for (w, n) in crate::wordcount::expected_counts(&head.join("\n")) {
+        expected.extend((1..=n as i64).map(|i| (w.clone(), i)));
+    }
+    expected.sort();
+    let got = word_counts(committed(&dir.join("out")).iter().map(|l| l.as_bytes()));
+    assert_eq!(got.len(), expected.len(), "updates");
+    assert!(got == expected, "the output differs from the independent count");
 }

@@ -102,7 +102,7 @@ pub struct KafkaSource {
     properties: Option<BTreeMap<String, String>>,
     subtask: u32,
     parallelism: u32,
-    consumer: Option<BaseConsumer>,
+    consumer: Option<BaseConsumer<SourceContext>>,
     /// The partitions this subtask reads, by (topic, partition).
     partitions: BTreeMap<(String, i32), Partition>,
     /// Restored: the union of every subtask's checkpointed partitions; a
@@ -178,7 +178,7 @@ impl KafkaSource {
     }
 
     /// The partitions of the topics now, by topic.
-    fn metadata(&self, consumer: &BaseConsumer) -> Result<Vec<(String, i32)>, ConnectorError> {
+    fn metadata(&self, consumer: &BaseConsumer<SourceContext>) -> Result<Vec<(String, i32)>, ConnectorError> {
         let mut out = Vec::new();
         for topic in &self.topics {
             let md = consumer.fetch_metadata(Some(topic), self.timeout).map_err(|e| {
@@ -209,7 +209,13 @@ impl KafkaSource {
     }
 
     /// The first offset of a fresh partition by `start`.
-    fn start_offset(&self, consumer: &BaseConsumer, topic: &str, partition: i32, start: KafkaStart) -> Result<i64, ConnectorError> {
+    fn start_offset(
+        &self,
+        consumer: &BaseConsumer<SourceContext>,
+        topic: &str,
+        partition: i32,
+        start: KafkaStart,
+    ) -> Result<i64, ConnectorError> {
         let (low, high) = consumer
             .fetch_watermarks(topic, partition, self.timeout)
             .map_err(|e| self.bad(format!("offsets of `{topic}` partition {partition} on {}: {e}", self.brokers)))?;
@@ -255,8 +261,8 @@ impl KafkaSource {
             .set("auto.offset.reset", "error")
             .set("fetch.max.bytes", (MAX_MESSAGE_BYTES * 2).to_string())
             .set("receive.message.max.bytes", (MAX_MESSAGE_BYTES * 2 + 512).to_string());
-        let consumer: BaseConsumer = config
-            .create()
+        let consumer: BaseConsumer<SourceContext> = config
+            .create_with_context(SourceContext::default())
             .map_err(|e| self.bad(format!("creating a Kafka consumer for {}: {e}", self.brokers)))?;
         let all = self.metadata(&consumer)?;
         let now = now_ms();
@@ -313,7 +319,7 @@ impl KafkaSource {
     }
 
     /// Assign the partitions that have not ended, each from its next offset.
-    fn assign(&self, consumer: &BaseConsumer) -> Result<(), ConnectorError> {
+    fn assign(&self, consumer: &BaseConsumer<SourceContext>) -> Result<(), ConnectorError> {
         let mut tpl = TopicPartitionList::new();
         for p in self.partitions.values().filter(|p| !p.ended()) {
             tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(p.next))
@@ -387,6 +393,29 @@ impl KafkaSource {
     }
 }
 
+/// Notes when librdkafka finds every broker down (it reports that through
+/// the error callback only, and would otherwise wait for them quietly).
+#[derive(Default)]
+struct SourceContext {
+    down: std::sync::Mutex<Option<String>>,
+}
+
+impl rdkafka::ClientContext for SourceContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(
+            error,
+            KafkaError::Global(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure)
+        ) && let Ok(mut d) = self.down.lock()
+        {
+            *d = Some(reason.to_owned());
+        } else {
+            tracing::warn!("librdkafka: {error}: {reason}");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for SourceContext {}
+
 fn partition_watermarks(spec: &WatermarkSpec) -> Option<PartitionWatermarks> {
     let bound = match spec.strategy {
         WatermarkStrategy::Monotonous => 0,
@@ -423,6 +452,13 @@ impl SourceReader for KafkaSource {
             return Ok(None);
         }
         let Some(consumer) = self.consumer.as_ref() else { return Ok(None) };
+        // A connection failed: if no broker answers within the connect
+        // timeout, fail, so the restart strategy takes over (the job resumes
+        // from its checkpoint once a broker answers again).
+        if consumer.context().down.lock().ok().and_then(|mut d| d.take()).is_some() {
+            self.metadata(consumer)?;
+        }
+        let mut probe = false;
         let mut w = BatchWriter::new();
         let mut wait = POLL;
         let mut reassign = false;
@@ -432,15 +468,17 @@ impl SourceReader for KafkaSource {
             wait = Duration::ZERO;
             let m = match got {
                 Ok(m) => m,
-                Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AllBrokersDown)) => {
-                    return Err(self.bad(format!("all brokers are down ({})", self.brokers)));
-                }
                 Err(KafkaError::MessageConsumption(code @ RDKafkaErrorCode::OffsetOutOfRange)) => {
                     return Err(self.bad(format!(
                         "{code}: an offset the job resumes from is no longer in the topic (removed by retention before the job read it)"
                     )));
                 }
                 Err(KafkaError::PartitionEOF(_)) => continue,
+                Err(KafkaError::MessageConsumption(RDKafkaErrorCode::BrokerTransportFailure)) => {
+                    // Probed below, once this batch is out.
+                    probe = true;
+                    break;
+                }
                 Err(e) => return Err(self.bad(format!("reading from {}: {e}", self.brokers))),
             };
             let key = (m.topic().to_owned(), m.partition());
@@ -482,6 +520,9 @@ impl SourceReader for KafkaSource {
         if reassign {
             // Stop fetching the partitions that reached their end.
             self.assign(consumer)?;
+        }
+        if probe {
+            self.metadata(consumer)?;
         }
         let len = w.len();
         if len == 0 && self.bounded && self.partitions.values().all(Partition::ended) {
