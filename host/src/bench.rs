@@ -24,6 +24,8 @@
 //!   second and without, in events per CPU-second of the whole process.
 //! - `shuffle`: a hash-partitioned keyed count at parallelism 2 in this
 //!   process and across two TaskManager processes ([`shuffle`]).
+//! - `kafka`: a Kafka source into a discard sink against a tansu broker,
+//!   beside a plain rdkafka consumer loop ([`kafka`]).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -33,6 +35,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use sluice_guest::batch::BatchWriter;
 
+mod kafka;
 mod shuffle;
 
 use crate::connectors::generator::{Generator, GeneratorConfig};
@@ -182,8 +185,9 @@ pub fn run(engine: &Arc<WasmEngine>, name: &str, events: Option<u64>, udfs: &Pat
         "window-count" => bench_window_count(engine, events.unwrap_or(10_000_000), udfs),
         "checkpoint" => bench_checkpoint(engine, events.unwrap_or(3_000_000), udfs),
         "shuffle" => shuffle::run(engine, events.unwrap_or(3_000_000), udfs),
+        "kafka" => kafka::run(engine, events.unwrap_or(1_000_000)),
         "nexmark" => bail!("`nexmark` takes `--query`: one of {}", crate::queries::QUERIES.join(", ")),
-        other => bail!("unknown benchmark `{other}`: choose map, keyed-count, window-count, checkpoint, shuffle or nexmark"),
+        other => bail!("unknown benchmark `{other}`: choose map, keyed-count, window-count, checkpoint, shuffle, kafka or nexmark"),
     }
 }
 
