@@ -51,7 +51,12 @@ fn start_broker() -> anyhow::Result<(Broker, String)> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .with_context(|| format!("starting {} (scripts/services-setup links tansu at target/tools/tansu)", bin.display()))?;
+        .with_context(|| {
+            format!(
+                "starting {} (scripts/services-setup links tansu at target/tools/tansu)",
+                bin.display()
+            )
+        })?;
     let broker = Broker(child);
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -68,8 +73,7 @@ fn start_broker() -> anyhow::Result<(Broker, String)> {
 /// watermark as the last batch's base offset + 1).
 fn fill(brokers: &str, events: u64) -> anyhow::Result<()> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     for r in rt.block_on(admin.create_topics(
         &[NewTopic::new("bench", 1, TopicReplication::Fixed(1))],
