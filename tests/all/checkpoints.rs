@@ -36,6 +36,19 @@ pub(crate) fn committed(dir: &Path) -> Vec<String> {
     lines
 }
 
+/// `(word, count)` of the JSON values `values`, sorted.
+pub(crate) fn word_counts<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Vec<(String, i64)> {
+    let mut rows: Vec<(String, i64)> = values
+        .into_iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_slice(l).unwrap();
+            (v["word"].as_str().unwrap().to_owned(), v["count"].as_i64().unwrap())
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
 /// The keyed word count: lines → tokenize (2) → count (`count_par`) → out.
 pub(crate) fn wordcount_job(name: &str, rate: u64, count_par: u32, extra: &str) -> String {
     wordcount_pipeline(

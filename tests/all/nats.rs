@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::checkpoints::{committed, kill_loop, wordcount_pipeline};
+use crate::checkpoints::{committed, kill_loop, word_counts, wordcount_pipeline};
 use crate::harness::{lit, root, run_toml, temp_dir};
 use crate::postgres::expected_updates;
 
@@ -141,15 +141,7 @@ fn job(nats: &Nats, rate: u64) -> String {
 
 /// The committed `(word, count)` updates under `dir`, sorted.
 fn updates(dir: &Path) -> Vec<(String, i64)> {
-    let mut rows: Vec<(String, i64)> = committed(dir)
-        .iter()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["word"].as_str().unwrap().to_owned(), v["count"].as_i64().unwrap())
-        })
-        .collect();
-    rows.sort();
-    rows
+    word_counts(committed(dir).iter().map(|l| l.as_bytes()))
 }
 
 fn lines() -> Vec<(String, Vec<u8>)> {

@@ -70,6 +70,17 @@ struct Partition {
 }
 
 impl Partition {
+    fn new(topic: String, partition: i32, next: i64, end: i64) -> Self {
+        Partition {
+            topic,
+            partition,
+            next,
+            end,
+            max_ts: None,
+            last_active: now_ms(),
+        }
+    }
+
     fn ended(&self) -> bool {
         self.end >= 0 && self.next >= self.end
     }
@@ -259,13 +270,15 @@ impl KafkaSource {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "error")
-            .set("fetch.max.bytes", (MAX_MESSAGE_BYTES * 2).to_string())
             .set("receive.message.max.bytes", (MAX_MESSAGE_BYTES * 2 + 512).to_string());
+        // A fetch bound that fits the receive bound, unless the spec sets one.
+        if !self.properties.as_ref().is_some_and(|p| p.contains_key("fetch.max.bytes")) {
+            config.set("fetch.max.bytes", (MAX_MESSAGE_BYTES * 2).to_string());
+        }
         let consumer: BaseConsumer<SourceContext> = config
             .create_with_context(SourceContext::default())
             .map_err(|e| self.bad(format!("creating a Kafka consumer for {}: {e}", self.brokers)))?;
         let all = self.metadata(&consumer)?;
-        let now = now_ms();
         let restored = self.restored.take();
         let fresh_start = restored.is_none() || self.restored_fresh;
         for (topic, partition) in all {
@@ -300,17 +313,8 @@ impl KafkaSource {
                 }
             };
             tracing::debug!(source = %self.name, topic = %topic, partition, next, end, "reading a partition");
-            self.partitions.insert(
-                (topic.clone(), partition),
-                Partition {
-                    topic,
-                    partition,
-                    next,
-                    end,
-                    max_ts: None,
-                    last_active: now,
-                },
-            );
+            self.partitions
+                .insert((topic.clone(), partition), Partition::new(topic, partition, next, end));
         }
         self.assign(&consumer)?;
         self.consumer = Some(consumer);
@@ -349,17 +353,8 @@ impl KafkaSource {
                 }
                 let next = self.start_offset(&consumer, &topic, partition, KafkaStart::Named(KafkaStartAt::Earliest))?;
                 tracing::info!(source = %self.name, topic = %topic, partition, "reading a new partition");
-                self.partitions.insert(
-                    (topic.clone(), partition),
-                    Partition {
-                        topic,
-                        partition,
-                        next,
-                        end: -1,
-                        max_ts: None,
-                        last_active: now_ms(),
-                    },
-                );
+                self.partitions
+                    .insert((topic.clone(), partition), Partition::new(topic, partition, next, -1));
                 added = true;
             }
             if added {

@@ -52,18 +52,9 @@ pub(crate) async fn connect(url: &str, timeout: Duration) -> Result<async_nats::
     .map_err(|e| format!("cannot connect to NATS at {at}: {e}"))
 }
 
-/// Before sink subtask `subtask` runs: settle its spool and publish again
-/// what completed checkpoints left (see [`super::spool::recover`]).
-pub fn recover(spec: &SinkSpec, subtask: u32, restored: Option<(u64, &[String])>) -> Result<Vec<String>, ConnectorError> {
-    super::spool::recover(spec, subtask, restored, publish_now)
-}
-
-/// Checkpoint done: commit the spool files `names` and publish them.
-pub fn commit(spec: &SinkSpec, names: &[String]) -> Result<(), ConnectorError> {
-    super::spool::commit(spec, names, publish_now)
-}
-
-fn publish_now(spec: &SinkSpec, files: &[(String, PathBuf)]) -> Result<(), ConnectorError> {
+/// The spool's publisher: each file's lines, acknowledged, then the file deleted
+/// (see [`super::spool`]).
+pub fn publish_now(spec: &SinkSpec, files: &[(String, PathBuf)]) -> Result<(), ConnectorError> {
     let name = spec.name.as_str();
     let url = spec.url.clone().unwrap_or_default();
     let at = redact_url(&url);

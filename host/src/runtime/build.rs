@@ -480,62 +480,25 @@ fn open_sink(sink: &SinkSpec, subtask: u32, env: &TaskEnvironment) -> Result<Box
             }
             Box::new(TransactionalFileSink::new(&dir, subtask, sink.format, c.completed.clone()).map_err(|e| JobError::Failed(e.into()))?)
         }
-        (SinkKind::Nats, Some(c)) => {
-            let restored = env.restore.map(|r| {
-                let keep = r.sinks.get(&sink.name).map_or(&[][..], |v| &v[..]);
-                (r.checkpoint, keep)
-            });
-            let again = nats_sink::recover(sink, subtask, restored).map_err(|e| JobError::Failed(e.into()))?;
-            if let Some(logs) = &env.guest.logs
-                && !again.is_empty()
-            {
-                logs.host(
-                    "info",
-                    &sink.name,
-                    subtask,
-                    format!(
-                        "published again the spooled output of completed checkpoints (JetStream drops the duplicates): {}",
-                        again.join(", ")
-                    ),
-                );
-            }
-            let dir = spool::spool(sink);
-            Box::new(TransactionalFileSink::new(&dir, subtask, sink.format, c.completed.clone()).map_err(|e| JobError::Failed(e.into()))?)
-        }
+        (SinkKind::Nats, Some(c)) => open_spooled(
+            sink,
+            subtask,
+            env,
+            c,
+            (nats_sink::publish_now, None),
+            "published again the spooled output of completed checkpoints (JetStream drops the duplicates)",
+        )?,
         (SinkKind::Kafka, _) if sink.delivery == Some(Delivery::AtLeastOnce) => {
             Box::new(kafka_sink::KafkaSink::open(sink).map_err(|e| JobError::Failed(e.into()))?)
         }
-        (SinkKind::Kafka, Some(c)) => {
-            let restored = env.restore.map(|r| {
-                let keep = r.sinks.get(&sink.name).map_or(&[][..], |v| &v[..]);
-                (r.checkpoint, keep)
-            });
-            let again =
-                spool::recover(sink, subtask, restored, kafka_sink::publish_transactions).map_err(|e| JobError::Failed(e.into()))?;
-            if let Some(logs) = &env.guest.logs
-                && !again.is_empty()
-            {
-                logs.host(
-                    "info",
-                    &sink.name,
-                    subtask,
-                    format!(
-                        "completed the Kafka transactions of completed checkpoints left by an earlier run: {}",
-                        again.join(", ")
-                    ),
-                );
-            }
-            Box::new(
-                TransactionalFileSink::with_encoder(
-                    &spool::spool(sink),
-                    subtask,
-                    sink.format,
-                    kafka_sink::encode_spool,
-                    c.completed.clone(),
-                )
-                .map_err(|e| JobError::Failed(e.into()))?,
-            )
-        }
+        (SinkKind::Kafka, Some(c)) => open_spooled(
+            sink,
+            subtask,
+            env,
+            c,
+            (kafka_sink::publish_transactions, Some(kafka_sink::encode_spool)),
+            "completed the Kafka transactions of completed checkpoints left by an earlier run",
+        )?,
         (SinkKind::Kafka, None) => {
             return Err(JobError::Invalid {
                 node: sink.name.clone(),
@@ -585,6 +548,36 @@ fn open_sink(sink: &SinkSpec, subtask: u32, env: &TaskEnvironment) -> Result<Box
     })
 }
 
+/// Open a write-ahead sink subtask (NATS, Kafka exactly-once): settle its
+/// spool and publish what completed checkpoints left (logging `again` with
+/// their names), then spool into it, lines made by `encode` (JSON lines by
+/// default).
+fn open_spooled(
+    sink: &SinkSpec,
+    subtask: u32,
+    env: &TaskEnvironment,
+    c: &AttemptCheckpoints,
+    (publish, encode): (spool::Publish, Option<file_sink::Encoder>),
+    again: &str,
+) -> Result<Box<dyn SinkWriter>, JobError> {
+    let restored = env.restore.map(|r| {
+        let keep = r.sinks.get(&sink.name).map_or(&[][..], |v| &v[..]);
+        (r.checkpoint, keep)
+    });
+    let published = spool::recover(sink, subtask, restored, publish).map_err(|e| JobError::Failed(e.into()))?;
+    if let Some(logs) = &env.guest.logs
+        && !published.is_empty()
+    {
+        logs.host("info", &sink.name, subtask, format!("{again}: {}", published.join(", ")));
+    }
+    let dir = spool::spool(sink);
+    let writer = match encode {
+        Some(e) => TransactionalFileSink::with_encoder(&dir, subtask, sink.format, e, c.completed.clone()),
+        None => TransactionalFileSink::new(&dir, subtask, sink.format, c.completed.clone()),
+    };
+    Ok(Box::new(writer.map_err(|e| JobError::Failed(e.into()))?))
+}
+
 /// Commit the sealed files `names` of the sink `sink` of a plan (whoever
 /// hosts the sink subtask that sealed them does this, on notify).
 pub(crate) fn commit_sink(plan: &ExecutionPlan, sink: &str, names: &[String]) -> Result<(), TaskError> {
@@ -597,7 +590,7 @@ pub(crate) fn commit_sink(plan: &ExecutionPlan, sink: &str, names: &[String]) ->
         _ => None,
     });
     match spec {
-        Some(spec) if spec.kind == SinkKind::Nats => nats_sink::commit(spec, names).map_err(TaskError::Connector),
+        Some(spec) if spec.kind == SinkKind::Nats => spool::commit(spec, names, nats_sink::publish_now).map_err(TaskError::Connector),
         Some(spec) if spec.kind == SinkKind::Kafka => {
             spool::commit(spec, names, kafka_sink::publish_transactions).map_err(TaskError::Connector)
         }
