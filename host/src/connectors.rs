@@ -223,6 +223,11 @@ pub trait SourceReader: Send {
     fn watermark(&mut self) -> Option<i64> {
         None
     }
+    /// How far behind its input this subtask is, in records, when the
+    /// source knows (Kafka: end offsets minus committed offsets).
+    fn lag(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// One subtask of a sink.

@@ -438,8 +438,9 @@ pub struct SourceSpec {
     /// kafka: where a fresh start begins. Default "earliest".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<KafkaStart>,
-    /// kafka: how often (ms) new partitions are looked for while running;
-    /// 0: never. Default 10000.
+    /// kafka: how often (ms) new partitions are looked for and the lag is
+    /// measured while running (a bounded job only checks that a broker
+    /// answers); 0: never. Default 10000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition_discovery_ms: Option<u64>,
     /// kafka: librdkafka settings passed as they are (`security.protocol`,

@@ -479,7 +479,26 @@ to = "out"
 "#,
         b = kafka.brokers()
     );
-    run_toml(&toml, &temp_dir("kafka-copy")).unwrap();
+    // Throttled, so the source's lag shows while it runs.
+    let slow = toml.replace(
+        "group = \"copy-group\"",
+        "group = \"copy-group\"\nrecords_per_second = 50\npartition_discovery_ms = 200",
+    );
+    let handle = start(&slow, &temp_dir("kafka-copy"), None);
+    let source = handle.metrics.iter().find(|m| m.name == "in").unwrap().clone();
+    let t = Instant::now();
+    let lag = loop {
+        if let Some(l) = source.lag().filter(|l| *l > 0) {
+            break l;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "no lag reported");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(lag <= 200, "lag {lag} of 200 records");
+    let summary = handle.wait().unwrap();
+    let sink = summary.metrics.iter().find(|m| m.name == "out").unwrap();
+    assert_eq!(source.bytes_out(), sink.bytes_in());
+    assert!(sink.bytes_in() >= 200 * 2, "{}", sink.bytes_in());
     let mut got: Vec<Vec<u8>> = read_all(&kafka.brokers(), "copy", 1, "read_uncommitted", records.len())
         .into_iter()
         .map(|r| r.1)
@@ -583,7 +602,7 @@ fn a_kafka_broker_stopped_mid_run_restarts_the_job_which_completes_once_it_is_ba
         r#"{ strategy = "fixed-delay", attempts = 100, delay_ms = 200 }"#,
         "",
         &format!(
-            "{}\nconnect_timeout_ms = 1000\npartition_discovery_ms = 500",
+            "{}\nconnect_timeout_ms = 2000\npartition_discovery_ms = 0",
             kafka_source(&kafka.brokers(), 1, 50)
         ),
         2,

@@ -280,6 +280,9 @@ impl ManagedJob {
                                 "busy_ms": s.busy_ns / 1_000_000,
                                 "backpressured_ms": s.backpressured_ns / 1_000_000,
                                 "watermark": (s.watermark != i64::MIN).then_some(s.watermark),
+                                "bytes_in": s.bytes_in,
+                                "bytes_out": s.bytes_out,
+                                "lag": (s.lag >= 0).then_some(s.lag),
                             })
                         })
                         .collect();
@@ -291,6 +294,9 @@ impl ManagedJob {
                         "records_failed": m.records_failed(),
                         "records_late": m.records_late(),
                         "records_late_dropped": m.records_late_dropped(),
+                        "bytes_in": m.bytes_in(),
+                        "bytes_out": m.bytes_out(),
+                        "lag": m.lag(),
                         "busy_ms": m.busy().as_millis() as u64,
                         "backpressured_ms": m.backpressured().as_millis() as u64,
                         "watermark": wm,

@@ -116,6 +116,27 @@ pub fn render(tenants: &[&Tenant]) -> String {
             1.0,
         ),
         (
+            "sluice_operator_bytes_in_total",
+            "counter",
+            "Bytes of the records received (for a sink: what it wrote), encoded.",
+            "bytes_in",
+            1.0,
+        ),
+        (
+            "sluice_operator_bytes_out_total",
+            "counter",
+            "Bytes of the records emitted (for a source: what it read), encoded.",
+            "bytes_out",
+            1.0,
+        ),
+        (
+            "sluice_source_lag_records",
+            "gauge",
+            "How far a source is behind its input, in records (Kafka: end offsets minus committed offsets).",
+            "lag",
+            1.0,
+        ),
+        (
             "sluice_operator_busy_seconds_total",
             "counter",
             "Time spent working, summed over subtasks.",

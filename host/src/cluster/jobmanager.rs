@@ -836,6 +836,9 @@ fn sum_samples<'a>(metrics: &[Arc<OperatorMetrics>], samples: impl Iterator<Item
                     busy_ns: at(&n.busy_ns, i),
                     backpressured_ns: at(&n.backpressured_ns, i),
                     watermark: n.watermarks.get(i).copied().unwrap_or(i64::MIN),
+                    bytes_in: at(&n.bytes_in, i),
+                    bytes_out: at(&n.bytes_out, i),
+                    lag: n.lag.get(i).copied().unwrap_or(-1),
                 })
                 .collect();
             t.add(&MetricsSample {

@@ -204,6 +204,13 @@ pub struct NodeSample {
     pub busy_ns: Vec<u64>,
     #[prost(uint64, repeated, tag = "13")]
     pub backpressured_ns: Vec<u64>,
+    #[prost(uint64, repeated, tag = "14")]
+    pub bytes_in: Vec<u64>,
+    #[prost(uint64, repeated, tag = "15")]
+    pub bytes_out: Vec<u64>,
+    /// A source's lag by subtask (-1: not known, or not here).
+    #[prost(int64, repeated, tag = "16")]
+    pub lag: Vec<i64>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -429,6 +429,9 @@ fn sample(id: &AttemptId, metrics: &[Arc<OperatorMetrics>], tasks_running: u32) 
                     records_out: by(|t| t.records_out),
                     busy_ns: by(|t| t.busy_ns),
                     backpressured_ns: by(|t| t.backpressured_ns),
+                    bytes_in: by(|t| t.bytes_in),
+                    bytes_out: by(|t| t.bytes_out),
+                    lag: s.subtasks.iter().map(|t| t.lag).collect(),
                 }
             })
             .collect(),

@@ -127,6 +127,10 @@ pub struct KafkaSource {
     /// Positions at barriers, committed to the group once complete.
     pending: Vec<(u64, Vec<Offsets>)>,
     completed: Option<Arc<AtomicU64>>,
+    /// Offsets last committed to the group, by partition.
+    committed: BTreeMap<(String, i32), i64>,
+    /// End offsets minus committed (else next) offsets, at the last discovery.
+    lag: Option<u64>,
     done: bool,
 }
 
@@ -171,6 +175,8 @@ impl KafkaSource {
             watermarks,
             pending: Vec::new(),
             completed,
+            committed: BTreeMap::new(),
+            lag: None,
             done: false,
         }
     }
@@ -334,15 +340,24 @@ impl KafkaSource {
             .map_err(|e| self.bad(format!("assigning partitions on {}: {e}", self.brokers)))
     }
 
-    /// Look for new partitions now and then (unbounded jobs only).
+    /// Now and then: measure the lag, and look for new partitions (a
+    /// bounded job only checks that a broker answers, since librdkafka
+    /// waits quietly for brokers that went away).
     fn discover(&mut self) -> Result<(), ConnectorError> {
-        let Some(every) = self.discovery.filter(|_| !self.bounded) else {
+        let Some(every) = self.discovery else {
             return Ok(());
         };
         if self.last_discovery.elapsed() < every {
             return Ok(());
         }
         self.last_discovery = Instant::now();
+        self.measure_lag();
+        if self.bounded {
+            return match &self.consumer {
+                Some(c) => self.metadata(c).map(|_| ()),
+                None => Ok(()),
+            };
+        }
         let Some(consumer) = self.consumer.take() else { return Ok(()) };
         let result = (|| {
             let all = self.metadata(&consumer)?;
@@ -366,6 +381,22 @@ impl KafkaSource {
         result
     }
 
+    /// The lag: each partition's end offset now minus the offset committed
+    /// to the group (the next offset where none was committed yet).
+    fn measure_lag(&mut self) {
+        let Some(c) = &self.consumer else { return };
+        let mut lag = 0u64;
+        for (k, p) in &self.partitions {
+            // A slow answer leaves the last figure.
+            let Ok((_, high)) = c.fetch_watermarks(&p.topic, p.partition, self.timeout.min(Duration::from_secs(1))) else {
+                return;
+            };
+            let at = self.committed.get(k).copied().unwrap_or(p.next);
+            lag += (high - at).max(0) as u64;
+        }
+        self.lag = Some(lag);
+    }
+
     /// Commit the offsets of checkpoints that have completed to the group.
     fn commit_completed(&mut self) {
         let Some(done) = self.completed.as_ref().map(|c| c.load(Ordering::Acquire)) else {
@@ -375,11 +406,14 @@ impl KafkaSource {
             return;
         };
         let (_, offsets) = self.pending.drain(..=i).next_back().unwrap_or_default();
-        let Some(consumer) = &self.consumer else { return };
         let mut tpl = TopicPartitionList::new();
         for (t, p, o) in &offsets {
             let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
         }
+        for (t, p, o) in offsets {
+            self.committed.insert((t, p), o);
+        }
+        let Some(consumer) = &self.consumer else { return };
         if tpl.count() > 0
             && let Err(e) = consumer.commit(&tpl, CommitMode::Async)
         {
@@ -567,6 +601,10 @@ impl SourceReader for KafkaSource {
 
     fn union_positions(&self) -> bool {
         true
+    }
+
+    fn lag(&self) -> Option<u64> {
+        self.lag
     }
 
     fn seek(&mut self, position: &[u8]) -> Result<(), ConnectorError> {

@@ -13,6 +13,13 @@ pub(crate) struct SubtaskCounters {
     pub(crate) backpressured_ns: AtomicU64,
     /// Its output watermark (`i64::MIN`: none yet).
     pub(crate) watermark: AtomicI64,
+    /// Bytes of the records received and emitted (encoded): what a sink
+    /// wrote, what a source read.
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+    /// A source's lag behind its input (records; Kafka: end offsets minus
+    /// committed offsets), -1: not known.
+    pub(crate) lag: AtomicI64,
 }
 
 impl Default for SubtaskCounters {
@@ -23,6 +30,9 @@ impl Default for SubtaskCounters {
             busy_ns: AtomicU64::new(0),
             backpressured_ns: AtomicU64::new(0),
             watermark: AtomicI64::new(i64::MIN),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            lag: AtomicI64::new(-1),
         }
     }
 }
@@ -57,6 +67,12 @@ pub struct SubtaskSample {
     pub backpressured_ns: u64,
     /// Output watermark (`i64::MIN`: none).
     pub watermark: i64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes emitted.
+    pub bytes_out: u64,
+    /// A source's lag in records (-1: not known).
+    pub lag: i64,
 }
 
 impl Default for SubtaskSample {
@@ -67,6 +83,9 @@ impl Default for SubtaskSample {
             busy_ns: 0,
             backpressured_ns: 0,
             watermark: i64::MIN,
+            bytes_in: 0,
+            bytes_out: 0,
+            lag: -1,
         }
     }
 }
@@ -124,6 +143,29 @@ impl OperatorMetrics {
     pub fn records_out(&self) -> u64 {
         self.sum(|s| &s.records_out)
     }
+    /// Bytes of the records received (a sink: what it wrote).
+    pub fn bytes_in(&self) -> u64 {
+        self.sum(|s| &s.bytes_in)
+    }
+    /// Bytes of the records emitted (a source: what it read).
+    pub fn bytes_out(&self) -> u64 {
+        self.sum(|s| &s.bytes_out)
+    }
+    /// A source's lag in records, summed over the subtasks that know theirs.
+    pub fn lag(&self) -> Option<u64> {
+        let known: Vec<i64> = self
+            .subtasks
+            .iter()
+            .map(|s| s.lag.load(Ordering::Relaxed))
+            .filter(|l| *l >= 0)
+            .collect();
+        (!known.is_empty()).then(|| known.iter().map(|l| *l as u64).sum())
+    }
+    pub(crate) fn set_lag(&self, subtask: u32, lag: u64) {
+        if let Some(s) = self.subtasks.get(subtask as usize) {
+            s.lag.store(lag.min(i64::MAX as u64) as i64, Ordering::Relaxed);
+        }
+    }
     /// Records reported failed and skipped.
     pub fn records_failed(&self) -> u64 {
         self.failed.load(Ordering::Relaxed)
@@ -160,6 +202,9 @@ fn sample_of(s: &SubtaskCounters) -> SubtaskSample {
         busy_ns: get(&s.busy_ns),
         backpressured_ns: get(&s.backpressured_ns),
         watermark: s.watermark.load(Ordering::Relaxed),
+        bytes_in: get(&s.bytes_in),
+        bytes_out: get(&s.bytes_out),
+        lag: s.lag.load(Ordering::Relaxed),
     }
 }
 
@@ -192,6 +237,10 @@ impl MetricsSample {
             s.busy_ns += o.busy_ns;
             s.backpressured_ns += o.backpressured_ns;
             s.watermark = s.watermark.max(o.watermark);
+            s.bytes_in += o.bytes_in;
+            s.bytes_out += o.bytes_out;
+            // A subtask runs in one process: the one that knows its lag.
+            s.lag = s.lag.max(o.lag);
         }
     }
 }
@@ -220,6 +269,9 @@ impl OperatorMetrics {
             set(&c.busy_ns, v.busy_ns);
             set(&c.backpressured_ns, v.backpressured_ns);
             c.watermark.store(v.watermark, Ordering::Relaxed);
+            set(&c.bytes_in, v.bytes_in);
+            set(&c.bytes_out, v.bytes_out);
+            c.lag.store(v.lag, Ordering::Relaxed);
         }
     }
 }

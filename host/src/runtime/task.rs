@@ -106,18 +106,18 @@ impl Downstream<'_> {
     /// main-output edges at the end of the chain.
     fn push(&mut self, input: usize, batch: RecordBatch) -> Result<(), TaskError> {
         if let Some(m) = self.from {
-            m.at(self.gauges.subtask).records_out.fetch_add(batch.len as u64, Ordering::Relaxed);
+            let c = m.at(self.gauges.subtask);
+            c.records_out.fetch_add(batch.len as u64, Ordering::Relaxed);
+            c.bytes_out.fetch_add(batch.bytes.len() as u64, Ordering::Relaxed);
         }
         if batch.len == 0 {
             return Ok(());
         }
         match self.ops.split_first_mut() {
             Some((first, rest)) => {
-                first
-                    .metrics
-                    .at(self.gauges.subtask)
-                    .records_in
-                    .fetch_add(batch.len as u64, Ordering::Relaxed);
+                let c = first.metrics.at(self.gauges.subtask);
+                c.records_in.fetch_add(batch.len as u64, Ordering::Relaxed);
+                c.bytes_in.fetch_add(batch.bytes.len() as u64, Ordering::Relaxed);
                 first.op.process(
                     input,
                     batch,
@@ -427,6 +427,9 @@ impl Task {
                     let (started, blocked) = (Instant::now(), self.gauges.blocked_ns.load(Ordering::Relaxed));
                     let batch = reader.next_batch(max)?;
                     let mark = if batch.is_some() { reader.watermark() } else { None };
+                    if let (Some(lag), Some(m)) = (reader.lag(), &self.head_metrics) {
+                        m.set_lag(self.subtask, lag);
+                    }
                     match batch {
                         Some(b) if b.len > 0 => {
                             if let Some(t) = &mut self.throttle {
