@@ -19,7 +19,7 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::checkpoints::{committed, kill_loop, start, word_counts, wordcount_pipeline};
 use crate::harness::{lit, root, run_toml, temp_dir};
-use crate::postgres::{Pg, create_counts, expected_updates};
+use crate::postgres::{Pg, expected_updates};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -269,19 +269,7 @@ fn kafka_source_into_postgres_exactly_once_under_a_sigkill_loop() {
             pg.url()
         ),
     );
-    let expected = expected_updates();
-    kill_loop(
-        "kafka-pg-kill",
-        &toml,
-        10,
-        || create_counts(&pg, "word text NOT NULL, count bigint NOT NULL"),
-        |_| {
-            let got = pg.counts();
-            assert_eq!(got.len(), expected.len(), "rows in the table");
-            assert!(got == expected, "the table differs from the independent count");
-            assert_eq!(pg.prepared(), Vec::<String>::new(), "prepared transactions left behind");
-        },
-    );
+    crate::postgres::pg_kill_loop("kafka-pg-kill", &pg, &toml);
 }
 
 #[test]

@@ -187,11 +187,19 @@ fn postgres_exactly_once_under_a_sigkill_loop_loses_and_duplicates_no_row() {
         r#"delivery = "exactly-once""#,
         r#"{ strategy = "fixed-delay", attempts = 3, delay_ms = 50 }"#,
     );
+    pg_kill_loop("pg-eo-kill", &pg, &toml);
+}
+
+/// SIGKILL loop of the word count `toml` into the table `counts` of `pg`:
+/// each round starts with an empty table and ends with it equal to the
+/// independent count, no prepared transaction left.
+pub(crate) fn pg_kill_loop(name: &str, pg: &Pg, toml: &str) {
+    let expected = expected_updates();
     kill_loop(
-        "pg-eo-kill",
-        &toml,
+        name,
+        toml,
         10,
-        || create_counts(&pg, "word text NOT NULL, count bigint NOT NULL"),
+        || create_counts(pg, "word text NOT NULL, count bigint NOT NULL"),
         |_| {
             let got = pg.counts();
             assert_eq!(got.len(), expected.len(), "rows in the table");
