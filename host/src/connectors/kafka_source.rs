@@ -225,14 +225,15 @@ impl KafkaSource {
         Ok(out)
     }
 
-    /// The first offset of a fresh partition by `start`.
+    /// The first offset of a fresh partition by `start`, and the
+    /// partition's end now.
     fn start_offset(
         &self,
         consumer: &BaseConsumer<SourceContext>,
         topic: &str,
         partition: i32,
         start: KafkaStart,
-    ) -> Result<i64, ConnectorError> {
+    ) -> Result<(i64, i64), ConnectorError> {
         let (low, high) = consumer
             .fetch_watermarks(topic, partition, self.timeout)
             .map_err(|e| self.bad(format!("offsets of `{topic}` partition {partition} on {}: {e}", self.brokers)))?;
@@ -264,7 +265,7 @@ impl KafkaSource {
                 }
             }
         };
-        Ok(at)
+        Ok((at, high))
     }
 
     /// Connect, work out this subtask's partitions and their offsets, and
@@ -301,21 +302,14 @@ impl KafkaSource {
                         continue;
                     }
                     (
-                        self.start_offset(&consumer, &topic, partition, KafkaStart::Named(KafkaStartAt::Earliest))?,
+                        self.start_offset(&consumer, &topic, partition, KafkaStart::Named(KafkaStartAt::Earliest))?
+                            .0,
                         -1,
                     )
                 }
                 None => {
-                    let next = self.start_offset(&consumer, &topic, partition, self.start)?;
-                    let end = if self.bounded {
-                        consumer
-                            .fetch_watermarks(&topic, partition, self.timeout)
-                            .map_err(|e| self.bad(format!("offsets of `{topic}` partition {partition}: {e}")))?
-                            .1
-                    } else {
-                        -1
-                    };
-                    (next, end)
+                    let (next, high) = self.start_offset(&consumer, &topic, partition, self.start)?;
+                    (next, if self.bounded { high } else { -1 })
                 }
             };
             tracing::debug!(source = %self.name, topic = %topic, partition, next, end, "reading a partition");
@@ -366,7 +360,7 @@ impl KafkaSource {
                 if owner(&topic, partition, self.parallelism) != self.subtask || self.partitions.contains_key(&(topic.clone(), partition)) {
                     continue;
                 }
-                let next = self.start_offset(&consumer, &topic, partition, KafkaStart::Named(KafkaStartAt::Earliest))?;
+                let (next, _) = self.start_offset(&consumer, &topic, partition, KafkaStart::Named(KafkaStartAt::Earliest))?;
                 tracing::info!(source = %self.name, topic = %topic, partition, "reading a new partition");
                 self.partitions
                     .insert((topic.clone(), partition), Partition::new(topic, partition, next, -1));
@@ -562,21 +556,10 @@ impl SourceReader for KafkaSource {
     }
 
     fn position(&self) -> Vec<u8> {
-        let position = Position {
-            started: self.consumer.is_some(),
-            bounded: self.bounded,
-            partitions: self
-                .partitions
-                .values()
-                .map(|p| (p.topic.clone(), p.partition, p.next, p.end))
-                .collect(),
-        };
-        let mut out = serde_json::to_vec(&position).unwrap_or_default();
-        // Not yet started, but restored: keep what the checkpoint said.
-        if !position.started
-            && let Some(r) = &self.restored
-        {
-            out = serde_json::to_vec(&Position {
+        let position = match (&self.consumer, &self.restored) {
+            // Restored but not started yet: what the checkpoint said of
+            // the partitions this subtask owns.
+            (None, Some(r)) => Position {
                 started: !self.restored_fresh,
                 bounded: self.bounded,
                 partitions: r
@@ -584,10 +567,18 @@ impl SourceReader for KafkaSource {
                     .filter(|((t, p), _)| owner(t, *p, self.parallelism) == self.subtask)
                     .map(|((t, p), (n, e))| (t.clone(), *p, *n, *e))
                     .collect(),
-            })
-            .unwrap_or_default();
-        }
-        out
+            },
+            (consumer, _) => Position {
+                started: consumer.is_some(),
+                bounded: self.bounded,
+                partitions: self
+                    .partitions
+                    .values()
+                    .map(|p| (p.topic.clone(), p.partition, p.next, p.end))
+                    .collect(),
+            },
+        };
+        serde_json::to_vec(&position).unwrap_or_default()
     }
 
     fn snapshot_position(&mut self, checkpoint: u64) -> Vec<u8> {
