@@ -394,7 +394,7 @@ fn kafka_exactly_once_sink_on_the_mock_cluster_under_a_sigkill_loop() {
         r#"{ strategy = "fixed-delay", attempts = 3, delay_ms = 50 }"#,
         "",
         &format!(
-            "kind = \"file\"\npath = {}\nrecords_per_second = 1500",
+            "kind = \"file\"\npath = {}\nrecords_per_second = 700",
             lit(&root().join("examples/data/wordcount.txt"))
         ),
         2,

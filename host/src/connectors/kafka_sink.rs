@@ -154,6 +154,22 @@ fn send(
     }
 }
 
+/// Wait until librdkafka has delivered everything sent (or `timeout`
+/// passes). rdkafka's own `flush` polls in steps of 100 ms, and with the
+/// `ThreadedProducer`'s thread serving the events each step waits it out:
+/// every flush, and every transaction commit (which flushes), would take
+/// 100 ms at least.
+fn wait_delivered(p: &ThreadedProducer<Deliveries>, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while p.in_flight_count() > 0 {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    true
+}
+
 fn delivery_error(spec: &SinkSpec, d: &Deliveries) -> Result<(), ConnectorError> {
     match d.failed.lock().ok().and_then(|f| f.clone()) {
         Some(e) => Err(failed(
@@ -215,16 +231,16 @@ impl SinkWriter for KafkaSink {
     }
 
     fn prepare_commit(&mut self, _checkpoint: u64, _last: bool) -> Result<Vec<String>, ConnectorError> {
-        self.producer.flush(timeout_of(&self.spec)).map_err(|e| {
-            failed(
+        if !wait_delivered(&self.producer, timeout_of(&self.spec)) {
+            return Err(failed(
                 &self.spec.name,
                 format!(
-                    "not every record reached `{}` within {} ms: {e}",
+                    "not every record reached `{}` within {} ms",
                     self.topic,
                     timeout_of(&self.spec).as_millis()
                 ),
-            )
-        })?;
+            ));
+        }
         delivery_error(&self.spec, self.producer.context())?;
         Ok(Vec::new())
     }
@@ -417,6 +433,13 @@ fn publish_writer(
             .map_err(|e| kafka("the commit marker", e))?;
         p.send_offsets_to_transaction(&offsets, &t.metadata, timeout)
             .map_err(|e| kafka("adding the commit marker to the transaction", e))?;
+        // Delivered first, so the commit's own flush finds nothing to wait for.
+        if !wait_delivered(p, timeout) {
+            return Err(failed(
+                name,
+                format!("not every record of `{part}` reached `{topic}` within {} ms", timeout.as_millis()),
+            ));
+        }
         p.commit_transaction(timeout).map_err(|e| kafka("committing a transaction", e))?;
         t.marker = n + 1;
         // The same marker outside the transaction: brokers that keep
