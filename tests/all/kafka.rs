@@ -384,56 +384,80 @@ output = "late"
     assert_eq!(got, expected);
 }
 
+/// The keyed word count from the example text into the topic `counts` of
+/// `brokers`, exactly once, at `rate` lines per second.
+fn eo_sink_job(brokers: &str, rate: u64) -> String {
+    wordcount_pipeline(
+        "kafka-eo",
+        r#"{ strategy = "fixed-delay", attempts = 3, delay_ms = 50 }"#,
+        "",
+        &format!(
+            "kind = \"file\"\npath = {}\nrecords_per_second = {rate}",
+            lit(&root().join("examples/data/wordcount.txt"))
+        ),
+        2,
+        &format!("kind = \"kafka\"\nbrokers = \"{brokers}\"\ntopic = \"counts\"\nparallelism = 2\ndelivery = \"exactly-once\""),
+    )
+}
+
+/// Check that `counts` on the mock cluster holds the whole count `runs`
+/// times over, each record once.
+fn check_mock_counts(brokers: &str, runs: usize) {
+    let expected = expected_updates();
+    let records = read_all(brokers, "counts", 2, "read_committed", expected.len() * runs);
+    // librdkafka's mock cluster runs the transaction protocol but keeps no
+    // isolation: it sends no aborted-transaction list and its last stable
+    // offset is the end, so a transaction a kill cut short stays visible to
+    // read_committed there (a real broker hides it). Every record names its
+    // transaction and place in it: the same (transaction, place) seen twice
+    // must be the same record, and once per place the output must be exact.
+    let mut unique: BTreeMap<(String, String), Vec<u8>> = BTreeMap::new();
+    for (txn, value) in &records {
+        let txn = txn.clone().expect("a record without its sluice-txn header");
+        if let Some(before) = unique.insert(txn.clone(), value.clone()) {
+            assert_eq!(before, *value, "transaction {txn:?} sent again with other records");
+        }
+    }
+    let got = word_counts(unique.values().map(|v| &v[..]));
+    let mut want: Vec<(String, i64)> = Vec::new();
+    for _ in 0..runs {
+        want.extend(expected.iter().cloned());
+    }
+    want.sort();
+    assert_eq!(got.len(), want.len(), "committed records");
+    assert!(got == want, "the committed records differ from the independent count");
+}
+
 #[test]
 fn kafka_exactly_once_sink_on_the_mock_cluster_under_a_sigkill_loop() {
     let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
     let brokers = cluster.bootstrap_servers();
     cluster.create_topic("counts", 2, 1).unwrap();
-    let toml = wordcount_pipeline(
-        "kafka-eo",
-        r#"{ strategy = "fixed-delay", attempts = 3, delay_ms = 50 }"#,
-        "",
-        &format!(
-            "kind = \"file\"\npath = {}\nrecords_per_second = 700",
-            lit(&root().join("examples/data/wordcount.txt"))
-        ),
-        2,
-        &format!("kind = \"kafka\"\nbrokers = \"{brokers}\"\ntopic = \"counts\"\nparallelism = 2\ndelivery = \"exactly-once\""),
-    );
-    let expected = expected_updates();
     let rounds = std::cell::Cell::new(0);
+    // Each round of the loop is a fresh run in a new directory (its
+    // checkpoint ids start from 1 again) and writes the whole count once more.
     kill_loop(
         "kafka-eo-kill",
-        &toml,
+        &eo_sink_job(&brokers, 700),
         10,
         || rounds.set(rounds.get() + 1),
-        |_| {
-            let records = read_all(&brokers, "counts", 2, "read_committed", expected.len() * rounds.get());
-            // librdkafka's mock cluster runs the transaction protocol but
-            // keeps no isolation: it sends no aborted-transaction list and
-            // its last stable offset is the end, so a transaction a kill
-            // cut short stays visible to read_committed there (a real broker
-            // hides it). Every record names its transaction and place in it:
-            // the same (transaction, place) seen twice must be the same
-            // record, and once per place the output must be exact.
-            let mut unique: BTreeMap<(String, String), Vec<u8>> = BTreeMap::new();
-            for (txn, value) in &records {
-                let txn = txn.clone().expect("a record without its sluice-txn header");
-                if let Some(before) = unique.insert(txn.clone(), value.clone()) {
-                    assert_eq!(before, *value, "transaction {txn:?} sent again with other records");
-                }
-            }
-            let got = word_counts(unique.values().map(|v| &v[..]));
-            // Each round of the loop writes the whole count once more.
-            let mut want: Vec<(String, i64)> = Vec::new();
-            for _ in 0..rounds.get() {
-                want.extend(expected.iter().cloned());
-            }
-            want.sort();
-            assert_eq!(got.len(), want.len(), "committed records");
-            assert!(got == want, "the committed records differ from the independent count");
-        },
+        |_| check_mock_counts(&brokers, rounds.get()),
     );
+}
+
+#[test]
+fn fresh_runs_of_one_kafka_exactly_once_job_each_write_everything() {
+    // The same job (so the same transaction prefix) run twice from the
+    // start, in new checkpoint directories: the second run's checkpoint ids
+    // are the first's again, and must not be taken for them.
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    cluster.create_topic("counts", 2, 1).unwrap();
+    for run in 1..=2 {
+        let summary = run_toml(&eo_sink_job(&brokers, 5000), &temp_dir("kafka-eo-fresh")).unwrap();
+        assert!(summary.checkpoints >= 2, "run {run}: {} checkpoints", summary.checkpoints);
+        check_mock_counts(&brokers, run);
+    }
 }
 
 #[test]

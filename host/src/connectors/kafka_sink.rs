@@ -19,15 +19,16 @@
 //! ```text
 //! init_transactions(transactional.id = <prefix>-<writer>)   fences older producers
 //! begin; produce the file's records;
-//! send_offsets_to_transaction(group <prefix>-<writer>: <topic>/0 = n + 1)
+//! send_offsets_to_transaction(group <prefix>-<run>-<writer>: <topic>/0 = n + 1)
 //! commit                                                    records and marker at once
 //! delete the spool file
 //! ```
 //!
-//! The marker — an offset the group `<prefix>-<writer>` commits inside the
-//! transaction — says which checkpoint of that writer is in Kafka. A spool
-//! file found again after a crash is published only if its checkpoint is
-//! past the marker, so a transaction that committed is never repeated and
+//! The marker — an offset the group `<prefix>-<run>-<writer>` commits inside
+//! the transaction — says which checkpoint of that writer is in Kafka
+//! (`<run>` is [`super::spool::run_of`]: a fresh run of the job starts its
+//! markers again). A spool file found again after a crash is published
+//! only if its checkpoint is past the marker, so a transaction that committed is never repeated and
 //! one that did not is aborted by the next `init_transactions` and written
 //! again: consumers with `isolation.level = read_committed` see every record
 //! once.
@@ -310,16 +311,17 @@ pub fn publish_transactions(spec: &SinkSpec, files: &[(String, PathBuf)]) -> Res
     }
     for (writer, files) in by_writer {
         let id = format!("{prefix}-{writer}");
-        let key = format!("{brokers}|{id}");
+        let run = super::spool::run_of(&super::spool::spool(spec), writer)?;
+        let key = format!("{brokers}|{id}|{run}");
         let cache = TRANSACTIONAL.get_or_init(Default::default);
         let cached = cache.lock().ok().and_then(|mut c| c.remove(&key));
         let mut t = match cached {
             Some(t) => t,
-            None => Transactional::start(spec, &id, &topic, txn_timeout)?,
+            None => Transactional::start(spec, &id, &format!("{prefix}-{run}-{writer}"), &topic, txn_timeout)?,
         };
         // On success the producer is kept for the next checkpoint; after a
         // failure it is dropped (a fenced or failed producer is done).
-        publish_writer(spec, &id, &topic, files, &mut t)?;
+        publish_writer(spec, &id, &format!("{prefix}-{run}"), &topic, files, &mut t)?;
         if let Ok(mut c) = cache.lock() {
             c.insert(key, t);
         }
@@ -343,8 +345,8 @@ struct Transactional {
 
 impl Transactional {
     /// `init_transactions` (fencing older producers of `id`, aborting their
-    /// open transaction) and read the marker.
-    fn start(spec: &SinkSpec, id: &str, topic: &str, txn_timeout: u64) -> Result<Self, ConnectorError> {
+    /// open transaction) and read the marker of `group`.
+    fn start(spec: &SinkSpec, id: &str, group: &str, topic: &str, txn_timeout: u64) -> Result<Self, ConnectorError> {
         let (name, brokers, timeout) = (spec.name.as_str(), spec.brokers.clone().unwrap_or_default(), timeout_of(spec));
         let kafka = |what: &str, e: KafkaError| failed(name, format!("{what} (transactional id `{id}`, {brokers}): {e}"));
         let producer = producer(
@@ -358,7 +360,7 @@ impl Transactional {
             .init_transactions(timeout)
             .map_err(|e| kafka("initialising transactions", e))?;
         let mut c = client_config(&brokers, spec.properties.as_ref(), timeout);
-        c.set("group.id", id).set("enable.auto.commit", "false");
+        c.set("group.id", group).set("enable.auto.commit", "false");
         let marker_reader: BaseConsumer = c.create().map_err(|e| failed(name, format!("creating a Kafka consumer: {e}")))?;
         let metadata = marker_reader
             .group_metadata()
@@ -388,12 +390,12 @@ impl Transactional {
 fn publish_writer(
     spec: &SinkSpec,
     id: &str,
+    txn_prefix: &str,
     topic: &str,
     mut files: Vec<&(String, PathBuf)>,
     t: &mut Transactional,
 ) -> Result<(), ConnectorError> {
     let (name, brokers, timeout) = (spec.name.as_str(), spec.brokers.clone().unwrap_or_default(), timeout_of(spec));
-    let prefix = spec.transaction_prefix.clone().unwrap_or_default();
     let kafka = |what: &str, e: KafkaError| failed(name, format!("{what} (transactional id `{id}`, {brokers}): {e}"));
     let p = &t.producer;
     files.sort_by_key(|(n, _)| checkpoint_of(n));
@@ -412,7 +414,7 @@ fn publish_writer(
             source,
         })?;
         p.begin_transaction().map_err(|e| kafka("beginning a transaction", e))?;
-        let txn = format!("{prefix}-{part}");
+        let txn = format!("{txn_prefix}-{part}");
         for (i, line) in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()).enumerate() {
             let (key, ts, value) =
                 decode_spool_line(line).ok_or_else(|| failed(name, format!("spool file {} has a damaged line", path.display())))?;

@@ -5,7 +5,8 @@
 //! write              ─► the spool: a transactional file sink's hidden file
 //! barrier n          ─► sealed as part-<subtask>-<n> (the checkpoint lists it)
 //! checkpoint n done  ─► committed, then published line by line with
-//!                       Nats-Msg-Id = <prefix>-part-<subtask>-<n>-<line>,
+//!                       Nats-Msg-Id = <prefix>-<run>-part-<subtask>-<n>-<line>
+//!                       (<run>: super::spool::run_of),
 //!                       each acknowledged by JetStream, then deleted
 //! restore            ─► the spool files the checkpoint lists are committed;
 //!                       every committed file not yet deleted is published again
@@ -69,6 +70,8 @@ pub fn publish_now(spec: &SinkSpec, files: &[(String, PathBuf)]) -> Result<(), C
         let client = connect(&url, timeout).await.map_err(|m| failed(name, m))?;
         let js = async_nats::jetstream::new(client);
         for (part, path) in files {
+            let writer = super::file_sink::writer_of(part).ok_or_else(|| failed(name, format!("spool file `{part}` names no writer")))?;
+            let run = super::spool::run_of(&super::spool::spool(spec), writer)?;
             let text = std::fs::read(path).map_err(|source| ConnectorError::Io {
                 path: path.clone(),
                 source,
@@ -76,7 +79,7 @@ pub fn publish_now(spec: &SinkSpec, files: &[(String, PathBuf)]) -> Result<(), C
             let mut acks = Vec::with_capacity(IN_FLIGHT);
             for (i, line) in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()).enumerate() {
                 let mut headers = async_nats::HeaderMap::new();
-                headers.insert("Nats-Msg-Id", format!("{prefix}-{part}-{i}").as_str());
+                headers.insert("Nats-Msg-Id", format!("{prefix}-{run}-{part}-{i}").as_str());
                 let ack = js
                     .publish_with_headers(subject.clone(), headers, line.to_vec().into())
                     .await
