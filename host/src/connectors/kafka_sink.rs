@@ -247,6 +247,65 @@ impl SinkWriter for KafkaSink {
     }
 }
 
+/// The broker setting that bounds a producer's `transaction.timeout.ms`.
+const MAX_TIMEOUT_SETTING: &str = "transaction.max.timeout.ms";
+
+/// An exactly-once sink at its start: check `transaction_timeout_ms`
+/// against the brokers' `transaction.max.timeout.ms` where they report it
+/// (DescribeConfigs), so a timeout the brokers would refuse fails the job
+/// now and names both values, not at its first commit. A broker that
+/// does not answer DescribeConfigs (librdkafka's mock cluster, tansu, which
+/// reports no settings) leaves the check to `init_transactions`, which
+/// refuses such a timeout too.
+pub fn check_transaction_timeout(spec: &SinkSpec) -> Result<(), ConnectorError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    let (name, timeout) = (spec.name.as_str(), timeout_of(spec));
+    let brokers = spec.brokers.clone().unwrap_or_default();
+    let wanted = spec.transaction_timeout_ms.unwrap_or(DEFAULT_TRANSACTION_TIMEOUT_MS);
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = client_config(&brokers, spec.properties.as_ref(), timeout)
+        .create()
+        .map_err(|e| failed(name, format!("creating a Kafka admin client for {brokers}: {e}")))?;
+    let md = admin.inner().fetch_metadata(None, timeout).map_err(|e| {
+        failed(
+            name,
+            format!("cannot reach Kafka at {brokers} within {} ms: {e}", timeout.as_millis()),
+        )
+    })?;
+    let resources: Vec<ResourceSpecifier> = md.brokers().iter().map(|b| ResourceSpecifier::Broker(b.id())).collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| failed(name, format!("starting a runtime for the Kafka admin client: {e}")))?;
+    let options = AdminOptions::new().request_timeout(Some(timeout));
+    let answers = match runtime.block_on(admin.describe_configs(&resources, &options)) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::info!(
+                sink = name,
+                "the brokers did not describe their settings ({e}); init_transactions checks the transaction timeout"
+            );
+            return Ok(());
+        }
+    };
+    for answer in answers.into_iter().flatten() {
+        let max = answer.get(MAX_TIMEOUT_SETTING).and_then(|e| e.value.clone());
+        timeout_fits(wanted, max.as_deref()).map_err(|m| failed(name, m))?;
+    }
+    Ok(())
+}
+
+/// Whether a transaction timeout of `wanted` ms fits under a broker's
+/// reported `transaction.max.timeout.ms` (none reported: yes).
+fn timeout_fits(wanted: u64, max: Option<&str>) -> Result<(), String> {
+    match max.map(|m| m.trim().parse::<u64>()) {
+        Some(Ok(max)) if wanted > max => Err(format!(
+            "`transaction_timeout_ms` {wanted} is longer than the broker allows ({MAX_TIMEOUT_SETTING} = {max}); \
+             lower it or raise the broker's setting"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// A spool line: `<key hex or ->\t<timestamp or ->\t<value hex>`, so any
 /// bytes survive the spool exactly.
 pub fn encode_spool(format: SinkFormat, batch: &RecordBatch, out: &mut Vec<u8>) {
@@ -489,5 +548,15 @@ mod tests {
         );
         assert_eq!(checkpoint_of("part-3-00000012"), Some(24));
         assert_eq!(checkpoint_of("part-3-00000012-end"), Some(25));
+    }
+
+    #[test]
+    fn the_transaction_timeout_must_fit_under_the_brokers_maximum() {
+        assert_eq!(timeout_fits(60_000, None), Ok(()));
+        assert_eq!(timeout_fits(60_000, Some("900000")), Ok(()));
+        assert_eq!(timeout_fits(60_000, Some("60000")), Ok(()));
+        let e = timeout_fits(60_000, Some("30000")).unwrap_err();
+        assert!(e.contains("60000") && e.contains("transaction.max.timeout.ms = 30000"), "{e}");
+        assert_eq!(timeout_fits(60_000, Some("junk")), Ok(()));
     }
 }

@@ -491,14 +491,19 @@ fn open_sink(sink: &SinkSpec, subtask: u32, env: &TaskEnvironment) -> Result<Box
         (SinkKind::Kafka, _) if sink.delivery == Some(Delivery::AtLeastOnce) => {
             Box::new(kafka_sink::KafkaSink::open(sink).map_err(|e| JobError::Failed(e.into()))?)
         }
-        (SinkKind::Kafka, Some(c)) => open_spooled(
-            sink,
-            subtask,
-            env,
-            c,
-            (kafka_sink::publish_transactions, Some(kafka_sink::encode_spool)),
-            "completed the Kafka transactions of completed checkpoints left by an earlier run",
-        )?,
+        (SinkKind::Kafka, Some(c)) => {
+            if subtask == 0 {
+                kafka_sink::check_transaction_timeout(sink).map_err(|e| JobError::Failed(e.into()))?;
+            }
+            open_spooled(
+                sink,
+                subtask,
+                env,
+                c,
+                (kafka_sink::publish_transactions, Some(kafka_sink::encode_spool)),
+                "completed the Kafka transactions of completed checkpoints left by an earlier run",
+            )?
+        }
         (SinkKind::Kafka, None) => {
             return Err(JobError::Invalid {
                 node: sink.name.clone(),
