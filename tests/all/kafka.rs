@@ -649,3 +649,91 @@ fn a_kafka_broker_stopped_mid_run_restarts_the_job_which_completes_once_it_is_ba
     assert_eq!(got.len(), expected.len(), "updates");
     assert!(got == expected, "the output differs from the independent count");
 }
+
+#[test]
+fn partitions_added_while_a_kafka_source_runs_are_read_from_their_start() {
+    let s3 = S3::start("discovery");
+    let kafka = Tansu::start_on_s3(0, &s3);
+    create_topic(&kafka.brokers(), "grow", 1);
+    let line = |i: usize| format!("w{} v{}", i % 7, i % 5);
+    let first: Vec<Produced> = (0..30).map(|i| (0, None, line(i).into_bytes(), None)).collect();
+    produce(&kafka.brokers(), "grow", &first);
+    let toml = wordcount_pipeline(
+        "kafka-discovery",
+        r#"{ strategy = "none" }"#,
+        "",
+        &format!(
+            "kind = \"kafka\"\nbrokers = \"{}\"\ntopic = \"grow\"\nparallelism = 2\npartition_discovery_ms = 200",
+            kafka.brokers()
+        ),
+        2,
+        "kind = \"file\"\npath = \"out\"\nparallelism = 2",
+    );
+    // The updates of the keyed count of `lines`, computed here.
+    let updates = |lines: &[String]| {
+        let mut totals: BTreeMap<String, i64> = BTreeMap::new();
+        for w in lines.iter().flat_map(|l| l.split_whitespace()) {
+            *totals.entry(w.to_owned()).or_default() += 1;
+        }
+        let mut out: Vec<(String, i64)> = totals.into_iter().flat_map(|(w, n)| (1..=n).map(move |i| (w.clone(), i))).collect();
+        out.sort();
+        out
+    };
+    let dir = temp_dir("kafka-discovery");
+    let handle = start(&toml, &dir, None);
+    let wait_for = |want: &[(String, i64)], what: &str| {
+        let t = Instant::now();
+        loop {
+            let got = word_counts(committed(&dir.join("out")).iter().map(|l| l.as_bytes()));
+            if got.len() >= want.len() {
+                assert!(got == want, "{what}: the output differs from the independent count");
+                return;
+            }
+            assert!(!handle.is_finished(), "{what}: the job ended");
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "{what}: {} of {} updates",
+                got.len(),
+                want.len()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let mut all: Vec<String> = (0..30).map(line).collect();
+    wait_for(&updates(&all), "partition 0");
+
+    // tansu 0.6 has no CreatePartitions: grow the topic to 4 partitions in
+    // its cluster metadata, which it keeps in the bucket (s3s-fs: a plain
+    // file, and beside it the object's ETag; tansu reads the object again
+    // when the ETag changed).
+    let meta = s3.dir.join("tansu/clusters/tansu_cluster/meta.json");
+    let text = std::fs::read_to_string(&meta).unwrap();
+    assert!(text.contains("\"num_partitions\":1"), "{text}");
+    std::fs::write(&meta, text.replace("\"num_partitions\":1", "\"num_partitions\":4")).unwrap();
+    // s3s-fs's name for the ETag of `tansu/clusters/tansu_cluster/meta.json`:
+    // bucket and key in URL-safe base64.
+    let etag = s3
+        .dir
+        .join(".bucket-dGFuc3U.object-Y2x1c3RlcnMvdGFuc3VfY2x1c3Rlci9tZXRhLmpzb24.internal.json");
+    assert!(etag.exists(), "s3s-fs keeps ETags elsewhere now");
+    std::fs::write(&etag, r#"{"e_tag":"5e1ce0000000000000000000000000a1"}"#).unwrap();
+    // tansu reads its metadata again after a few seconds.
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", kafka.brokers()).create().unwrap();
+    let t = Instant::now();
+    while c.fetch_metadata(Some("grow"), Duration::from_secs(5)).unwrap().topics()[0]
+        .partitions()
+        .len()
+        < 4
+    {
+        assert!(t.elapsed() < Duration::from_secs(30), "tansu did not take the new partitions");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let later: Vec<Produced> = (30..60).map(|i| (1 + (i % 3) as i32, None, line(i).into_bytes(), None)).collect();
+    produce(&kafka.brokers(), "grow", &later);
+    all.extend((30..60).map(line));
+    wait_for(&updates(&all), "the new partitions");
+    handle.cancel();
+    let _ = handle.wait();
+    let got = word_counts(committed(&dir.join("out")).iter().map(|l| l.as_bytes()));
+    assert!(got == updates(&all), "after the cancel");
+}
