@@ -417,6 +417,12 @@ pub struct SourceSpec {
     /// nats: the stream sequence to start at on a fresh start. Default 1 (the first message).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_sequence: Option<u64>,
+    /// nats: a durable consumer to read through, acknowledged (AckAll) up
+    /// to each completed checkpoint's position; a fresh start without
+    /// `start_sequence` resumes after its acknowledged messages. Without
+    /// it the source reads through an ordered (ephemeral) consumer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<String>,
     /// nats: end after the messages the stream holds when the job first
     /// starts (a bounded job), instead of reading until cancelled.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -2,6 +2,7 @@
 //! started per test on free ports: exactly once into the transactional file
 //! sink under a SIGKILL loop, a subject filter, and the errors of bad settings.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -49,13 +50,19 @@ impl Nats {
     /// Create stream `stream` on `subjects.>` and publish `messages` (subject,
     /// payload), each acknowledged by JetStream.
     fn publish(&self, stream: &str, messages: &[(String, Vec<u8>)]) {
+        self.publish_to(stream, Default::default(), messages)
+    }
+
+    /// [`Nats::publish`] into a stream with `retention` (created if missing).
+    fn publish_to(&self, stream: &str, retention: async_nats::jetstream::stream::RetentionPolicy, messages: &[(String, Vec<u8>)]) {
         let url = self.url();
         self.runtime.block_on(async {
             let client = async_nats::connect(url).await.unwrap();
             let js = async_nats::jetstream::new(client);
-            js.create_stream(async_nats::jetstream::stream::Config {
+            js.get_or_create_stream(async_nats::jetstream::stream::Config {
                 name: stream.to_owned(),
                 subjects: vec![format!("{stream}.>")],
+                retention,
                 ..Default::default()
             })
             .await
@@ -113,6 +120,30 @@ impl Nats {
             }
             out
         })
+    }
+}
+
+impl Nats {
+    /// Messages in `stream` now, and the ack floor (stream sequence) of its
+    /// consumer `consumer`.
+    fn state(&self, stream: &str, consumer: &str) -> (u64, u64) {
+        let url = self.url();
+        self.runtime.block_on(async {
+            let client = async_nats::connect(url).await.unwrap();
+            let js = async_nats::jetstream::new(client);
+            let mut s = js.get_stream(stream).await.unwrap();
+            let messages = s.info().await.unwrap().state.messages;
+            let floor = s.consumer_info(consumer).await.unwrap().ack_floor.stream_sequence;
+            (messages, floor)
+        })
+    }
+
+    fn delete_stream(&self, stream: &str) {
+        let url = self.url();
+        self.runtime.block_on(async {
+            let client = async_nats::connect(url).await.unwrap();
+            let _ = async_nats::jetstream::new(client).delete_stream(stream).await;
+        });
     }
 }
 
@@ -331,4 +362,79 @@ fn nats_sink_under_a_sigkill_loop_publishes_every_update_once() {
             assert!(got == expected, "the stream differs from the independent count");
         },
     );
+}
+
+#[test]
+fn a_durable_nats_consumer_on_a_work_queue_is_acknowledged_only_after_checkpoints_complete() {
+    use async_nats::jetstream::stream::RetentionPolicy;
+    // A work queue removes a message once it is acknowledged: had the
+    // source acknowledged before its checkpoint completed, a restore would
+    // find the messages it still needs gone, and the count would be short.
+    let nats = Nats::start("durable");
+    let expected = expected_updates();
+    let toml = job(&nats, 1500).replace("stream = \"lines\"", "stream = \"lines\"\nconsumer = \"wc\"");
+    kill_loop(
+        "nats-durable-kill",
+        &toml,
+        10,
+        || {
+            nats.delete_stream("lines");
+            nats.publish_to("lines", RetentionPolicy::WorkQueue, &lines());
+        },
+        |dir| {
+            let got = updates(&dir.join("out"));
+            assert_eq!(got.len(), expected.len(), "updates");
+            assert!(got == expected, "the output differs from the independent count");
+            // Every message was acknowledged, so the work queue is empty.
+            let (left, floor) = nats.state("lines", "wc");
+            assert_eq!((left, floor), (0, lines().len() as u64), "messages left, ack floor");
+        },
+    );
+}
+
+#[test]
+fn a_fresh_start_with_a_durable_nats_consumer_resumes_after_its_acknowledged_messages() {
+    let nats = Nats::start("resume");
+    let batch = |from: usize, to: usize| -> Vec<(String, Vec<u8>)> {
+        (from..to)
+            .map(|i| ("lines.text".to_owned(), format!("w{}", i % 11).into_bytes()))
+            .collect()
+    };
+    nats.publish("lines", &batch(0, 300));
+    let toml = job(&nats, 1_000_000).replace("stream = \"lines\"", "stream = \"lines\"\nconsumer = \"wc\"");
+    // The keyed count of `w0`…`w10` over messages `from..to`.
+    let counts = |from: usize, to: usize| {
+        let mut n: BTreeMap<String, i64> = BTreeMap::new();
+        let mut out = Vec::new();
+        for i in from..to {
+            let w = format!("w{}", i % 11);
+            let c = n.entry(w.clone()).or_default();
+            *c += 1;
+            out.push((w, *c));
+        }
+        out.sort();
+        out
+    };
+    let dir = temp_dir("nats-resume-1");
+    run_toml(&toml, &dir).unwrap();
+    assert!(updates(&dir.join("out")) == counts(0, 300), "the first run");
+    assert_eq!(nats.state("lines", "wc"), (300, 300), "messages, ack floor after the first run");
+    // A new run, not restored: it starts after the consumer's ack floor,
+    // so it reads (and counts afresh) only what came since.
+    nats.publish("lines", &batch(300, 420));
+    let dir = temp_dir("nats-resume-2");
+    run_toml(&toml, &dir).unwrap();
+    assert!(updates(&dir.join("out")) == counts(300, 420), "the second run");
+    assert_eq!(nats.state("lines", "wc"), (420, 420));
+    // `start_sequence` overrides the ack floor.
+    let dir = temp_dir("nats-resume-3");
+    run_toml(&toml.replace("consumer = \"wc\"", "consumer = \"wc\"\nstart_sequence = 401"), &dir).unwrap();
+    assert!(updates(&dir.join("out")) == counts(400, 420), "from sequence 401");
+    let err = run_toml(
+        &toml.replace("consumer = \"wc\"", "consumer = \"a.b\""),
+        &temp_dir("nats-resume-bad"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("`consumer` is a durable consumer name"), "{err}");
 }

@@ -15,12 +15,32 @@
 //! once. The value of a record is the message payload; its event time is
 //! the `timestamp_field` of a JSON payload, else the time JetStream stored
 //! the message.
+//!
+//! With `consumer = "<name>"` the source reads through that durable pull
+//! consumer instead, and acknowledges the messages before each barrier once
+//! that checkpoint completes — so on a stream with work-queue or interest
+//! retention nothing a restore still needs is removed, and the consumer's
+//! ack floor shows how far the job got. It acks the last message
+//! (AckPolicy::All), or on a work queue, which takes only explicit acks,
+//! each message:
+//!
+//! ```text
+//! open / restore ─► next = checkpointed sequence (restore), else start_sequence,
+//!                   else the consumer's ack floor + 1 (it exists), else 1;
+//!                   the consumer is created again at `next` (a guard consumer
+//!                   keeps the stream's interest while it is replaced)
+//! barrier n      ─► remember the reply subjects to ack (the last one, or all)
+//! n completes    ─► ack them (AckAll: the last acks everything before it)
+//! redelivered    ─► dropped (its sequence is before `next`)
+//! ```
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use async_nats::jetstream::consumer::DeliverPolicy;
-use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig};
+use async_nats::jetstream::consumer::pull::OrderedConfig;
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
 use sluice_guest::batch::BatchWriter;
 use tokio_stream::StreamExt;
 
@@ -37,6 +57,22 @@ pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
 /// empty batch (so barriers and cancellation are not held up).
 const POLL: Duration = Duration::from_millis(50);
 
+/// How long a durable consumer's message may stay unacknowledged before
+/// the server sends it again (the source drops such a redelivery): longer
+/// than checkpoints usually take, so redeliveries are rare.
+const ACK_WAIT: Duration = Duration::from_secs(300);
+
+/// Checkpoints whose acknowledgement waits for their completion.
+const PENDING_ACKS: usize = 16;
+
+/// On a work queue (explicit acks): the most messages read and not yet
+/// acknowledged (JetStream's `max_ack_pending`, which bounds the reply
+/// subjects kept; the server sends no more until a checkpoint completes).
+pub const MAX_UNACKED: i64 = 200_000;
+
+/// The messages of a consumer, ordered or durable.
+type Messages = Box<dyn tokio_stream::Stream<Item = Result<jetstream::Message, String>> + Send + Unpin>;
+
 /// A NATS source subtask.
 pub struct NatsSource {
     name: String,
@@ -49,7 +85,21 @@ pub struct NatsSource {
     timeout: Duration,
     runtime: tokio::runtime::Runtime,
     /// Connected on the first read (after a possible seek).
-    messages: Option<Ordered>,
+    messages: Option<Messages>,
+    /// The durable consumer to read through, if any.
+    consumer: Option<String>,
+    start_sequence: Option<u64>,
+    /// The newest completed checkpoint (durable consumers ack up to it).
+    completed: Option<Arc<AtomicU64>>,
+    /// Durable: the client, whether every message is acked (a work queue)
+    /// or the last (AckAll), the reply subjects to ack since the last
+    /// barrier, and per checkpoint those before its barrier.
+    client: Option<async_nats::Client>,
+    explicit: bool,
+    unacked: Vec<async_nats::Subject>,
+    pending: Vec<(u64, Vec<async_nats::Subject>)>,
+    /// The newest checkpoint whose barrier this source passed.
+    last_snapshot: u64,
     /// The next stream sequence to read.
     next: u64,
     /// bounded: the last sequence to read (0 while unknown); u64::MAX: unbounded.
@@ -62,7 +112,7 @@ pub struct NatsSource {
 
 impl NatsSource {
     /// A source as `spec` says; it connects on its first read.
-    pub fn new(spec: &SourceSpec) -> Result<Self, ConnectorError> {
+    pub fn new(spec: &SourceSpec, completed: Option<Arc<AtomicU64>>) -> Result<Self, ConnectorError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -78,6 +128,14 @@ impl NatsSource {
             timeout: Duration::from_millis(spec.connect_timeout_ms.unwrap_or(super::nats_sink::DEFAULT_CONNECT_TIMEOUT_MS)),
             runtime,
             messages: None,
+            consumer: spec.consumer.clone(),
+            start_sequence: spec.start_sequence,
+            completed,
+            client: None,
+            explicit: false,
+            unacked: Vec::new(),
+            pending: Vec::new(),
+            last_snapshot: 0,
             next: spec.start_sequence.unwrap_or(1).max(1),
             end: if spec.bounded { 0 } else { u64::MAX },
             bounded: spec.bounded,
@@ -90,35 +148,98 @@ impl NatsSource {
         failed(&self.name, message)
     }
 
-    /// Connect and create the ordered consumer from `self.next`.
+    /// Connect and create the consumer from `self.next` (a durable one,
+    /// on a fresh start without `start_sequence`, from after its ack floor).
     fn connect(&mut self) -> Result<(), ConnectorError> {
         let at = redact_url(&self.url);
         let (url, stream, subject, timeout, next) = (self.url.clone(), self.stream.clone(), self.subject.clone(), self.timeout, self.next);
-        let result: Result<(Ordered, u64, u64, u64), String> = self.runtime.block_on(async move {
+        let (durable, resume) = (self.consumer.clone(), !self.restored && self.start_sequence.is_none());
+        type Connected = (Messages, u64, u64, u64, u64, Option<(async_nats::Client, bool)>);
+        let result: Result<Connected, String> = self.runtime.block_on(async move {
             let client = super::nats_sink::connect(&url, timeout).await?;
-            let js = jetstream::new(client);
+            let js = jetstream::new(client.clone());
             let mut s = tokio::time::timeout(timeout, js.get_stream(&stream))
                 .await
                 .map_err(|_| format!("NATS at {at}: JetStream did not answer within {} ms", timeout.as_millis()))?
                 .map_err(|e| format!("stream `{stream}` at {at}: {e}"))?;
             let info = s.info().await.map_err(|e| format!("stream `{stream}` at {at}: {e}"))?;
             let (first, last) = (info.state.first_sequence, info.state.last_sequence);
-            let consumer = s
-                .create_consumer(OrderedConfig {
-                    deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: next },
-                    filter_subject: subject.unwrap_or_default(),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| format!("creating a consumer on stream `{stream}` at {at}: {e}"))?;
+            // A work queue takes explicit acks only, one consumer per
+            // subject, and keeps a message until it is acked.
+            let work_queue = info.config.retention == jetstream::stream::RetentionPolicy::WorkQueue;
+            let filter_subject = subject.unwrap_or_default();
+            let creating = |e: &dyn std::fmt::Display| format!("creating a consumer on stream `{stream}` at {at}: {e}");
+            let Some(name) = durable else {
+                let consumer = s
+                    .create_consumer(OrderedConfig {
+                        deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: next },
+                        filter_subject,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| creating(&e))?;
+                let pending = consumer.cached_info().num_pending;
+                let messages = consumer
+                    .messages()
+                    .await
+                    .map_err(|e| format!("reading stream `{stream}` at {at}: {e}"))?;
+                let messages: Messages = Box::new(messages.map(|m| m.map_err(|e| e.to_string())));
+                return Ok((messages, first, last, pending, next, None));
+            };
+            let existing = s.consumer_info(&name).await.ok();
+            let next = match &existing {
+                Some(c) if resume => c.ack_floor.stream_sequence + 1,
+                _ => next,
+            };
+            let config = |durable: &str, ack_policy| jetstream::consumer::pull::Config {
+                durable_name: Some(durable.to_owned()),
+                // A work queue delivers what is not acked yet, from its start.
+                deliver_policy: if work_queue {
+                    DeliverPolicy::All
+                } else {
+                    DeliverPolicy::ByStartSequence { start_sequence: next }
+                },
+                ack_policy,
+                ack_wait: ACK_WAIT,
+                max_ack_pending: if ack_policy == AckPolicy::Explicit { MAX_UNACKED } else { -1 },
+                filter_subject: filter_subject.clone(),
+                ..Default::default()
+            };
+            // The consumer's start cannot be moved: it is made again. On an
+            // interest stream a guard from the same sequence keeps the
+            // stream's interest in the messages meanwhile (deleting the only
+            // consumer would remove them).
+            let guard = format!("{name}-sluice-guard");
+            let guarded = existing.is_some() && !work_queue;
+            if guarded {
+                s.create_consumer(config(&guard, AckPolicy::Explicit))
+                    .await
+                    .map_err(|e| creating(&e))?;
+            }
+            if existing.is_some() {
+                s.delete_consumer(&name)
+                    .await
+                    .map_err(|e| format!("replacing consumer `{name}` of stream `{stream}` at {at}: {e}"))?;
+            }
+            let policy = if work_queue { AckPolicy::Explicit } else { AckPolicy::All };
+            let consumer = s.create_consumer(config(&name, policy)).await.map_err(|e| creating(&e));
+            if guarded {
+                let _ = s.delete_consumer(&guard).await;
+            }
+            let consumer = consumer?;
             let pending = consumer.cached_info().num_pending;
             let messages = consumer
                 .messages()
                 .await
                 .map_err(|e| format!("reading stream `{stream}` at {at}: {e}"))?;
-            Ok((messages, first, last, pending))
+            let messages: Messages = Box::new(messages.map(|m| m.map_err(|e| e.to_string())));
+            Ok((messages, first, last, pending, next, Some((client, work_queue))))
         });
-        let (messages, first, last, pending) = result.map_err(|m| self.bad(m))?;
+        let (messages, first, last, pending, next, durable) = result.map_err(|m| self.bad(m))?;
+        if let Some((client, explicit)) = durable {
+            self.client = Some(client);
+            self.explicit = explicit;
+        }
         if self.restored && self.next < first {
             return Err(self.bad(format!(
                 "stream `{}` starts at sequence {first} now; sequence {} the job resumes from was removed (by the stream's limits) \
@@ -126,6 +247,7 @@ impl NatsSource {
                 self.stream, self.next
             )));
         }
+        self.next = next.max(1);
         if self.bounded && self.end == 0 {
             // The first start of a bounded job: it reads what is there now.
             self.end = last;
@@ -137,6 +259,131 @@ impl NatsSource {
         self.messages = Some(messages);
         Ok(())
     }
+
+    /// Durable: acknowledge what was read before the newest completed
+    /// checkpoint's barrier, and wait until the server has it.
+    fn ack_completed(&mut self) {
+        let (Some(done), Some(client)) = (self.completed.as_ref().map(|c| c.load(Ordering::Acquire)), self.client.clone()) else {
+            return;
+        };
+        let Some(i) = self.pending.iter().rposition(|(id, _)| *id <= done) else {
+            return;
+        };
+        let acked: Vec<(u64, Vec<async_nats::Subject>)> = self.pending.drain(..=i).collect();
+        let replies: Vec<async_nats::Subject> = if self.explicit {
+            acked.into_iter().flat_map(|(_, r)| r).collect()
+        } else {
+            acked.into_iter().filter_map(|(_, mut r)| r.pop()).last().into_iter().collect()
+        };
+        let result = self.runtime.block_on(publish_acks(client, replies, self.timeout));
+        if let Err(e) = result {
+            tracing::warn!(source = %self.name, "acknowledging stream `{}` up to a completed checkpoint: {e}", self.stream);
+        }
+    }
+}
+
+impl Drop for NatsSource {
+    /// At the end of a bounded input the last checkpoint (the final state)
+    /// completes after the task has ended: what it covers is acknowledged
+    /// then, by [`ack_finished`].
+    fn drop(&mut self) {
+        self.ack_completed();
+        if !self.done {
+            return;
+        }
+        let (Some(client), Some(completed)) = (self.client.take(), self.completed.clone()) else {
+            return;
+        };
+        // The final state's snapshot took what was read last; anything
+        // read after it waits for a later checkpoint.
+        let after = if self.unacked.is_empty() {
+            self.last_snapshot
+        } else {
+            self.last_snapshot + 1
+        };
+        let mut replies: Vec<async_nats::Subject> = std::mem::take(&mut self.pending).into_iter().flat_map(|(_, r)| r).collect();
+        replies.append(&mut self.unacked);
+        if !self.explicit {
+            replies = replies.pop().into_iter().collect();
+        }
+        if replies.is_empty() {
+            return;
+        }
+        // The client's connection runs on this runtime: it goes along.
+        let Ok(spare) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            return;
+        };
+        let runtime = std::mem::replace(&mut self.runtime, spare);
+        let mut finished = FINISHED.lock().unwrap_or_else(|p| p.into_inner());
+        finished.retain(|f| f.since.elapsed() < FINISHED_KEPT);
+        if finished.len() < FINISHED_MAX {
+            finished.push(Finished {
+                source: self.name.clone(),
+                completed,
+                after,
+                runtime,
+                client,
+                replies,
+                timeout: self.timeout,
+                since: std::time::Instant::now(),
+            });
+        }
+    }
+}
+
+/// The acknowledgements of a durable consumer's source that reached the end
+/// of its input, waiting for the checkpoint with its final state.
+struct Finished {
+    source: String,
+    completed: Arc<AtomicU64>,
+    /// The first checkpoint id that holds the final state.
+    after: u64,
+    runtime: tokio::runtime::Runtime,
+    client: async_nats::Client,
+    replies: Vec<async_nats::Subject>,
+    timeout: Duration,
+    since: std::time::Instant,
+}
+
+static FINISHED: std::sync::Mutex<Vec<Finished>> = std::sync::Mutex::new(Vec::new());
+
+/// How long a finished source's acknowledgements wait for their checkpoint
+/// (a job that failed meanwhile never completes it), and how many wait.
+const FINISHED_KEPT: Duration = Duration::from_secs(600);
+const FINISHED_MAX: usize = 256;
+
+/// A checkpoint completed: acknowledge what finished durable-consumer
+/// sources were waiting for (called on every checkpoint notification).
+pub fn ack_finished() {
+    let ready: Vec<Finished> = {
+        let mut finished = FINISHED.lock().unwrap_or_else(|p| p.into_inner());
+        if finished.is_empty() {
+            return;
+        }
+        let (ready, waiting) = std::mem::take(&mut *finished)
+            .into_iter()
+            .partition(|f| f.completed.load(Ordering::Acquire) >= f.after);
+        *finished = waiting;
+        ready
+    };
+    for f in ready {
+        let (client, replies, timeout) = (f.client.clone(), f.replies, f.timeout);
+        let result = f.runtime.block_on(publish_acks(client, replies, timeout));
+        if let Err(e) = result {
+            tracing::warn!(source = %f.source, "acknowledging the end of the input: {e}");
+        }
+    }
+}
+
+/// Ack `replies` and wait until the server has them.
+async fn publish_acks(client: async_nats::Client, replies: Vec<async_nats::Subject>, timeout: Duration) -> Result<(), String> {
+    for reply in replies {
+        client.publish(reply, "+ACK".into()).await.map_err(|e| e.to_string())?;
+    }
+    tokio::time::timeout(timeout, client.flush())
+        .await
+        .map_err(|_| "no answer".to_owned())?
+        .map_err(|e| e.to_string())
 }
 
 fn failed(source: &str, message: String) -> ConnectorError {
@@ -148,6 +395,7 @@ fn failed(source: &str, message: String) -> ConnectorError {
 
 impl SourceReader for NatsSource {
     fn next_batch(&mut self, max_records: usize) -> Result<Option<RecordBatch>, ConnectorError> {
+        self.ack_completed();
         if self.done {
             return Ok(None);
         }
@@ -160,9 +408,10 @@ impl SourceReader for NatsSource {
         }
         let mut w = BatchWriter::new();
         let Some(messages) = self.messages.as_mut() else { return Ok(None) };
-        let end = self.end;
+        let (end, from) = (self.end, self.next);
         let mut got: Vec<(u64, i64, async_nats::jetstream::Message)> = Vec::new();
         let (mut bytes, mut past_end, mut caught_up) = (0, false, false);
+        let mut seen = Vec::new();
         let polled: Result<(), String> = self.runtime.block_on(async {
             let mut wait = POLL;
             while got.len() < max_records && bytes < SOURCE_BATCH_BYTES {
@@ -178,6 +427,15 @@ impl SourceReader for NatsSource {
                 let info = next.info().map_err(|e| format!("a message without JetStream metadata: {e}"))?;
                 let (seq, pending) = (info.stream_sequence, info.pending);
                 let published = (info.published.unix_timestamp_nanos() / 1_000_000) as i64;
+                if seq < from {
+                    // A durable consumer's redelivery of a message read
+                    // before: acked with the next checkpoint (it is before
+                    // that checkpoint's position).
+                    if let Some(reply) = next.message.reply.clone() {
+                        seen.push(reply);
+                    }
+                    continue;
+                }
                 if seq > end {
                     past_end = true;
                     break;
@@ -192,6 +450,9 @@ impl SourceReader for NatsSource {
             Ok(())
         });
         polled.map_err(|m| self.bad(m))?;
+        if self.explicit {
+            self.unacked.extend(seen);
+        }
         for (seq, published, m) in got {
             if m.payload.len() > MAX_MESSAGE_BYTES {
                 return Err(self.bad(format!(
@@ -208,6 +469,14 @@ impl SourceReader for NatsSource {
             };
             w.push(key.as_deref(), &m.payload, Some(ts.unwrap_or(published)));
             self.next = seq + 1;
+            if self.client.is_some()
+                && let Some(reply) = m.message.reply
+            {
+                if !self.explicit {
+                    self.unacked.clear();
+                }
+                self.unacked.push(reply);
+            }
         }
         // Past the end, or nothing more matches the subject now (so nothing
         // at or below the end ever will): a bounded source is done.
@@ -229,6 +498,18 @@ impl SourceReader for NatsSource {
         [self.next.to_le_bytes(), self.end.to_le_bytes()].concat()
     }
 
+    fn snapshot_position(&mut self, checkpoint: u64) -> Vec<u8> {
+        self.last_snapshot = self.last_snapshot.max(checkpoint);
+        if !self.unacked.is_empty() {
+            self.pending.push((checkpoint, std::mem::take(&mut self.unacked)));
+            if self.pending.len() > PENDING_ACKS && !self.explicit {
+                // AckAll: a later checkpoint's ack covers the older ones.
+                self.pending.remove(0);
+            }
+        }
+        self.position()
+    }
+
     fn seek(&mut self, position: &[u8]) -> Result<(), ConnectorError> {
         let bad = |message: String| ConnectorError::BadPosition {
             source_name: self.name.clone(),
@@ -246,6 +527,8 @@ impl SourceReader for NatsSource {
         self.restored = true;
         // Reconnect from the restored sequence on the next read.
         self.messages = None;
+        self.unacked.clear();
+        self.pending.clear();
         Ok(())
     }
 }

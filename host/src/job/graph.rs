@@ -32,6 +32,8 @@ pub type NodeId = usize;
 
 /// What a node is.
 #[derive(Debug, Clone)]
+// A few per job, built once: the size of the settings does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum NodeKind {
     /// A source.
     Source(SourceSpec),
@@ -112,6 +114,14 @@ impl JobGraph {
         let mut nodes = Vec::new();
         for s in &spec.sources {
             check_source(s)?;
+            if s.consumer.is_some() && spec.checkpoints.is_none() {
+                return Err(invalid(
+                    &s.name,
+                    "a nats source with `consumer` acknowledges messages when checkpoints complete, and the job has no \
+                     `[checkpoints]`; add them, or leave `consumer` out"
+                        .into(),
+                ));
+            }
             let mut s = s.clone();
             if s.kind == SourceKind::Kafka && s.group.is_none() {
                 s.group = Some(format!("sluice-{}-{}", clean_name(&spec.name), clean_name(&s.name)));
@@ -904,6 +914,13 @@ fn check_source(s: &SourceSpec) -> Result<(), JobError> {
             if s.start_sequence == Some(0) {
                 return Err(invalid("`start_sequence` starts at 1"));
             }
+            if let Some(c) = s.consumer.as_deref()
+                && (c.is_empty() || c.len() > 200 || c.chars().any(|c| c.is_whitespace() || matches!(c, '.' | '*' | '>' | '/' | '\\')))
+            {
+                return Err(invalid(
+                    "`consumer` is a durable consumer name: 1 to 200 characters, no spaces, `.`, `*`, `>`, `/` or `\\`",
+                ));
+            }
             if s.connect_timeout_ms == Some(0) {
                 return Err(invalid("`connect_timeout_ms` must be at least 1"));
             }
@@ -917,7 +934,7 @@ fn check_source(s: &SourceSpec) -> Result<(), JobError> {
             }
             if s.path.is_some() || s.columns.is_some() || s.follow || s.count.is_some() || has_generator_fields(s) {
                 return Err(invalid(
-                    "a nats source takes `url`, `stream`, `subject`, `start_sequence`, `bounded`, \
+                    "a nats source takes `url`, `stream`, `subject`, `consumer`, `start_sequence`, `bounded`, \
                      `connect_timeout_ms`, `format`, `key_field`, `timestamp_field` (and `watermarks`, `records_per_second`)",
                 ));
             }
@@ -940,12 +957,14 @@ fn check_source(s: &SourceSpec) -> Result<(), JobError> {
             }
         }
     }
-    let nats_fields = s.url.is_some() || s.stream.is_some() || s.subject.is_some() || s.start_sequence.is_some();
+    let nats_fields = s.url.is_some() || s.stream.is_some() || s.subject.is_some() || s.start_sequence.is_some() || s.consumer.is_some();
     if !matches!(s.kind, SourceKind::Nats | SourceKind::Kafka) && (s.bounded || s.connect_timeout_ms.is_some()) {
         return Err(invalid("`bounded` and `connect_timeout_ms` are settings of nats and kafka sources"));
     }
     if s.kind != SourceKind::Nats && nats_fields {
-        return Err(invalid("`url`, `stream`, `subject` and `start_sequence` are nats-source fields"));
+        return Err(invalid(
+            "`url`, `stream`, `subject`, `consumer` and `start_sequence` are nats-source fields",
+        ));
     }
     if let Some(w) = &s.watermarks {
         check_watermarks(&s.name, w)?;

@@ -107,6 +107,8 @@ impl OperatorDescriptor {
 /// What an operator of a chain is, with everything needed to build it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+// A few per job, built once: the size of the settings does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum OperatorBody {
     /// A source; paths are absolute.
     Source {

@@ -254,6 +254,7 @@ impl RunningAttempt {
             }
         }
         self.completed.fetch_max(checkpoint, Ordering::SeqCst);
+        crate::connectors::nats_source::ack_finished();
         Ok(())
     }
 

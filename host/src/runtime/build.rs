@@ -433,7 +433,7 @@ fn open_source(src: &SourceSpec, subtask: u32, completed: Option<Arc<AtomicU64>>
             subtask,
             src.parallelism,
         )),
-        SourceKind::Nats => Box::new(NatsSource::new(src).map_err(|e| JobError::Failed(e.into()))?),
+        SourceKind::Nats => Box::new(NatsSource::new(src, completed).map_err(|e| JobError::Failed(e.into()))?),
         SourceKind::Kafka => Box::new(KafkaSource::new(src, subtask, completed)),
         SourceKind::Nexmark => Box::new(NexmarkSource::new(
             NexmarkSettings {
