@@ -223,6 +223,12 @@ pub trait SourceReader: Send {
     fn watermark(&mut self) -> Option<i64> {
         None
     }
+    /// Whether this subtask has nothing to read at all (a Kafka subtask
+    /// that owns no partition): idle, so it holds no watermark back, as
+    /// Flink marks a reader without splits idle.
+    fn idle(&self) -> bool {
+        false
+    }
     /// How far behind its input this subtask is, in records, when the
     /// source knows (Kafka: end offsets minus committed offsets).
     fn lag(&self) -> Option<u64> {

@@ -737,3 +737,87 @@ fn partitions_added_while_a_kafka_source_runs_are_read_from_their_start() {
     let got = word_counts(committed(&dir.join("out")).iter().map(|l| l.as_bytes()));
     assert!(got == updates(&all), "after the cancel");
 }
+
+#[test]
+fn kafka_subtasks_without_partitions_are_idle_and_hold_no_watermark_back() {
+    // One partition, three source subtasks: two own nothing. Were they not
+    // idle, the windows after them would wait for their watermarks forever
+    // (the job is unbounded), as in Flink before readers without splits
+    // were marked idle.
+    let kafka = Tansu::start();
+    create_topic(&kafka.brokers(), "solo", 1);
+    let records: Vec<Produced> = (0..300i64)
+        .map(|i| {
+            let (user, ts) = (format!("u{}", i % 4), 10 * i);
+            let value = serde_json::json!({"user": user, "ts": ts}).to_string().into_bytes();
+            (0, Some(user), value, Some(ts))
+        })
+        .collect();
+    produce(&kafka.brokers(), "solo", &records);
+    let toml = format!(
+        r#"
+name = "kafka-idle"
+[[sources]]
+name = "events"
+kind = "kafka"
+brokers = "{brokers}"
+topic = "solo"
+parallelism = 3
+format = "json"
+key_field = "user"
+timestamp_field = "ts"
+watermarks = {{ strategy = "bounded", max_out_of_orderness_ms = 0, interval_ms = 0 }}
+[[operators]]
+name = "per-second"
+kind = "window"
+window = {{ assigner = "tumbling", size_ms = 1000, aggregate = "count" }}
+[[sinks]]
+name = "out"
+kind = "file"
+path = "out.jsonl"
+[[edges]]
+from = "events"
+to = "per-second"
+partition = "hash"
+[[edges]]
+from = "per-second"
+to = "out"
+"#,
+        brokers = kafka.brokers()
+    );
+    // The windows the watermark has passed (it stops at 2989: the last
+    // record's time minus 1): [0 s, 1 s) and [1 s, 2 s) per user.
+    let mut expected: BTreeMap<(String, i64), i64> = BTreeMap::new();
+    for (_, user, _, ts) in &records {
+        let start = ts.unwrap() / 1000 * 1000;
+        if start < 2000 {
+            *expected.entry((user.clone().unwrap(), start)).or_default() += 1;
+        }
+    }
+    let dir = temp_dir("kafka-idle");
+    let handle = start(&toml, &dir, None);
+    let read = || -> BTreeMap<(String, i64), i64> {
+        std::fs::read_to_string(dir.join("out.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|v| {
+                (
+                    (v["key"].as_str().unwrap().to_owned(), v["start"].as_i64().unwrap()),
+                    v["count"].as_i64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let t = Instant::now();
+    while read().len() < expected.len() {
+        assert!(!handle.is_finished(), "the job ended");
+        assert!(t.elapsed() < Duration::from_secs(30), "windows fired: {:?}", read());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Nothing past the watermark fired.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(read(), expected);
+    handle.cancel();
+    let _ = handle.wait();
+}

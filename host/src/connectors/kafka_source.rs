@@ -598,6 +598,11 @@ impl SourceReader for KafkaSource {
         self.lag
     }
 
+    fn idle(&self) -> bool {
+        // Unbounded, connected, and no partition is this subtask's.
+        !self.bounded && self.consumer.is_some() && self.partitions.is_empty()
+    }
+
     fn seek(&mut self, position: &[u8]) -> Result<(), ConnectorError> {
         self.seek_union(&[position])
     }

@@ -446,7 +446,8 @@ impl Task {
                             self.gauges.work(started, blocked);
                         }
                         Some(_) => {
-                            let went_idle = idle.poll(self.clock.now_ms());
+                            let now = self.clock.now_ms();
+                            let went_idle = idle.poll(now) | (reader.idle() && idle.mark_idle());
                             if let Some(wm) = mark {
                                 self.downstream().watermark(wm)?;
                             }

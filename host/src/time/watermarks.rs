@@ -87,6 +87,12 @@ impl IdleTracker {
         std::mem::replace(&mut self.idle, false)
     }
 
+    /// The source says it has nothing to read (a Kafka subtask without
+    /// partitions): idle now; true when it was not before.
+    pub fn mark_idle(&mut self) -> bool {
+        !std::mem::replace(&mut self.idle, true)
+    }
+
     /// True when the source just became idle at `now`.
     pub fn poll(&mut self, now: i64) -> bool {
         let Some(timeout) = self.timeout else { return false };
