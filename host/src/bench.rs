@@ -26,6 +26,9 @@
 //!   process and across two TaskManager processes ([`shuffle`]).
 //! - `kafka`: a Kafka source into a discard sink against a tansu broker,
 //!   beside a plain rdkafka consumer loop ([`kafka`]).
+//! - `e2e`: the windowed word count from a CSV file as `sluice run` runs it,
+//!   CPU time of the whole process, beside a plain-Rust loop over the same
+//!   file ([`e2e`]).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -35,6 +38,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use sluice_guest::batch::BatchWriter;
 
+mod e2e;
 mod kafka;
 mod shuffle;
 
@@ -186,8 +190,9 @@ pub fn run(engine: &Arc<WasmEngine>, name: &str, events: Option<u64>, udfs: &Pat
         "checkpoint" => bench_checkpoint(engine, events.unwrap_or(3_000_000), udfs),
         "shuffle" => shuffle::run(engine, events.unwrap_or(3_000_000), udfs),
         "kafka" => kafka::run(engine, events.unwrap_or(1_000_000)),
+        "e2e" => e2e::run(engine, events.unwrap_or(10_000_000), udfs),
         "nexmark" => bail!("`nexmark` takes `--query`: one of {}", crate::queries::QUERIES.join(", ")),
-        other => bail!("unknown benchmark `{other}`: choose map, keyed-count, window-count, checkpoint, shuffle, kafka or nexmark"),
+        other => bail!("unknown benchmark `{other}`: choose map, keyed-count, window-count, checkpoint, shuffle, kafka, e2e or nexmark"),
     }
 }
 
@@ -393,22 +398,16 @@ fn bench_window_count(engine: &WasmEngine, events: u64, udfs: &Path) -> anyhow::
     ))
 }
 
-/// CPU time of the whole process (all threads), in seconds.
+/// CPU time of the whole process (all threads, also those that ended),
+/// in seconds, to the microsecond (`getrusage`).
 fn process_cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
         return 0.0;
-    };
-    // Fields after the command name (which is in parentheses): state is
-    // the first, utime the 12th, stime the 13th.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    match (
-        f.get(11).and_then(|x| x.parse::<u64>().ok()),
-        f.get(12).and_then(|x| x.parse::<u64>().ok()),
-    ) {
-        (Some(u), Some(s)) => (u + s) as f64 / 100.0,
-        _ => 0.0,
     }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 fn bench_checkpoint(engine: &Arc<WasmEngine>, events: u64, udfs: &Path) -> anyhow::Result<String> {

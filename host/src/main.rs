@@ -229,7 +229,7 @@ enum Command {
     },
     /// Run a benchmark and print one line of figures, beside a native baseline.
     Bench {
-        /// map | keyed-count | window-count | checkpoint | shuffle | kafka | nexmark
+        /// map | keyed-count | window-count | checkpoint | shuffle | kafka | e2e | nexmark
         name: String,
         /// nexmark: the query (q0, q1, q2, …).
         #[arg(long)]

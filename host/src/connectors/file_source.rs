@@ -38,6 +38,8 @@ pub struct FileSource {
     offset: u64,
     buf: Vec<u8>,
     done: bool,
+    /// CSV: how each line becomes a record, and its scratch space.
+    csv: CsvRecords,
 }
 
 impl FileSource {
@@ -50,39 +52,13 @@ impl FileSource {
         Ok(FileSource {
             path: path.to_owned(),
             reader: BufReader::with_capacity(256 << 10, file),
-            options,
             line: 0,
             offset: 0,
             buf: Vec::new(),
             done: false,
+            csv: CsvRecords::new(&options.columns, options.key_field.as_deref(), options.timestamp_field.as_deref()),
+            options,
         })
-    }
-
-    /// A CSV line as a JSON object of the columns (numbers stay numbers).
-    fn csv_to_json(&self, line: &[u8]) -> Result<Vec<u8>, ConnectorError> {
-        let text = std::str::from_utf8(line).map_err(|_| self.bad("the line is not UTF-8".into()))?;
-        let fields = split_csv(text).map_err(|m| self.bad(m))?;
-        let columns = &self.options.columns;
-        if fields.len() != columns.len() {
-            return Err(self.bad(format!(
-                "expected {} comma-separated columns ({}), found {}",
-                columns.len(),
-                columns.join(","),
-                fields.len()
-            )));
-        }
-        let mut doc = serde_json::Map::with_capacity(columns.len());
-        for (name, field) in columns.iter().zip(fields) {
-            let value = match field.trim().parse::<i64>() {
-                Ok(i) => serde_json::Value::from(i),
-                Err(_) => match field.trim().parse::<f64>() {
-                    Ok(f) if f.is_finite() => serde_json::Value::from(f),
-                    _ => serde_json::Value::String(field),
-                },
-            };
-            doc.insert(name.clone(), value);
-        }
-        serde_json::to_vec(&doc).map_err(|e| self.bad(e.to_string()))
     }
 
     fn bad(&self, message: String) -> ConnectorError {
@@ -102,17 +78,27 @@ impl FileSource {
 }
 
 /// The key and event time of a JSON record from its `key_field` and
-/// `timestamp_field` (integer ms); the error says which is wrong.
+/// `timestamp_field` (integer ms); the error says which is wrong. Only
+/// those two fields are decoded: the rest of the document is checked and
+/// skipped, not built.
 pub(crate) fn json_fields(
     json: &[u8],
     key_field: Option<&str>,
     timestamp_field: Option<&str>,
 ) -> Result<(Option<Vec<u8>>, Option<i64>), String> {
-    let doc: serde_json::Value = serde_json::from_slice(json).map_err(|e| format!("invalid JSON: {e}"))?;
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let picked = Pick {
+        key: key_field,
+        timestamp: timestamp_field,
+    }
+    .deserialize(&mut de)
+    .and_then(|p| de.end().map(|()| p))
+    .map_err(|e| format!("invalid JSON: {e}"))?;
     let key = match key_field {
         None => None,
-        Some(f) => Some(match doc.get(f) {
-            Some(serde_json::Value::String(s)) => s.as_bytes().to_vec(),
+        Some(f) => Some(match picked.key {
+            Some(serde_json::Value::String(s)) => s.into_bytes(),
             Some(serde_json::Value::Null) | None => return Err(format!("key field `{f}` is missing")),
             Some(other) => other.to_string().into_bytes(),
         }),
@@ -120,12 +106,84 @@ pub(crate) fn json_fields(
     let ts = match timestamp_field {
         None => None,
         Some(f) => Some(
-            doc.get(f)
-                .and_then(serde_json::Value::as_i64)
+            picked
+                .timestamp
                 .ok_or_else(|| format!("timestamp field `{f}` is missing or not an integer"))?,
         ),
     };
     Ok((key, ts))
+}
+
+/// Decodes the two fields of a JSON document a record needs.
+struct Pick<'f> {
+    key: Option<&'f str>,
+    timestamp: Option<&'f str>,
+}
+
+/// What [`Pick`] found: the key field's value, and the timestamp field's
+/// if it is an integer (the last of a repeated field, as in a JSON map).
+#[derive(Default)]
+struct Picked {
+    key: Option<serde_json::Value>,
+    timestamp: Option<i64>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Pick<'_> {
+    type Value = Picked;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Picked, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Pick<'_> {
+    type Value = Picked;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON document")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Picked, A::Error> {
+        let mut out = Picked::default();
+        while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if Some(&*name) == self.key {
+                let v: serde_json::Value = map.next_value()?;
+                if Some(&*name) == self.timestamp {
+                    out.timestamp = v.as_i64();
+                }
+                out.key = Some(v);
+            } else if Some(&*name) == self.timestamp {
+                out.timestamp = map.next_value::<serde_json::Value>()?.as_i64();
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Picked, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Picked::default())
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Picked, E> {
+        Ok(Picked::default())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Picked, E> {
+        Ok(Picked::default())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Picked, E> {
+        Ok(Picked::default())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Picked, E> {
+        Ok(Picked::default())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Picked, E> {
+        Ok(Picked::default())
+    }
+    fn visit_unit<E>(self) -> Result<Picked, E> {
+        Ok(Picked::default())
+    }
 }
 
 /// Longest line a file source reads (with its newline): a longer one fails
@@ -182,11 +240,17 @@ impl SourceReader for FileSource {
                     if line.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
-                    let doc = match self.options.format {
-                        FileFormat::Csv => self.csv_to_json(line)?,
-                        _ => line.to_vec(),
-                    };
-                    self.push_json(&mut w, &doc)?;
+                    if self.options.format == FileFormat::Csv {
+                        let (csv, line_no) = (&mut self.csv, self.line);
+                        csv.push(line, &mut w).map_err(|message| ConnectorError::BadRecord {
+                            path: self.path.clone(),
+                            line: line_no,
+                            message,
+                        })?;
+                    } else {
+                        let line = line.to_vec();
+                        self.push_json(&mut w, &line)?;
+                    }
                 }
             }
         }
@@ -229,53 +293,258 @@ impl SourceReader for FileSource {
     }
 }
 
-/// Split one CSV line: fields separated by commas, a field may be quoted
-/// with `"` (a doubled `""` inside is one quote).
-fn split_csv(line: &str) -> Result<Vec<String>, String> {
-    let mut fields = Vec::new();
-    let mut chars = line.chars().peekable();
-    loop {
-        let mut field = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            loop {
-                match chars.next() {
-                    Some('"') if chars.peek() == Some(&'"') => {
-                        chars.next();
-                        field.push('"');
-                    }
-                    Some('"') => break,
-                    Some(c) => field.push(c),
-                    None => return Err("a quoted field is not closed".into()),
-                }
-            }
-            match chars.next() {
-                None => {
-                    fields.push(field);
-                    return Ok(fields);
-                }
-                Some(',') => fields.push(field),
-                Some(c) => return Err(format!("unexpected `{c}` after a quoted field")),
-            }
-        } else {
-            loop {
-                match chars.next() {
-                    None => {
-                        fields.push(field);
-                        return Ok(fields);
-                    }
-                    Some(',') => break,
-                    Some(c) => field.push(c),
-                }
-            }
-            fields.push(field);
+/// A CSV field as its line holds it: where it is (in the line, or, when it
+/// was quoted, in the scratch string), and what it parses as.
+#[derive(Clone, Copy)]
+struct Field {
+    quoted: bool,
+    start: usize,
+    end: usize,
+    kind: FieldKind,
+}
+
+#[derive(Clone, Copy)]
+enum FieldKind {
+    Int(i64),
+    Float(f64),
+    Text,
+}
+
+/// Turns CSV lines into records without building a document: the fields
+/// are split once, each parsed once, the JSON object of the columns (keys
+/// in name order, numbers as numbers: what `serde_json` writes for the
+/// same map) is written straight into the batch, and key and event time
+/// come from their fields.
+#[derive(Default)]
+struct CsvRecords {
+    columns: usize,
+    /// `(column, "\"name\":")` in name order, one per distinct name (the
+    /// last column of a repeated name wins, as in a JSON map).
+    order: Vec<(usize, Vec<u8>)>,
+    names: String,
+    key: Option<(usize, String)>,
+    timestamp: Option<(usize, String)>,
+    missing: Option<String>,
+    fields: Vec<Field>,
+    scratch: String,
+    key_buf: Vec<u8>,
+}
+
+impl CsvRecords {
+    fn new(columns: &[String], key_field: Option<&str>, timestamp_field: Option<&str>) -> Self {
+        let mut by_name: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+        for (i, c) in columns.iter().enumerate() {
+            by_name.insert(c, i);
         }
+        let order = by_name
+            .iter()
+            .map(|(name, i)| {
+                let mut k = serde_json::to_vec(name).unwrap_or_default();
+                k.push(b':');
+                (*i, k)
+            })
+            .collect();
+        let find = |f: Option<&str>| f.and_then(|f| by_name.get(f).map(|i| (*i, f.to_owned())));
+        let missing = match (key_field, timestamp_field) {
+            (Some(k), _) if !by_name.contains_key(k) => Some(format!("key field `{k}` is missing")),
+            (_, Some(t)) if !by_name.contains_key(t) => Some(format!("timestamp field `{t}` is missing or not an integer")),
+            _ => None,
+        };
+        CsvRecords {
+            columns: columns.len(),
+            order,
+            names: columns.join(","),
+            key: find(key_field),
+            timestamp: find(timestamp_field),
+            missing,
+            ..Default::default()
+        }
+    }
+
+    /// The text of field `f` of `line`.
+    fn text<'a>(&'a self, line: &'a str, f: &Field) -> &'a str {
+        if f.quoted {
+            &self.scratch[f.start..f.end]
+        } else {
+            &line[f.start..f.end]
+        }
+    }
+
+    /// Split `line` into `self.fields`.
+    fn split(&mut self, line: &str) -> Result<(), String> {
+        self.fields.clear();
+        self.scratch.clear();
+        let bytes = line.as_bytes();
+        let mut at = 0;
+        loop {
+            if bytes.get(at) == Some(&b'"') {
+                let start = self.scratch.len();
+                let mut i = at + 1;
+                loop {
+                    let Some(rel) = bytes[i..].iter().position(|b| *b == b'"') else {
+                        return Err("a quoted field is not closed".into());
+                    };
+                    self.scratch.push_str(&line[i..i + rel]);
+                    i += rel + 1;
+                    if bytes.get(i) == Some(&b'"') {
+                        self.scratch.push('"');
+                        i += 1;
+                    } else {
+                        break;
+                    }
+                }
+                self.fields.push(Field {
+                    quoted: true,
+                    start,
+                    end: self.scratch.len(),
+                    kind: FieldKind::Text,
+                });
+                match bytes.get(i) {
+                    None => return Ok(()),
+                    Some(b',') => at = i + 1,
+                    Some(_) => {
+                        let c = line[i..].chars().next().unwrap_or('?');
+                        return Err(format!("unexpected `{c}` after a quoted field"));
+                    }
+                }
+            } else {
+                let end = bytes[at..].iter().position(|b| *b == b',').map_or(bytes.len(), |p| at + p);
+                self.fields.push(Field {
+                    quoted: false,
+                    start: at,
+                    end,
+                    kind: FieldKind::Text,
+                });
+                if end == bytes.len() {
+                    return Ok(());
+                }
+                at = end + 1;
+            }
+        }
+    }
+
+    /// One CSV line as a record of `w`.
+    fn push(&mut self, line: &[u8], w: &mut BatchWriter) -> Result<(), String> {
+        let line = std::str::from_utf8(line).map_err(|_| "the line is not UTF-8".to_owned())?;
+        self.split(line)?;
+        if self.fields.len() != self.columns {
+            return Err(format!(
+                "expected {} comma-separated columns ({}), found {}",
+                self.columns,
+                self.names,
+                self.fields.len()
+            ));
+        }
+        if let Some(m) = &self.missing {
+            return Err(m.clone());
+        }
+        for i in 0..self.fields.len() {
+            let f = self.fields[i];
+            let text = self.text(line, &f).trim();
+            let kind = match text.parse::<i64>() {
+                Ok(n) => FieldKind::Int(n),
+                Err(_) => match text.parse::<f64>() {
+                    Ok(x) if x.is_finite() => FieldKind::Float(x),
+                    _ => FieldKind::Text,
+                },
+            };
+            self.fields[i].kind = kind;
+        }
+        let timestamp = match &self.timestamp {
+            None => None,
+            Some((i, name)) => match self.fields[*i].kind {
+                FieldKind::Int(t) => Some(t),
+                _ => return Err(format!("timestamp field `{name}` is missing or not an integer")),
+            },
+        };
+        // The key: a text field's text, a number's JSON.
+        let mut key_buf = std::mem::take(&mut self.key_buf);
+        key_buf.clear();
+        let key = match &self.key {
+            None => None,
+            Some((i, _)) => {
+                let f = self.fields[*i];
+                match f.kind {
+                    FieldKind::Text => key_buf.extend_from_slice(self.text(line, &f).as_bytes()),
+                    FieldKind::Int(n) => {
+                        let _ = serde_json::to_writer(&mut key_buf, &n);
+                    }
+                    FieldKind::Float(x) => {
+                        let _ = serde_json::to_writer(&mut key_buf, &x);
+                    }
+                }
+                Some(&key_buf[..])
+            }
+        };
+        w.push_with(key, timestamp, |out| {
+            out.push(b'{');
+            for (n, (i, name)) in self.order.iter().enumerate() {
+                if n > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(name);
+                let f = &self.fields[*i];
+                let _ = match f.kind {
+                    FieldKind::Int(v) => serde_json::to_writer(&mut *out, &v),
+                    FieldKind::Float(v) => serde_json::to_writer(&mut *out, &v),
+                    FieldKind::Text => serde_json::to_writer(&mut *out, self.text(line, f)),
+                };
+            }
+            out.push(b'}');
+        });
+        self.key_buf = key_buf;
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The reference CSV split (what the source did before [`CsvRecords`]):
+    /// split one CSV line: fields separated by commas, a field may be quoted
+    /// with `"` (a doubled `""` inside is one quote).
+    fn split_csv(line: &str) -> Result<Vec<String>, String> {
+        let mut fields = Vec::new();
+        let mut chars = line.chars().peekable();
+        loop {
+            let mut field = String::new();
+            if chars.peek() == Some(&'"') {
+                chars.next();
+                loop {
+                    match chars.next() {
+                        Some('"') if chars.peek() == Some(&'"') => {
+                            chars.next();
+                            field.push('"');
+                        }
+                        Some('"') => break,
+                        Some(c) => field.push(c),
+                        None => return Err("a quoted field is not closed".into()),
+                    }
+                }
+                match chars.next() {
+                    None => {
+                        fields.push(field);
+                        return Ok(fields);
+                    }
+                    Some(',') => fields.push(field),
+                    Some(c) => return Err(format!("unexpected `{c}` after a quoted field")),
+                }
+            } else {
+                loop {
+                    match chars.next() {
+                        None => {
+                            fields.push(field);
+                            return Ok(fields);
+                        }
+                        Some(',') => break,
+                        Some(c) => field.push(c),
+                    }
+                }
+                fields.push(field);
+            }
+        }
+    }
 
     fn lines_source(name: &str, content: &[u8]) -> FileSource {
         let path = std::env::temp_dir().join(format!("sluice-{name}-{}", std::process::id()));
@@ -323,6 +592,131 @@ mod tests {
         let mut s = lines_source("big-batch", &content);
         let b = s.next_batch(1 << 20).unwrap().unwrap();
         assert_eq!(b.len, super::super::SOURCE_BATCH_BYTES >> 20, "a batch stops at 16 MiB");
+    }
+
+    /// A record as key, event time and value.
+    type Made = (Option<Vec<u8>>, Option<i64>, Vec<u8>);
+
+    /// What a CSV line became before the direct path: a JSON map of the
+    /// columns through `serde_json`, then its key and event time read back.
+    fn csv_through_a_document(columns: &[&str], line: &str, key: Option<&str>, ts: Option<&str>) -> Result<Made, String> {
+        let fields = split_csv(line)?;
+        if fields.len() != columns.len() {
+            return Err("count".into());
+        }
+        let mut doc = serde_json::Map::new();
+        for (name, field) in columns.iter().zip(fields) {
+            let value = match field.trim().parse::<i64>() {
+                Ok(i) => serde_json::Value::from(i),
+                Err(_) => match field.trim().parse::<f64>() {
+                    Ok(f) if f.is_finite() => serde_json::Value::from(f),
+                    _ => serde_json::Value::String(field),
+                },
+            };
+            doc.insert((*name).to_owned(), value);
+        }
+        let json = serde_json::to_vec(&doc).unwrap();
+        let (k, t) = json_fields(&json, key, ts)?;
+        Ok((k, t, json))
+    }
+
+    #[test]
+    fn json_fields_are_what_the_document_holds() {
+        // The reference: the whole document built, the fields looked up.
+        let reference = |json: &str, key: Option<&str>, ts: Option<&str>| -> Result<(Option<Vec<u8>>, Option<i64>), String> {
+            let doc: serde_json::Value = serde_json::from_str(json).map_err(|e| format!("invalid JSON: {e}"))?;
+            let key = match key {
+                None => None,
+                Some(f) => Some(match doc.get(f) {
+                    Some(serde_json::Value::String(s)) => s.as_bytes().to_vec(),
+                    Some(serde_json::Value::Null) | None => return Err(format!("key field `{f}` is missing")),
+                    Some(other) => other.to_string().into_bytes(),
+                }),
+            };
+            let ts = match ts {
+                None => None,
+                Some(f) => Some(
+                    doc.get(f)
+                        .and_then(serde_json::Value::as_i64)
+                        .ok_or_else(|| format!("timestamp field `{f}` is missing or not an integer"))?,
+                ),
+            };
+            Ok((key, ts))
+        };
+        let docs = [
+            r#"{"user":"u1","ts":1000,"n":[1,{"a":null}]}"#,
+            r#"{"ts":5,"user":7}"#,
+            r#"{"user":{"b":1,"a":[true]},"ts":-3}"#,
+            r#"{"user":"a\"b\u00e9","ts":1.5}"#,
+            r#"{"user":null,"ts":1}"#,
+            r#"{"user":"x","user":"y","ts":1,"ts":2}"#,
+            r#"{"ts":18446744073709551615,"user":1e300}"#,
+            r#"[1,2]"#,
+            r#""text""#,
+            r#"{"user":"x"} trailing"#,
+            r#"{"user":"x","#,
+            r#"{"user":1.0,"ts":3}"#,
+            r#"{}"#,
+        ];
+        for doc in docs {
+            for (k, t) in [
+                (Some("user"), Some("ts")),
+                (None, Some("ts")),
+                (Some("user"), None),
+                (None, None),
+                (Some("ts"), Some("ts")),
+            ] {
+                let got = json_fields(doc.as_bytes(), k, t);
+                let want = reference(doc, k, t);
+                match (&got, &want) {
+                    (Err(a), Err(b)) if a.starts_with("invalid JSON") && b.starts_with("invalid JSON") => {}
+                    _ => assert_eq!(got, want, "{doc} with {k:?}, {t:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn csv_records_are_what_the_document_made() {
+        // (columns, line, key field, timestamp field)
+        type Case<'a> = (&'a [&'a str], &'a str, Option<&'a str>, Option<&'a str>);
+        let cases: &[Case] = &[
+            (&["ts", "word"], "1000,hello", Some("word"), Some("ts")),
+            (&["word", "ts"], "hello, 1000", Some("word"), Some("ts")),
+            (&["ts", "word"], "12,42", Some("word"), Some("ts")),
+            (&["ts", "word", "x"], r#"5,"a, ""b""",1.5"#, Some("x"), Some("ts")),
+            (&["b", "a", "b"], "1,2,3", Some("b"), None),
+            (&["ts", "v"], "+7, -0.25e3", None, Some("ts")),
+            (&["ts", "v"], "1,\"tab\there \u{e9}\"", Some("v"), Some("ts")),
+            (&["ts", "v"], "1e3,x", None, Some("ts")),
+            (&["ts", "v"], "1,", Some("v"), Some("ts")),
+            (&["ts", "v"], "nan,inf", Some("v"), None),
+            (&["ts", "v"], "99999999999999999999,x", Some("ts"), None),
+            (&["ts", "v"], "1,x", Some("nope"), None),
+            (&["ts", "v"], "1,x", None, Some("nope")),
+        ];
+        for (columns, line, key, ts) in cases {
+            let want = csv_through_a_document(columns, line, *key, *ts);
+            let cols: Vec<String> = columns.iter().map(|c| (*c).to_owned()).collect();
+            let mut csv = CsvRecords::new(&cols, *key, *ts);
+            let mut w = BatchWriter::new();
+            let got = csv.push(line.as_bytes(), &mut w).map(|()| {
+                let len = w.len();
+                let batch = RecordBatch { bytes: w.finish(), len };
+                let r = batch.records().next().unwrap();
+                (r.key.map(<[u8]>::to_vec), r.timestamp, r.value.to_vec())
+            });
+            assert_eq!(got, want, "{line:?} with columns {columns:?}");
+        }
+        let mut csv = CsvRecords::new(&["a".to_owned(), "b".to_owned()], None, None);
+        let mut w = BatchWriter::new();
+        assert_eq!(
+            csv.push(b"1", &mut w).unwrap_err(),
+            "expected 2 comma-separated columns (a,b), found 1"
+        );
+        assert_eq!(csv.push(b"\"x,1", &mut w).unwrap_err(), "a quoted field is not closed");
+        assert_eq!(csv.push(b"\"x\"y,1", &mut w).unwrap_err(), "unexpected `y` after a quoted field");
+        assert_eq!(csv.push(b"\xff,1", &mut w).unwrap_err(), "the line is not UTF-8");
     }
 
     #[test]
