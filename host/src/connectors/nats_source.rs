@@ -360,10 +360,12 @@ pub fn ack_finished() {
         if finished.is_empty() {
             return;
         }
-        let (ready, waiting) = std::mem::take(&mut *finished)
+        let (ready, waiting): (Vec<Finished>, Vec<Finished>) = std::mem::take(&mut *finished)
             .into_iter()
             .partition(|f| f.completed.load(Ordering::Acquire) >= f.after);
-        *finished = waiting;
+        // A job that failed meanwhile never completes the checkpoint: its
+        // entry (and connection) goes after a while.
+        *finished = waiting.into_iter().filter(|f| f.since.elapsed() < FINISHED_KEPT).collect();
         ready
     };
     for f in ready {
