@@ -28,10 +28,10 @@
 //! the transaction — says which checkpoint of that writer is in Kafka
 //! (`<run>` is [`super::spool::run_of`]: a fresh run of the job starts its
 //! markers again). A spool file found again after a crash is published
-//! only if its checkpoint is past the marker, so a transaction that committed is never repeated and
-//! one that did not is aborted by the next `init_transactions` and written
-//! again: consumers with `isolation.level = read_committed` see every record
-//! once.
+//! only if its checkpoint is past the marker, so a transaction that
+//! committed is never repeated and one that did not is aborted by the next
+//! `init_transactions` and written again: consumers with
+//! `isolation.level = read_committed` see every record once.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

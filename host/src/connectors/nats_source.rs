@@ -269,12 +269,7 @@ impl NatsSource {
         let Some(i) = self.pending.iter().rposition(|(id, _)| *id <= done) else {
             return;
         };
-        let acked: Vec<(u64, Vec<async_nats::Subject>)> = self.pending.drain(..=i).collect();
-        let replies: Vec<async_nats::Subject> = if self.explicit {
-            acked.into_iter().flat_map(|(_, r)| r).collect()
-        } else {
-            acked.into_iter().filter_map(|(_, mut r)| r.pop()).last().into_iter().collect()
-        };
+        let replies = to_ack(self.explicit, self.pending.drain(..=i).flat_map(|(_, r)| r));
         let result = self.runtime.block_on(publish_acks(client, replies, self.timeout));
         if let Err(e) = result {
             tracing::warn!(source = %self.name, "acknowledging stream `{}` up to a completed checkpoint: {e}", self.stream);
@@ -301,11 +296,8 @@ impl Drop for NatsSource {
         } else {
             self.last_snapshot + 1
         };
-        let mut replies: Vec<async_nats::Subject> = std::mem::take(&mut self.pending).into_iter().flat_map(|(_, r)| r).collect();
-        replies.append(&mut self.unacked);
-        if !self.explicit {
-            replies = replies.pop().into_iter().collect();
-        }
+        let read = std::mem::take(&mut self.pending).into_iter().flat_map(|(_, r)| r);
+        let replies = to_ack(self.explicit, read.chain(std::mem::take(&mut self.unacked)));
         if replies.is_empty() {
             return;
         }
@@ -374,6 +366,16 @@ pub fn ack_finished() {
         if let Err(e) = result {
             tracing::warn!(source = %f.source, "acknowledging the end of the input: {e}");
         }
+    }
+}
+
+/// Of the reply subjects of messages read in order, those to ack: every
+/// one (explicit acks), else the last (AckAll covers what came before).
+fn to_ack(explicit: bool, replies: impl Iterator<Item = async_nats::Subject>) -> Vec<async_nats::Subject> {
+    if explicit {
+        replies.collect()
+    } else {
+        replies.last().into_iter().collect()
     }
 }
 
