@@ -241,15 +241,10 @@ impl SourceReader for FileSource {
                         continue;
                     }
                     if self.options.format == FileFormat::Csv {
-                        let (csv, line_no) = (&mut self.csv, self.line);
-                        csv.push(line, &mut w).map_err(|message| ConnectorError::BadRecord {
-                            path: self.path.clone(),
-                            line: line_no,
-                            message,
-                        })?;
+                        let pushed = self.csv.push(line, &mut w);
+                        pushed.map_err(|m| self.bad(m))?;
                     } else {
-                        let line = line.to_vec();
-                        self.push_json(&mut w, &line)?;
+                        self.push_json(&mut w, line)?;
                     }
                 }
             }
