@@ -6,9 +6,11 @@
 
 pub mod heap;
 pub mod key_group;
+pub mod panes;
 
 pub use heap::{HeapKeyedState, Page, StateEntry, StateError, StateId};
 pub use key_group::{DEFAULT_MAX_PARALLELISM, KeyGroup, KeyGroupRange};
+pub use panes::PaneTable;
 
 /// The hasher of the host's in-memory maps keyed by record keys (state,
 /// timers, runs of a batch): fast on short keys and seeded per process, so

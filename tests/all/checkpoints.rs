@@ -394,6 +394,32 @@ pub(crate) fn start(toml: &str, dir: &Path, restore: Option<PathBuf>) -> sluice:
     .unwrap()
 }
 
+/// Open windows (their accumulators and timers) move with their key groups:
+/// a windowed word count stopped with a savepoint at parallelism 2 and
+/// restored at 3, then at 1, writes what an uninterrupted run writes.
+#[test]
+fn window_state_saved_at_parallelism_2_restores_at_3_and_1() {
+    let expected = uninterrupted("wrescale-expected", &windowed_job(1_000_000), &["out", "late"]);
+    assert!(expected[1].is_empty());
+    for new_par in [3, 1] {
+        let dir = temp_dir("wrescale");
+        let handle = start(&windowed_job(4000), &dir, None);
+        let t = Instant::now();
+        while handle.metrics[0].records_out() < 4000 {
+            assert!(t.elapsed() < Duration::from_secs(30), "the job made no progress");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let sp = request_savepoint(&dir.join("ckpt"), true, Duration::from_secs(30)).unwrap();
+        handle.wait().unwrap();
+        let partial = committed(&dir.join("out"));
+        assert!(partial.len() < expected[0].len(), "{}", partial.len());
+        let rescaled = windowed_job(1_000_000).replace("parallelism = 2", &format!("parallelism = {new_par}"));
+        start(&rescaled, &dir, Some(sp)).wait().unwrap();
+        assert_eq!(committed(&dir.join("out")), expected[0], "restored at parallelism {new_par}");
+        assert_eq!(committed(&dir.join("late")), expected[1]);
+    }
+}
+
 #[test]
 fn savepoint_at_parallelism_2_restores_at_1_and_3() {
     let expected = uninterrupted("rescale-expected", &wordcount_job("rescale", 1_000_000, 2, ""), &["out"]);

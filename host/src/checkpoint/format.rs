@@ -82,14 +82,7 @@ impl SnapshotWriter {
                 let i = match index[slot] {
                     Some(i) => i,
                     None => {
-                        let name = backend.state_name(id).unwrap_or_default();
-                        let i = match self.names.iter().position(|n| n == name) {
-                            Some(i) => i as u32,
-                            None => {
-                                self.names.push(name.to_owned());
-                                (self.names.len() - 1) as u32
-                            }
-                        };
+                        let i = self.state_index(backend.state_name(id).unwrap_or_default());
                         index[slot] = Some(i);
                         i
                     }
@@ -105,6 +98,30 @@ impl SnapshotWriter {
                 self.groups.insert(g, block);
             }
         }
+    }
+
+    /// The index of state `name` in this snapshot's names, added if new.
+    pub fn state_index(&mut self, name: &str) -> u32 {
+        match self.names.iter().position(|n| n == name) {
+            Some(i) => i as u32,
+            None => {
+                self.names.push(name.to_owned());
+                (self.names.len() - 1) as u32
+            }
+        }
+    }
+
+    /// Add one state entry of key group `group`, under the state numbered
+    /// by [`Self::state_index`] (state an operator keeps outside its
+    /// backend, in typed tables).
+    pub fn entry(&mut self, group: KeyGroup, state: u32, key: &[u8], user_key: &[u8], value: &[u8]) {
+        let block = self.groups.entry(group.0).or_default();
+        block.reserve(17 + key.len() + user_key.len() + value.len());
+        block.push(TAG_STATE);
+        block.extend_from_slice(&state.to_le_bytes());
+        put_bytes(block, key);
+        put_bytes(block, user_key);
+        put_bytes(block, value);
     }
 
     /// Copy every timer, into the group of its key.

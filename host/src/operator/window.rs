@@ -25,8 +25,9 @@ use std::sync::Arc;
 use sluice_guest::batch::{BatchWriter, RecordRef};
 
 use super::{Emit, GuestOutputs, Operator, TaskError, keyed_restore, keyed_snapshot, preview};
-use crate::checkpoint::{DecodedSnapshot, OperatorSnapshot};
-use crate::state::{HeapKeyedState, KeyGroup, KeyHasher, StateId};
+use crate::checkpoint::{DecodedSnapshot, OperatorSnapshot, SnapshotWriter};
+use crate::state::panes::Slot;
+use crate::state::{HeapKeyedState, KeyGroup, KeyHasher, PaneTable, StateError, StateId};
 use crate::time::{Clock, TimeDomain, Timer, TimerService};
 use crate::types::RecordBatch;
 use crate::wasm::{GuestError, GuestFailure, GuestInstance, RecordError, WindowBounds};
@@ -121,6 +122,40 @@ pub(crate) struct WindowOperator {
     scratch: Vec<Window>,
     /// Set when the windows are computed by slices.
     slicing: Option<Slicing>,
+    /// The accumulators (`window-contents`) in a typed table, for
+    /// aggregates over windows that neither merge nor are sliced; `None`:
+    /// they are in `state`.
+    table: Option<PaneTable>,
+}
+
+/// The accumulator of a pane: from its slot in the typed table, or from the
+/// generic state.
+fn read_acc<'s>(
+    table: Option<&'s PaneTable>,
+    state: &'s HeapKeyedState,
+    id: StateId,
+    pane: &Pane<'_>,
+    slot: Option<Slot>,
+) -> Result<Option<&'s [u8]>, StateError> {
+    match (table, slot) {
+        (Some(t), Some(s)) => Ok(t.get(s, &pane.window)),
+        _ => state.get(pane.group, pane.key, id, &pane.window.encode()),
+    }
+}
+
+/// Store the accumulator of a pane where [`read_acc`] found it.
+fn write_acc(
+    table: Option<&mut PaneTable>,
+    state: &mut HeapKeyedState,
+    id: StateId,
+    pane: &Pane<'_>,
+    slot: Option<Slot>,
+    acc: &[u8],
+) -> Result<(), StateError> {
+    match (table, slot) {
+        (Some(t), Some(s)) => Ok(t.put(s, &pane.window, acc)?),
+        _ => state.put(pane.group, pane.key, id, &pane.window.encode(), acc),
+    }
 }
 
 impl WindowOperator {
@@ -148,7 +183,12 @@ impl WindowOperator {
             }
             _ => None,
         };
+        let table = (matches!(function, WindowFunction::Builtin(_) | WindowFunction::Aggregate(_))
+            && !cfg.assigner.is_merging()
+            && slicing.is_none())
+        .then(|| PaneTable::with_budget(state.budget()));
         Ok(WindowOperator {
+            table,
             slicing,
             cfg,
             function,
@@ -210,6 +250,9 @@ impl WindowOperator {
     }
 
     fn has_contents(&self, g: KeyGroup, key: &[u8], w: &Window) -> Result<bool, TaskError> {
+        if let Some(t) = &self.table {
+            return Ok(t.get_by_key(key, w).is_some());
+        }
         let id = match self.function {
             WindowFunction::Process(_) => self.ids.count,
             _ => self.ids.contents,
@@ -223,9 +266,10 @@ impl WindowOperator {
     fn clear_contents(&mut self, g: KeyGroup, key: &[u8], w: &Window) -> Result<(), TaskError> {
         let uk = w.encode();
         match self.function {
-            WindowFunction::Builtin(_) | WindowFunction::Aggregate(_) => {
-                self.state.delete(g, key, self.ids.contents, &uk).map_err(|e| self.state_error(e))?;
-            }
+            WindowFunction::Builtin(_) | WindowFunction::Aggregate(_) => match &mut self.table {
+                Some(t) => t.remove(key, w),
+                None => self.state.delete(g, key, self.ids.contents, &uk).map_err(|e| self.state_error(e))?,
+            },
             WindowFunction::Process(_) => {
                 for (ek, _) in self.elements(g, key, w)? {
                     self.state.delete(g, key, self.ids.elements, &ek).map_err(|e| self.state_error(e))?;
@@ -497,15 +541,25 @@ impl WindowOperator {
     fn add(&mut self, records: &[RecordRef<'_>], panes: &mut [Pane<'_>], chunks: &[(usize, usize, usize)]) -> Result<Vec<bool>, TaskError> {
         let mut fresh = vec![false; panes.len()];
         let mut errors: Vec<RecordError> = Vec::new();
-        match &mut self.function {
+        // Each pane's key interned once: its slot serves the read and the
+        // write of the accumulator.
+        let mut slots: Vec<Option<Slot>> = Vec::with_capacity(chunks.len());
+        for &(p, _, _) in chunks {
+            let pane = &panes[p];
+            slots.push(match &mut self.table {
+                Some(t) => Some(
+                    t.slot(t.hash(pane.key), pane.key, pane.group)
+                        .map_err(|e| self.outputs.internal(e))?,
+                ),
+                None => None,
+            });
+        }
+        let id = self.ids.contents;
+        let result = match &mut self.function {
             WindowFunction::Builtin(b) => {
-                for &(p, from, to) in chunks {
+                for (c, &(p, from, to)) in chunks.iter().enumerate() {
                     let pane = &panes[p];
-                    let uk = pane.window.encode();
-                    let before = self
-                        .state
-                        .get(pane.group, pane.key, self.ids.contents, &uk)
-                        .map_err(|e| self.outputs.internal(e))?;
+                    let before = read_acc(self.table.as_ref(), &self.state, id, pane, slots[c]).map_err(|e| self.outputs.internal(e))?;
                     fresh[p] = before.is_none();
                     let mut acc: Option<[u8; 9]> = before.and_then(|b| b.try_into().ok());
                     for &i in &pane.records[from..to] {
@@ -515,23 +569,19 @@ impl WindowOperator {
                         }
                     }
                     if let Some(a) = acc {
-                        self.state
-                            .put(pane.group, pane.key, self.ids.contents, &uk, &a)
-                            .map_err(|e| self.outputs.internal(e))?;
+                        write_acc(self.table.as_mut(), &mut self.state, id, pane, slots[c], &a).map_err(|e| self.outputs.internal(e))?;
                     }
                 }
+                Ok(())
             }
             WindowFunction::Aggregate(guest) => {
                 let mut batch = BatchWriter::with_capacity(chunks.len() * 32);
                 let mut runs = Vec::with_capacity(chunks.len());
                 let mut accs = Vec::with_capacity(chunks.len() * 12);
                 let mut origin = Vec::new();
-                for &(p, from, to) in chunks {
+                for (c, &(p, from, to)) in chunks.iter().enumerate() {
                     let pane = &panes[p];
-                    let before = self
-                        .state
-                        .get(pane.group, pane.key, self.ids.contents, &pane.window.encode())
-                        .map_err(|e| self.outputs.internal(e))?;
+                    let before = read_acc(self.table.as_ref(), &self.state, id, pane, slots[c]).map_err(|e| self.outputs.internal(e))?;
                     fresh[p] = before.is_none();
                     match before {
                         Some(a) => {
@@ -553,7 +603,7 @@ impl WindowOperator {
                     message: e.message,
                 }));
                 let mut rest = &packed[..];
-                for &(p, _, _) in chunks {
+                for (c, &(p, _, _)) in chunks.iter().enumerate() {
                     let pane = &panes[p];
                     let acc = rest
                         .split_at_checked(4)
@@ -565,15 +615,15 @@ impl WindowOperator {
                         )));
                     };
                     rest = tail;
-                    self.state
-                        .put(pane.group, pane.key, self.ids.contents, &pane.window.encode(), acc)
-                        .map_err(|e| self.outputs.internal(e))?;
+                    write_acc(self.table.as_mut(), &mut self.state, id, pane, slots[c], acc).map_err(|e| self.outputs.internal(e))?;
                 }
-                if !rest.is_empty() {
-                    return Err(self.guest_error(format!(
+                if rest.is_empty() {
+                    Ok(())
+                } else {
+                    Err(self.guest_error(format!(
                         "aggregate `add` returned more than the {} accumulators it was given",
                         chunks.len()
-                    )));
+                    )))
                 }
             }
             WindowFunction::Process(_) => {
@@ -602,8 +652,17 @@ impl WindowOperator {
                     }
                     self.put_u64(pane.group, pane.key, self.ids.count, &uk, seq)?;
                 }
+                Ok(())
+            }
+        };
+        // A key interned for a pane that got no accumulator (every record
+        // failed, or the guest call did) gives its slot back.
+        if let Some(t) = &mut self.table {
+            for s in slots.into_iter().flatten() {
+                t.release_if_empty(s);
             }
         }
+        result?;
         if !errors.is_empty() {
             errors.sort_by_key(|e| e.index);
             let input = Self::rebuild(records);
@@ -735,10 +794,13 @@ impl WindowOperator {
             let ts = Some(w.max_timestamp());
             let count = match &self.function {
                 WindowFunction::Builtin(_) | WindowFunction::Aggregate(_) => {
-                    let acc = self
-                        .state
-                        .get(g, key, self.ids.contents, &w.encode())
-                        .map_err(|e| self.state_error(e))?;
+                    let acc = match &self.table {
+                        Some(t) => t.get_by_key(key, w),
+                        None => self
+                            .state
+                            .get(g, key, self.ids.contents, &w.encode())
+                            .map_err(|e| self.state_error(e))?,
+                    };
                     let Some(acc) = acc else { continue };
                     match &self.function {
                         WindowFunction::Builtin(b) => batch.push(Some(key), &b.result(key, w, acc), ts),
@@ -1010,11 +1072,44 @@ impl Operator for WindowOperator {
     }
 
     fn snapshot(&mut self, _checkpoint: u64, _last: bool) -> Result<Option<OperatorSnapshot>, TaskError> {
-        Ok(Some(keyed_snapshot(&self.state, &self.timers, self.max_parallelism)))
+        let Some(table) = &self.table else {
+            return Ok(Some(keyed_snapshot(&self.state, &self.timers, self.max_parallelism)));
+        };
+        // The table's entries are written as the generic state would write
+        // `window-contents`: one entry per key and window.
+        let mut w = SnapshotWriter::new();
+        w.keyed_state(&self.state);
+        let contents = w.state_index("window-contents");
+        for (group, key, window, acc) in table.iter() {
+            w.entry(group, contents, key, &window.encode(), acc);
+        }
+        w.timers(&self.timers, self.max_parallelism);
+        Ok(Some(OperatorSnapshot {
+            payload: Some(w.finish()),
+            sink: None,
+        }))
     }
 
     fn restore(&mut self, snapshots: &[Arc<DecodedSnapshot>]) -> Result<(), TaskError> {
-        keyed_restore(snapshots, &mut self.state, &mut self.timers, &self.outputs)
+        keyed_restore(snapshots, &mut self.state, &mut self.timers, &self.outputs)?;
+        let Some(table) = &mut self.table else {
+            return Ok(());
+        };
+        for (group, key, user_key, acc) in self.state.take_state(self.ids.contents) {
+            let Some(w) = Window::decode(&user_key) else {
+                return Err(self.outputs.internal(format!(
+                    "restoring state: a `window-contents` entry's user key is {} bytes, not a window",
+                    user_key.len()
+                )));
+            };
+            let slot = table
+                .slot(table.hash(&key), &key, group)
+                .map_err(|e| self.outputs.internal(format!("restoring state: {e}")))?;
+            table
+                .put(slot, &w, &acc)
+                .map_err(|e| self.outputs.internal(format!("restoring state: {e}")))?;
+        }
+        Ok(())
     }
 }
 

@@ -196,6 +196,9 @@ impl KeyStates {
 
 type KeyMap = HashMap<Box<[u8]>, KeyStates, KeyHasher>;
 
+/// Entries taken out of a backend: (key group, key, user key, value).
+pub type TakenEntries = Vec<(KeyGroup, Box<[u8]>, Box<[u8]>, Box<[u8]>)>;
+
 /// One entry of a backend, as exposed for snapshots.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateEntry<'a> {
@@ -435,6 +438,37 @@ impl HeapKeyedState {
                 }
             }
         }
+    }
+
+    /// Remove every entry of state `id` and hand them over as (key group,
+    /// key, user key, value): an operator moving a state it restored into
+    /// a typed table of its own.
+    pub fn take_state(&mut self, id: StateId) -> TakenEntries {
+        let mut taken = Vec::new();
+        for (i, map) in self.groups.iter_mut().enumerate() {
+            let group = KeyGroup(self.range.start + i as u32);
+            map.retain(|key, states| {
+                if let Some(pos) = states.states.iter().position(|(s, _)| *s == id) {
+                    let (_, entries) = states.states.swap_remove(pos);
+                    let pairs: Box<dyn Iterator<Item = _>> = match entries {
+                        Entries::Empty => Box::new(std::iter::empty()),
+                        Entries::One(k, v) => Box::new(std::iter::once((k, v))),
+                        Entries::Many(m) => Box::new(m.into_iter()),
+                    };
+                    for (k, v) in pairs {
+                        self.bytes = self.bytes.saturating_sub(k.len() + v.len() + ENTRY_OVERHEAD);
+                        taken.push((group, key.clone(), k, v));
+                    }
+                }
+                if states.states.is_empty() {
+                    self.bytes = self.bytes.saturating_sub(key.len() + KEY_OVERHEAD);
+                    return false;
+                }
+                true
+            });
+        }
+        self.account.shrink_to(self.bytes as u64);
+        taken
     }
 
     /// Number of keys with any state.
