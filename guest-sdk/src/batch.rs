@@ -172,6 +172,41 @@ impl<'a> Iterator for BatchIter<'a> {
     }
 }
 
+/// Walk the headers of a batch's records without reading their values:
+/// `f(has key, timestamp)` per record. `None` when the batch is malformed
+/// (where [`BatchIter`] reports the fault); `f` has then seen the records
+/// before it.
+pub fn scan_headers(bytes: &[u8], mut f: impl FnMut(bool, Option<i64>)) -> Option<()> {
+    let len_at = |at: usize| -> Option<usize> {
+        let b = bytes.get(at..at.checked_add(4)?)?;
+        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let mut pos = 0usize;
+    while pos < bytes.len() {
+        let flags = bytes[pos];
+        if flags & !(HAS_KEY | HAS_TIMESTAMP) != 0 {
+            return None;
+        }
+        pos += 1;
+        if flags & HAS_KEY != 0 {
+            pos = pos.checked_add(4)?.checked_add(len_at(pos)?)?;
+        }
+        let timestamp = if flags & HAS_TIMESTAMP != 0 {
+            let b = bytes.get(pos..pos.checked_add(8)?)?;
+            pos += 8;
+            Some(i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+        } else {
+            None
+        };
+        pos = pos.checked_add(4)?.checked_add(len_at(pos)?)?;
+        if pos > bytes.len() {
+            return None;
+        }
+        f(flags & HAS_KEY != 0, timestamp);
+    }
+    Some(())
+}
+
 /// Builds a packed batch.
 #[derive(Debug, Default, Clone)]
 pub struct BatchWriter {
@@ -275,6 +310,30 @@ fn len_u32(n: usize) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn headers_are_scanned_as_the_iterator_reads_them() {
+        let mut w = BatchWriter::new();
+        w.push(Some(b"k"), b"value", Some(7));
+        w.push(None, b"", None);
+        w.push(Some(b""), b"v", Some(-5));
+        let bytes = w.finish();
+        let mut seen = Vec::new();
+        assert_eq!(scan_headers(&bytes, |k, t| seen.push((k, t))), Some(()));
+        let expected: Vec<_> = Batch::new(&bytes)
+            .iter()
+            .map(|r| r.map(|r| (r.key.is_some(), r.timestamp)).unwrap())
+            .collect();
+        assert_eq!(seen, expected);
+        // Cut anywhere inside the last record: the first two are seen, then
+        // the scan reports the damage.
+        for cut in 1..8 {
+            let mut seen = Vec::new();
+            assert_eq!(scan_headers(&bytes[..bytes.len() - cut], |k, t| seen.push((k, t))), None);
+            assert_eq!(seen, expected[..2]);
+        }
+        assert_eq!(scan_headers(&[0b100], |_, _| {}), None);
+    }
 
     #[test]
     fn round_trip_all_shapes() {

@@ -181,8 +181,9 @@ fn guest(engine: &WasmEngine, udfs: &Path, name: &str, world: World, state: Opti
     )?)
 }
 
-/// Run benchmark `name` over `events` records (a default when none).
-pub fn run(engine: &Arc<WasmEngine>, name: &str, events: Option<u64>, udfs: &Path) -> anyhow::Result<String> {
+/// Run benchmark `name` over `events` records (a default when none);
+/// `runs`: how many times `e2e` runs each side (it reports the best).
+pub fn run(engine: &Arc<WasmEngine>, name: &str, events: Option<u64>, udfs: &Path, runs: u32) -> anyhow::Result<String> {
     match name {
         "map" => bench_map(engine, events.unwrap_or(5_000_000), udfs),
         "keyed-count" => bench_keyed_count(engine, events.unwrap_or(3_000_000), udfs),
@@ -190,7 +191,7 @@ pub fn run(engine: &Arc<WasmEngine>, name: &str, events: Option<u64>, udfs: &Pat
         "checkpoint" => bench_checkpoint(engine, events.unwrap_or(3_000_000), udfs),
         "shuffle" => shuffle::run(engine, events.unwrap_or(3_000_000), udfs),
         "kafka" => kafka::run(engine, events.unwrap_or(1_000_000)),
-        "e2e" => e2e::run(engine, events.unwrap_or(10_000_000), udfs),
+        "e2e" => e2e::run(engine, events.unwrap_or(10_000_000), udfs, runs),
         "nexmark" => bail!("`nexmark` takes `--query`: one of {}", crate::queries::QUERIES.join(", ")),
         other => bail!("unknown benchmark `{other}`: choose map, keyed-count, window-count, checkpoint, shuffle, kafka, e2e or nexmark"),
     }

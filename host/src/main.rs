@@ -250,9 +250,9 @@ enum Command {
         /// job (compare `events_per_wall_s` of the two lines).
         #[arg(long)]
         alongside: Option<String>,
-        /// nexmark: run the job and the reference this many times each,
-        /// alternately, and report the best of each (CPU time on a shared
-        /// machine is noisy).
+        /// nexmark and e2e: run the job and the baseline this many times
+        /// each, alternately, and report the best of each (CPU time on a
+        /// shared machine is noisy).
         #[arg(long, default_value_t = 3)]
         runs: u32,
     },
@@ -537,7 +537,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench {
             name,
             query: _,
-            runs: _,
+            runs,
             events,
             udfs,
             lang,
@@ -546,24 +546,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let (dir, events) = bench_udfs(&lang, &udfs, events)?;
             let engine = engine()?;
             let Some(other) = alongside else {
-                println!("lang={lang} {}", sluice::bench::run(&engine, &name, events, &dir)?);
+                println!("lang={lang} {}", sluice::bench::run(&engine, &name, events, &dir, runs)?);
                 return Ok(());
             };
             let (other_dir, other_events) = bench_udfs(&other, &udfs, None)?;
-            println!("lang={lang} alongside=none {}", sluice::bench::run(&engine, &name, events, &dir)?);
+            println!(
+                "lang={lang} alongside=none {}",
+                sluice::bench::run(&engine, &name, events, &dir, runs)?
+            );
             let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let background = {
                 let (engine, stop) = (engine.clone(), stop.clone());
                 std::thread::spawn(move || -> anyhow::Result<u64> {
                     let mut runs = 0;
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        sluice::bench::run(&engine, "keyed-count", other_events, &other_dir)?;
+                        sluice::bench::run(&engine, "keyed-count", other_events, &other_dir, 1)?;
                         runs += 1;
                     }
                     Ok(runs)
                 })
             };
-            let line = sluice::bench::run(&engine, &name, events, &dir);
+            let line = sluice::bench::run(&engine, &name, events, &dir, runs);
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             let runs = background.join().map_err(|_| anyhow::anyhow!("the background job panicked"))??;
             println!("lang={lang} alongside={other} {} alongside_runs_completed={runs}", line?);

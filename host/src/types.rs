@@ -17,6 +17,13 @@ impl RecordBatch {
     pub fn records(&self) -> impl Iterator<Item = sluice_guest::batch::RecordRef<'_>> {
         Batch::new(&self.bytes).iter().map_while(Result::ok)
     }
+
+    /// The records in a vector, allocated once for the batch's length.
+    pub fn record_vec(&self) -> Vec<sluice_guest::batch::RecordRef<'_>> {
+        let mut v = Vec::with_capacity(self.len.min(self.bytes.len() / 5 + 1));
+        v.extend(self.records());
+        v
+    }
 }
 
 /// What flows on a channel.

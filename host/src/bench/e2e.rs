@@ -34,7 +34,10 @@ const WORDS: u64 = 10_000;
 const EVENTS_PER_SECOND: u64 = 100_000;
 
 /// Run it over `events` lines.
-pub fn run(engine: &Arc<WasmEngine>, events: u64, udfs: &Path) -> anyhow::Result<String> {
+pub fn run(engine: &Arc<WasmEngine>, events: u64, udfs: &Path, runs: u32) -> anyhow::Result<String> {
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
     let component = udfs.join("window_count.wasm");
     let component =
         std::fs::canonicalize(&component).with_context(|| format!("{} is missing: run scripts/build-udfs first", component.display()))?;
@@ -43,8 +46,18 @@ pub fn run(engine: &Arc<WasmEngine>, events: u64, udfs: &Path) -> anyhow::Result
     let result = (|| {
         let csv = dir.join("words.csv");
         write_csv(&csv, events)?;
-        let native = measure_native(&csv)?;
-        let sluice = measure_sluice(engine, &dir, &csv, &component)?;
+        // Alternately, keeping the best (least CPU) of each side.
+        let (mut native, mut sluice) = (measure_native(&csv)?, measure_sluice(engine, &dir, &csv, &component)?);
+        for _ in 1..runs {
+            let n = measure_native(&csv)?;
+            if n.cpu < native.cpu {
+                native = n;
+            }
+            let s = measure_sluice(engine, &dir, &csv, &component)?;
+            if s.cpu < sluice.cpu {
+                sluice = s;
+            }
+        }
         if sluice.rows != native.rows {
             bail!(
                 "the job wrote {} window results, the native loop counted {}",
@@ -54,7 +67,7 @@ pub fn run(engine: &Arc<WasmEngine>, events: u64, udfs: &Path) -> anyhow::Result
         }
         let (x, y) = (events as f64 / sluice.cpu, events as f64 / native.cpu);
         Ok(format!(
-            "bench=e2e events={events} events_per_cpu_s={x:.0} native_events_per_cpu_s={y:.0} ratio={:.3} events_per_wall_s={:.0} \
+            "bench=e2e events={events} runs={runs} events_per_cpu_s={x:.0} native_events_per_cpu_s={y:.0} ratio={:.3} events_per_wall_s={:.0} \
              rows={} peak_rss_mb={:.1} native_peak_rss_mb={:.1}",
             x / y,
             events as f64 / sluice.wall,
@@ -184,6 +197,8 @@ to = "out"
         csv = lit(csv),
         component = lit(component),
     );
+    // A run before this one left its output.
+    let _ = std::fs::remove_file(dir.join("out.jsonl"));
     let graph = crate::job::JobGraph::build(crate::job::JobSpec::from_toml(&toml)?, dir)?;
     reset_peak_rss();
     let (cpu0, wall0) = (process_cpu_seconds(), Instant::now());

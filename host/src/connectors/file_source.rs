@@ -435,9 +435,16 @@ impl CsvRecords {
         }
         for i in 0..self.fields.len() {
             let f = self.fields[i];
-            let text = self.text(line, &f).trim();
+            let text = trim(self.text(line, &f));
+            // A finite float starts with a digit, a sign or a point: other
+            // text (words, mostly) skips the float parser.
+            let numeric = text
+                .as_bytes()
+                .first()
+                .is_some_and(|b| b.is_ascii_digit() || matches!(b, b'+' | b'-' | b'.'));
             let kind = match text.parse::<i64>() {
                 Ok(n) => FieldKind::Int(n),
+                Err(_) if !numeric => FieldKind::Text,
                 Err(_) => match text.parse::<f64>() {
                     Ok(x) if x.is_finite() => FieldKind::Float(x),
                     _ => FieldKind::Text,
@@ -482,7 +489,7 @@ impl CsvRecords {
                 let _ = match f.kind {
                     FieldKind::Int(v) => serde_json::to_writer(&mut *out, &v),
                     FieldKind::Float(v) => serde_json::to_writer(&mut *out, &v),
-                    FieldKind::Text => serde_json::to_writer(&mut *out, self.text(line, f)),
+                    FieldKind::Text => write_json_string(out, self.text(line, f)),
                 };
             }
             out.push(b'}');
@@ -490,6 +497,29 @@ impl CsvRecords {
         self.key_buf = key_buf;
         Ok(())
     }
+}
+
+/// `text` without surrounding whitespace; a field with none (the common
+/// case: ASCII letters or digits at both ends) is not searched.
+#[inline]
+fn trim(text: &str) -> &str {
+    match (text.as_bytes().first(), text.as_bytes().last()) {
+        (Some(a), Some(z)) if a.is_ascii_graphic() && z.is_ascii_graphic() => text,
+        _ => text.trim(),
+    }
+}
+
+/// `text` as a JSON string; text with nothing to escape is copied as is.
+#[inline]
+fn write_json_string(out: &mut Vec<u8>, text: &str) -> serde_json::Result<()> {
+    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(text.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+        return Ok(());
+    }
+    serde_json::to_writer(out, text)
 }
 
 #[cfg(test)]

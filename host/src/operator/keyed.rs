@@ -86,7 +86,7 @@ impl Operator for KeyedOperator {
     }
 
     fn process(&mut self, input: usize, batch: RecordBatch, out: &mut dyn Emit) -> Result<(), TaskError> {
-        let records: Vec<RecordRef<'_>> = batch.records().collect();
+        let records: Vec<RecordRef<'_>> = batch.record_vec();
         let mut run_of: HashMap<&[u8], u32, KeyHasher> = HashMap::with_capacity_and_hasher(records.len(), KeyHasher::default());
         let mut used = 0;
         for (i, r) in records.iter().enumerate() {

@@ -53,11 +53,13 @@ impl Operator for WatermarkAssigner {
             return out.emit(RecordBatch { bytes: part.finish(), len });
         }
         if let Some(p) = &mut self.periodic {
-            for r in batch.records() {
-                if let Some(t) = r.timestamp {
+            // Only the headers are read; a malformed batch stops the scan
+            // where the record iterator would.
+            let _ = sluice_guest::batch::scan_headers(&batch.bytes, |_, ts| {
+                if let Some(t) = ts {
                     p.on_timestamp(t);
                 }
-            }
+            });
         }
         out.emit(batch)?;
         self.on_processing_time(self.clock.now_ms(), out)

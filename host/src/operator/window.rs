@@ -103,7 +103,8 @@ struct Pane<'a> {
     key: &'a [u8],
     group: KeyGroup,
     window: Window,
-    records: Vec<u32>,
+    /// Its records' indexes in the batch, in arrival order.
+    records: &'a [u32],
     /// Elements in the window since the last count firing.
     count: u64,
 }
@@ -575,7 +576,16 @@ impl WindowOperator {
                 Ok(())
             }
             WindowFunction::Aggregate(guest) => {
-                let mut batch = BatchWriter::with_capacity(chunks.len() * 32);
+                // Room for every record of the chunks: the batch never grows.
+                let bytes: usize = chunks
+                    .iter()
+                    .flat_map(|&(p, from, to)| &panes[p].records[from..to])
+                    .map(|&i| {
+                        let r = &records[i as usize];
+                        17 + r.key.map_or(0, <[u8]>::len) + r.value.len()
+                    })
+                    .sum();
+                let mut batch = BatchWriter::with_capacity(bytes);
                 let mut runs = Vec::with_capacity(chunks.len());
                 let mut accs = Vec::with_capacity(chunks.len() * 12);
                 let mut origin = Vec::new();
@@ -930,7 +940,7 @@ impl WindowOperator {
 
 impl Operator for WindowOperator {
     fn process(&mut self, _input: usize, batch: RecordBatch, out: &mut dyn Emit) -> Result<(), TaskError> {
-        let records: Vec<RecordRef<'_>> = batch.records().collect();
+        let records: Vec<RecordRef<'_>> = batch.record_vec();
         let now = self.clock.now_ms();
         let mut times = Vec::with_capacity(records.len());
         for (i, r) in records.iter().enumerate() {
@@ -971,25 +981,50 @@ impl Operator for WindowOperator {
         };
         self.route_late(&records, &late, out)?;
 
-        let mut panes: Vec<Pane<'_>> = Vec::new();
-        let mut index: HashMap<PaneKey<'_>, usize, PaneHasher> = HashMap::with_capacity_and_hasher(records.len(), PaneHasher);
-        let mut hashes: Vec<Option<u64>> = vec![None; records.len()];
-        for (i, w) in assigned {
-            let key = records[i as usize].key.unwrap_or_default();
-            let hash = *hashes[i as usize].get_or_insert_with(|| xxhash_rust::xxh3::xxh3_64(key));
+        // Group the assigned records by pane without a vector per pane:
+        // number the panes, then lay their records out in one array
+        // (a counting sort that keeps arrival order within a pane).
+        let mut heads: Vec<(&[u8], KeyGroup, Window, u32)> = Vec::with_capacity(assigned.len().min(4096));
+        let mut pane_of: Vec<u32> = Vec::with_capacity(assigned.len());
+        {
+            let mut index: HashMap<PaneKey<'_>, u32, PaneHasher> = HashMap::with_capacity_and_hasher(records.len(), PaneHasher);
+            let mut hashes: Vec<Option<u64>> = vec![None; records.len()];
             let max_parallelism = self.max_parallelism;
-            let p = *index.entry(PaneKey { hash, key, window: w }).or_insert_with(|| {
-                panes.push(Pane {
-                    key,
-                    group: KeyGroup::of_hash(hash, max_parallelism),
-                    window: w,
-                    records: Vec::new(),
-                    count: 0,
+            for &(i, w) in &assigned {
+                let key = records[i as usize].key.unwrap_or_default();
+                let hash = *hashes[i as usize].get_or_insert_with(|| xxhash_rust::xxh3::xxh3_64(key));
+                let p = *index.entry(PaneKey { hash, key, window: w }).or_insert_with(|| {
+                    heads.push((key, KeyGroup::of_hash(hash, max_parallelism), w, 0));
+                    (heads.len() - 1) as u32
                 });
-                panes.len() - 1
-            });
-            panes[p].records.push(i);
+                heads[p as usize].3 += 1;
+                pane_of.push(p);
+            }
         }
+        let mut starts: Vec<usize> = Vec::with_capacity(heads.len() + 1);
+        let mut at = 0usize;
+        for h in &heads {
+            starts.push(at);
+            at += h.3 as usize;
+        }
+        starts.push(at);
+        let mut order = vec![0u32; assigned.len()];
+        let mut fill = starts.clone();
+        for (&(i, _), &p) in assigned.iter().zip(&pane_of) {
+            order[fill[p as usize]] = i;
+            fill[p as usize] += 1;
+        }
+        let mut panes: Vec<Pane<'_>> = heads
+            .iter()
+            .enumerate()
+            .map(|(p, &(key, group, window, _))| Pane {
+                key,
+                group,
+                window,
+                records: &order[starts[p]..starts[p + 1]],
+                count: 0,
+            })
+            .collect();
         if let TriggerKind::Count(_) = self.cfg.trigger.kind {
             for p in &mut panes {
                 p.count = self.get_u64(p.group, p.key, self.ids.trigger_count, &p.window.encode())?;

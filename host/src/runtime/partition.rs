@@ -56,7 +56,11 @@ impl EdgeWriter {
             Partition::Hash => {
                 let p = self.senders.len() as u32;
                 if p == 1 {
-                    if let Some(r) = batch.records().find(|r| r.key.is_none()) {
+                    let mut keyed = true;
+                    let whole = sluice_guest::batch::scan_headers(&batch.bytes, |k, _| keyed &= k).is_some();
+                    if (!keyed || !whole)
+                        && let Some(r) = batch.records().find(|r| r.key.is_none())
+                    {
                         return Err(TaskError::MissingKey {
                             target: self.target.clone(),
                             value: preview(r.value),

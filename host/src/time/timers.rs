@@ -209,8 +209,10 @@ impl TimerService {
 
 /// The timers of one timestamp: a set that remembers insertion order.
 mod indexmap_lite {
-    use std::collections::hash_map::Entry;
-    use std::collections::{HashMap, VecDeque};
+    use std::collections::VecDeque;
+    use std::hash::BuildHasher;
+
+    use hashbrown::HashTable;
 
     use crate::state::KeyHasher;
 
@@ -219,19 +221,108 @@ mod indexmap_lite {
     /// Insertion-ordered set of (key, namespace). Most timestamps hold one
     /// timer or a few (an auction's expiry, a session's end), kept in a
     /// small queue searched in place; past [`SMALL`] timers (every key's
-    /// window ending at one time) a map indexes the queue, where a removal
-    /// leaves a hole, skipped when popping.
+    /// window ending at one time) a hash table indexes the queue by
+    /// sequence number, so each id is stored once; a removal leaves a hole,
+    /// skipped when popping.
     #[derive(Debug, Default, Clone)]
     pub enum Bucket {
         #[default]
         Empty,
         One(Id),
         Small(VecDeque<Id>),
-        Large {
-            seq: HashMap<Id, u64, KeyHasher>,
-            order: VecDeque<(u64, Id)>,
-            next: u64,
-        },
+        Large(Box<Large>),
+    }
+
+    #[derive(Debug, Default, Clone)]
+    pub struct Large {
+        /// Entries in insertion order; `None` where one was removed.
+        order: VecDeque<Option<Id>>,
+        /// The sequence number of `order[0]`.
+        base: u64,
+        /// The sequence numbers of present entries, by the hash of their id.
+        index: HashTable<u64>,
+        hasher: KeyHasher,
+        len: usize,
+    }
+
+    impl Large {
+        fn hash(&self, key: &[u8], namespace: &[u8]) -> u64 {
+            self.hasher.hash_one((key, namespace))
+        }
+
+        fn at(&self, seq: u64) -> Option<&Id> {
+            let i = usize::try_from(seq.checked_sub(self.base)?).ok()?;
+            self.order.get(i)?.as_ref()
+        }
+
+        fn find(&self, hash: u64, key: &[u8], namespace: &[u8]) -> Option<u64> {
+            self.index
+                .find(hash, |&seq| self.at(seq).is_some_and(|(k, ns)| k == key && ns == namespace))
+                .copied()
+        }
+
+        fn insert(&mut self, id: Id) -> bool {
+            let hash = self.hash(&id.0, &id.1);
+            if self.find(hash, &id.0, &id.1).is_some() {
+                return false;
+            }
+            let seq = self.base + self.order.len() as u64;
+            self.order.push_back(Some(id));
+            let Large {
+                order,
+                base,
+                index,
+                hasher,
+                ..
+            } = self;
+            index.insert_unique(hash, seq, |&s| {
+                let i = (s - *base) as usize;
+                order[i].as_ref().map_or(0, |(k, ns)| hasher.hash_one((&k[..], &ns[..])))
+            });
+            self.len += 1;
+            true
+        }
+
+        fn remove(&mut self, key: &[u8], namespace: &[u8]) -> bool {
+            let hash = self.hash(key, namespace);
+            let Some(seq) = self.find(hash, key, namespace) else {
+                return false;
+            };
+            if let Ok(e) = self.index.find_entry(hash, |&s| s == seq) {
+                e.remove();
+            }
+            self.order[(seq - self.base) as usize] = None;
+            self.len -= 1;
+            if self.order.len() > 2 * self.len + 16 {
+                // Drop the holes, so deleting and re-registering cannot grow it.
+                let ids: Vec<Id> = std::mem::take(&mut self.order).into_iter().flatten().collect();
+                let mut fresh = Large {
+                    hasher: self.hasher.clone(),
+                    ..Default::default()
+                };
+                for id in ids {
+                    fresh.insert(id);
+                }
+                *self = fresh;
+            }
+            true
+        }
+
+        fn pop_front(&mut self) -> Option<Id> {
+            while let Some(slot) = self.order.pop_front() {
+                let seq = self.base;
+                self.base += 1;
+                if let Some(id) = slot {
+                    let hash = self.hash(&id.0, &id.1);
+                    if let Ok(e) = self.index.find_entry(hash, |&s| s == seq) {
+                        e.remove();
+                    }
+                    self.len -= 1;
+                    return Some(id);
+                }
+            }
+            None
+        }
     }
 
     /// Most timers a bucket searches without a map.
@@ -251,29 +342,18 @@ mod indexmap_lite {
                 Bucket::Small(ids) if ids.contains(&id) => return false,
                 Bucket::Small(ids) if ids.len() < SMALL => ids.push_back(id),
                 Bucket::Small(ids) => {
-                    let order: VecDeque<(u64, Id)> = std::mem::take(ids)
-                        .into_iter()
-                        .chain([id])
-                        .zip(0..)
-                        .map(|(id, n)| (n, id))
-                        .collect();
-                    let seq = order.iter().map(|(n, id)| (id.clone(), *n)).collect();
-                    let next = order.len() as u64;
-                    *self = Bucket::Large { seq, order, next };
-                }
-                Bucket::Large { seq, order, next } => {
-                    if seq.contains_key(&id) {
-                        return false;
+                    let mut large = Large::default();
+                    for old in std::mem::take(ids) {
+                        large.insert(old);
                     }
-                    seq.insert(id.clone(), *next);
-                    order.push_back((*next, id));
-                    *next += 1;
+                    large.insert(id);
+                    *self = Bucket::Large(Box::new(large));
                 }
+                Bucket::Large(large) => return large.insert(id),
             }
             true
         }
 
-        /// Remove; false when absent.
         /// True when present.
         pub fn contains(&self, key: &[u8], namespace: &[u8]) -> bool {
             let is = |(k, ns): &Id| k == key && ns == namespace;
@@ -281,10 +361,11 @@ mod indexmap_lite {
                 Bucket::Empty => false,
                 Bucket::One(id) => is(id),
                 Bucket::Small(ids) => ids.iter().any(is),
-                Bucket::Large { seq, .. } => seq.contains_key(&(key.to_vec(), namespace.to_vec())),
+                Bucket::Large(large) => large.find(large.hash(key, namespace), key, namespace).is_some(),
             }
         }
 
+        /// Remove; false when absent.
         pub fn remove(&mut self, key: &[u8], namespace: &[u8]) -> bool {
             let is = |(k, ns): &Id| k == key && ns == namespace;
             match self {
@@ -303,15 +384,7 @@ mod indexmap_lite {
                     }
                     None => false,
                 },
-                Bucket::Large { seq, order, .. } => {
-                    // Looking up a tuple of Vecs needs owned keys.
-                    let removed = seq.remove(&(key.to_vec(), namespace.to_vec())).is_some();
-                    if order.len() > 2 * seq.len() + 16 {
-                        // Drop the holes, so deleting and re-registering cannot grow it.
-                        order.retain(|(n, id)| seq.get(id) == Some(n));
-                    }
-                    removed
-                }
+                Bucket::Large(large) => large.remove(key, namespace),
             }
         }
 
@@ -324,16 +397,7 @@ mod indexmap_lite {
                     _ => unreachable!(),
                 },
                 Bucket::Small(ids) => ids.pop_front(),
-                Bucket::Large { seq, order, .. } => {
-                    while let Some((n, id)) = order.pop_front() {
-                        if let Entry::Occupied(e) = seq.entry(id)
-                            && *e.get() == n
-                        {
-                            return Some(e.remove_entry().0);
-                        }
-                    }
-                    None
-                }
+                Bucket::Large(large) => large.pop_front(),
             }
         }
 
@@ -342,7 +406,7 @@ mod indexmap_lite {
                 Bucket::Empty => true,
                 Bucket::One(_) => false,
                 Bucket::Small(ids) => ids.is_empty(),
-                Bucket::Large { seq, .. } => seq.is_empty(),
+                Bucket::Large(large) => large.len == 0,
             }
         }
 
@@ -355,12 +419,7 @@ mod indexmap_lite {
                 Bucket::Empty => Box::new(std::iter::empty()),
                 Bucket::One(id) => Box::new(std::iter::once(pair(id))),
                 Bucket::Small(ids) => Box::new(ids.iter().map(pair)),
-                Bucket::Large { seq, order, .. } => Box::new(
-                    order
-                        .iter()
-                        .filter(move |(n, id)| seq.get(id) == Some(n))
-                        .map(move |(_, id)| pair(id)),
-                ),
+                Bucket::Large(large) => Box::new(large.order.iter().flatten().map(pair)),
             }
         }
     }
