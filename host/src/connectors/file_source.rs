@@ -69,12 +69,37 @@ impl FileSource {
         }
     }
 
-    fn push_json(&self, w: &mut BatchWriter, line: &[u8]) -> Result<(), ConnectorError> {
-        let (key, ts) =
-            json_fields(line, self.options.key_field.as_deref(), self.options.timestamp_field.as_deref()).map_err(|m| self.bad(m))?;
-        w.push(key.as_deref(), line, ts);
-        Ok(())
+    fn too_long(&self) -> ConnectorError {
+        ConnectorError::BadRecord {
+            path: self.path.clone(),
+            line: self.line + 1,
+            message: format!("the line is longer than {MAX_LINE_BYTES} bytes, the most a record may hold"),
+        }
     }
+
+    /// Count and push a line gathered in a buffer of its own (`line`
+    /// without its newline; it ended the file when there was none).
+    fn push_line(&mut self, line: &[u8], w: &mut BatchWriter) -> Result<(), ConnectorError> {
+        self.line += 1;
+        self.offset += line.len() as u64 + u64::from(!self.done);
+        push_line(&self.options, &mut self.csv, line, w).map_err(|m| self.bad(m))
+    }
+}
+
+/// One line (without its newline) as a record in `w`, by the file's
+/// format; blank lines of JSON and CSV files are skipped.
+fn push_line(options: &FileOptions, csv: &mut CsvRecords, line: &[u8], w: &mut BatchWriter) -> Result<(), String> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    match options.format {
+        FileFormat::Lines => w.push(None, line, None),
+        FileFormat::Json | FileFormat::Csv if line.iter().all(u8::is_ascii_whitespace) => {}
+        FileFormat::Csv => csv.push(line, w)?,
+        FileFormat::Json => {
+            let (key, ts) = json_fields(line, options.key_field.as_deref(), options.timestamp_field.as_deref())?;
+            w.push(key.as_deref(), line, ts);
+        }
+    }
+    Ok(())
 }
 
 /// The key and event time of a JSON record from its `key_field` and
@@ -196,57 +221,60 @@ impl SourceReader for FileSource {
             return Ok(None);
         }
         let mut w = BatchWriter::with_capacity(64 << 10);
+        // Lines are taken from the reader's buffer where they lie whole; only
+        // a line that crosses the buffer's end (or, following, is still being
+        // written) is gathered in `buf`, and kept there until it is complete.
         while w.len() < max_records && w.byte_len() < super::SOURCE_BATCH_BYTES {
-            self.buf.clear();
-            let n = std::io::Read::take(&mut self.reader, MAX_LINE_BYTES as u64 + 1)
-                .read_until(b'\n', &mut self.buf)
-                .map_err(|source| ConnectorError::Io {
-                    path: self.path.clone(),
-                    source,
-                })?;
-            if n > MAX_LINE_BYTES {
-                return Err(ConnectorError::BadRecord {
-                    path: self.path.clone(),
-                    line: self.line + 1,
-                    message: format!("the line is longer than {MAX_LINE_BYTES} bytes, the most a record may hold"),
-                });
-            }
-            if n == 0 {
-                if !self.options.follow {
-                    self.done = true;
+            let io = |source| ConnectorError::Io {
+                path: self.path.clone(),
+                source,
+            };
+            let avail = self.reader.fill_buf().map_err(io)?;
+            if avail.is_empty() {
+                if self.options.follow {
+                    break;
                 }
+                self.done = true;
+                if self.buf.is_empty() {
+                    break;
+                }
+                // The last line, without a newline.
+                let line = std::mem::take(&mut self.buf);
+                let pushed = self.push_line(&line, &mut w);
+                self.buf = line;
+                self.buf.clear();
+                pushed?;
                 break;
             }
-            if self.options.follow && !self.buf.ends_with(b"\n") {
-                // A line still being written: read it again once complete.
-                self.reader.seek_relative(-(n as i64)).map_err(|source| ConnectorError::Io {
-                    path: self.path.clone(),
-                    source,
-                })?;
-                break;
-            }
-            self.line += 1;
-            self.offset += n as u64;
-            let mut line = &self.buf[..];
-            if let Some(l) = line.strip_suffix(b"\n") {
-                line = l;
-            }
-            if let Some(l) = line.strip_suffix(b"\r") {
-                line = l;
-            }
-            match self.options.format {
-                FileFormat::Lines => w.push(None, line, None),
-                FileFormat::Json | FileFormat::Csv => {
-                    if line.iter().all(u8::is_ascii_whitespace) {
-                        continue;
-                    }
-                    if self.options.format == FileFormat::Csv {
-                        let pushed = self.csv.push(line, &mut w);
-                        pushed.map_err(|m| self.bad(m))?;
-                    } else {
-                        self.push_json(&mut w, line)?;
-                    }
+            let Some(nl) = avail.iter().position(|b| *b == b'\n') else {
+                if self.buf.len() + avail.len() > MAX_LINE_BYTES {
+                    return Err(self.too_long());
                 }
+                let n = avail.len();
+                self.buf.extend_from_slice(avail);
+                self.reader.consume(n);
+                continue;
+            };
+            if self.buf.is_empty() {
+                if nl + 1 > MAX_LINE_BYTES {
+                    return Err(self.too_long());
+                }
+                self.line += 1;
+                self.offset += nl as u64 + 1;
+                let pushed = push_line(&self.options, &mut self.csv, &avail[..nl], &mut w);
+                self.reader.consume(nl + 1);
+                pushed.map_err(|m| self.bad(m))?;
+            } else {
+                if self.buf.len() + nl + 1 > MAX_LINE_BYTES {
+                    return Err(self.too_long());
+                }
+                self.buf.extend_from_slice(&avail[..nl]);
+                self.reader.consume(nl + 1);
+                let line = std::mem::take(&mut self.buf);
+                let pushed = self.push_line(&line, &mut w);
+                self.buf = line;
+                self.buf.clear();
+                pushed?;
             }
         }
         if w.is_empty() && self.done {
@@ -284,6 +312,7 @@ impl SourceReader for FileSource {
         self.offset = offset;
         self.line = line;
         self.done = false;
+        self.buf.clear();
         Ok(())
     }
 }
@@ -604,6 +633,78 @@ mod tests {
         content.push(b'\n');
         let b = lines_source("limit-line", &content).next_batch(10).unwrap().unwrap();
         assert_eq!(b.records().next().map(|r| r.value.len()), Some(MAX_LINE_BYTES - 1));
+    }
+
+    /// Every value read from `s`, a batch of at most `n` at a time, with
+    /// the position after each batch.
+    fn read_all(s: &mut FileSource, n: usize) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+        let (mut values, mut positions) = (Vec::new(), Vec::new());
+        while let Some(b) = s.next_batch(n).unwrap() {
+            values.extend(b.records().map(|r| r.value.to_vec()));
+            positions.push(s.position());
+        }
+        (values, positions)
+    }
+
+    #[test]
+    fn lines_across_the_read_buffer_come_out_whole_and_positions_resume_exactly() {
+        // Lines around and beyond the reader's 256 KiB buffer, CRLF, an
+        // empty line, and a last line without a newline.
+        let mut lines: Vec<Vec<u8>> = Vec::new();
+        for (i, len) in [3usize, 0, 262_140, 262_150, 1, 600_000, 17, 5].into_iter().enumerate() {
+            lines.push((0..len).map(|j| b'a' + ((i + j) % 26) as u8).collect());
+        }
+        let mut content = Vec::new();
+        for (i, l) in lines.iter().enumerate() {
+            content.extend_from_slice(l);
+            match i {
+                4 => content.extend_from_slice(b"\r\n"),
+                7 => {}
+                _ => content.push(b'\n'),
+            }
+        }
+        let (values, positions) = read_all(&mut lines_source("across", &content), 2);
+        assert_eq!(values, lines);
+        assert_eq!(
+            positions.last().map(|p| p[..8].to_vec()),
+            Some((content.len() as u64).to_le_bytes().to_vec())
+        );
+        // Resuming at each batch's position reads exactly the rest.
+        for (b, p) in positions.iter().enumerate() {
+            let seen = (2 * (b + 1)).min(lines.len());
+            let mut s = lines_source("resume", &content);
+            s.seek(p).unwrap();
+            assert_eq!(read_all(&mut s, 3).0, lines[seen..], "resumed after batch {b}");
+        }
+    }
+
+    #[test]
+    fn a_followed_line_still_being_written_is_read_once_complete() {
+        let path = std::env::temp_dir().join(format!("sluice-follow-{}", std::process::id()));
+        std::fs::write(&path, b"one\ntw").unwrap();
+        let options = FileOptions {
+            follow: true,
+            ..Default::default()
+        };
+        let mut s = FileSource::open(&path, options).unwrap();
+        let b = s.next_batch(10).unwrap().unwrap();
+        assert_eq!(b.records().map(|r| r.value.to_vec()).collect::<Vec<_>>(), [b"one".to_vec()]);
+        assert_eq!(s.position()[..8], 4u64.to_le_bytes(), "the partial line is not consumed");
+        assert_eq!(s.next_batch(10).unwrap().map(|b| b.len), Some(0));
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"o\nthree\n")
+            .unwrap();
+        let b = s.next_batch(10).unwrap().unwrap();
+        assert_eq!(
+            b.records().map(|r| r.value.to_vec()).collect::<Vec<_>>(),
+            [b"two".to_vec(), b"three".to_vec()]
+        );
+        assert_eq!(s.position()[..8], 14u64.to_le_bytes());
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]
