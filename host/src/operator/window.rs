@@ -18,6 +18,12 @@
 //!
 //! Sliding windows of a built-in aggregate are computed by slices instead
 //! (see [`super::sliced`]): one accumulator per key and slide.
+//!
+//! Aggregates (built-in or a guest's) over windows that neither merge nor
+//! are sliced keep `window-contents` in a typed table instead
+//! ([`PaneTable`]: each key interned once, its open windows beside it);
+//! snapshots write the same entries, so nothing outside the operator sees
+//! the difference.
 
 use std::collections::HashMap;
 use std::sync::Arc;
