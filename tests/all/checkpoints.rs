@@ -381,6 +381,20 @@ to = "out"
     assert!(err.contains("asked to trap"), "{err}");
 }
 
+/// Start `toml` in `dir`, wait (at most `patience`) until its first source
+/// has sent `records`, then stop it with a savepoint, which is returned.
+pub(crate) fn stop_with_savepoint_after(toml: &str, dir: &Path, records: u64, patience: Duration) -> PathBuf {
+    let handle = start(toml, dir, None);
+    let t = Instant::now();
+    while handle.metrics[0].records_out() < records {
+        assert!(t.elapsed() < patience, "the job made no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sp = request_savepoint(&dir.join("ckpt"), true, patience).unwrap();
+    handle.wait().unwrap();
+    sp
+}
+
 pub(crate) fn start(toml: &str, dir: &Path, restore: Option<PathBuf>) -> sluice::cluster::JobHandle {
     let graph = JobGraph::build(JobSpec::from_toml(toml).unwrap(), dir).unwrap();
     run_job(
@@ -403,14 +417,7 @@ fn window_state_saved_at_parallelism_2_restores_at_3_and_1() {
     assert!(expected[1].is_empty());
     for new_par in [3, 1] {
         let dir = temp_dir("wrescale");
-        let handle = start(&windowed_job(4000), &dir, None);
-        let t = Instant::now();
-        while handle.metrics[0].records_out() < 4000 {
-            assert!(t.elapsed() < Duration::from_secs(30), "the job made no progress");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let sp = request_savepoint(&dir.join("ckpt"), true, Duration::from_secs(30)).unwrap();
-        handle.wait().unwrap();
+        let sp = stop_with_savepoint_after(&windowed_job(4000), &dir, 4000, Duration::from_secs(30));
         let partial = committed(&dir.join("out"));
         assert!(partial.len() < expected[0].len(), "{}", partial.len());
         let rescaled = windowed_job(1_000_000).replace("parallelism = 2", &format!("parallelism = {new_par}"));

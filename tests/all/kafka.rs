@@ -17,7 +17,7 @@ use rdkafka::message::Headers;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
-use crate::checkpoints::{committed, kill_loop, start, word_counts, wordcount_pipeline};
+use crate::checkpoints::{committed, kill_loop, start, stop_with_savepoint_after, word_counts, wordcount_pipeline};
 use crate::harness::{lit, root, run_toml, temp_dir};
 use crate::postgres::{Pg, expected_updates};
 
@@ -274,7 +274,6 @@ fn kafka_source_into_postgres_exactly_once_under_a_sigkill_loop() {
 
 #[test]
 fn kafka_source_rescaled_through_a_savepoint_from_2_to_3_subtasks_continues_exactly() {
-    use sluice::checkpoint::requests::request_savepoint;
     let kafka = Tansu::start();
     create_topic(&kafka.brokers(), "lines", 5);
     produce(&kafka.brokers(), "lines", &lines(5));
@@ -289,14 +288,7 @@ fn kafka_source_rescaled_through_a_savepoint_from_2_to_3_subtasks_continues_exac
         )
     };
     let dir = temp_dir("kafka-rescale");
-    let handle = start(&job(2, 1000), &dir, None);
-    let t = Instant::now();
-    while handle.metrics[0].records_out() < 1500 {
-        assert!(t.elapsed() < Duration::from_secs(30), "the job made no progress");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let sp = request_savepoint(&dir.join("ckpt"), true, Duration::from_secs(30)).unwrap();
-    handle.wait().unwrap();
+    let sp = stop_with_savepoint_after(&job(2, 1000), &dir, 1500, Duration::from_secs(30));
     let partial = committed(&dir.join("out"));
     let expected = expected_updates();
     assert!(!partial.is_empty() && partial.len() < expected.len(), "{}", partial.len());

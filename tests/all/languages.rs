@@ -5,11 +5,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use sluice::checkpoint::requests::request_savepoint;
-
-use crate::checkpoints::{committed, start, uninterrupted, wordcount_job};
+use crate::checkpoints::{committed, start, stop_with_savepoint_after, uninterrupted, wordcount_job};
 use crate::harness::{lit, root, run_toml, temp_dir, udf};
 
 /// A component built from `examples/<language>/<name>`.
@@ -73,14 +71,7 @@ fn keyed_state_survives_a_savepoint(language: &str) {
     let expected = uninterrupted("lang-sp-expected", &wordcount_job("wc", 1_000_000, 2, ""), &["out"]);
     let (tok, count) = (guest(language, "tokenize"), guest(language, "count"));
     let dir = temp_dir(&format!("lang-sp-{language}"));
-    let handle = start(&wordcount_with("wc", 2000, 2, &tok, &count), &dir, None);
-    let t = Instant::now();
-    while handle.metrics[0].records_out() < 1000 {
-        assert!(t.elapsed() < Duration::from_secs(60), "the job made no progress");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let sp = request_savepoint(&dir.join("ckpt"), true, Duration::from_secs(60)).unwrap();
-    handle.wait().unwrap();
+    let sp = stop_with_savepoint_after(&wordcount_with("wc", 2000, 2, &tok, &count), &dir, 1000, Duration::from_secs(60));
     let partial = committed(&dir.join("out"));
     assert!(!partial.is_empty() && partial.len() < expected[0].len(), "{}", partial.len());
     start(&wordcount_with("wc", 1_000_000, 3, &tok, &count), &dir, Some(sp))
