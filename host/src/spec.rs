@@ -379,6 +379,10 @@ pub struct SourceSpec {
     pub timestamp_field: Option<String>,
     /// file, csv: the names of the columns, in order.
     pub columns: Option<Vec<String>>,
+    /// file, csv: the file's first line is a header naming the columns (it
+    /// must name `columns`, in order) and is not a record.
+    #[serde(default)]
+    pub header: bool,
     /// file: keep reading lines appended to the file (like `tail -f`) until
     /// the job is cancelled, instead of ending at the end of the file.
     #[serde(default)]

@@ -26,6 +26,8 @@ pub struct FileOptions {
     pub columns: Vec<String>,
     /// Keep reading appended lines.
     pub follow: bool,
+    /// CSV: the first line is a header naming `columns`, not a record.
+    pub header: bool,
 }
 
 /// A file source subtask.
@@ -82,14 +84,18 @@ impl FileSource {
     fn push_line(&mut self, line: &[u8], w: &mut BatchWriter) -> Result<(), ConnectorError> {
         self.line += 1;
         self.offset += line.len() as u64 + u64::from(!self.done);
-        push_line(&self.options, &mut self.csv, line, w).map_err(|m| self.bad(m))
+        push_line(&self.options, &mut self.csv, self.line == 1, line, w).map_err(|m| self.bad(m))
     }
 }
 
 /// One line (without its newline) as a record in `w`, by the file's
-/// format; blank lines of JSON and CSV files are skipped.
-fn push_line(options: &FileOptions, csv: &mut CsvRecords, line: &[u8], w: &mut BatchWriter) -> Result<(), String> {
+/// format; blank lines of JSON and CSV files are skipped, and the `first`
+/// line of a CSV file with a header is checked against the columns.
+fn push_line(options: &FileOptions, csv: &mut CsvRecords, first: bool, line: &[u8], w: &mut BatchWriter) -> Result<(), String> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if first && options.header && options.format == FileFormat::Csv {
+        return csv.check_header(line);
+    }
     match options.format {
         FileFormat::Lines => w.push(None, line, None),
         FileFormat::Json | FileFormat::Csv if line.iter().all(u8::is_ascii_whitespace) => {}
@@ -261,7 +267,8 @@ impl SourceReader for FileSource {
                 }
                 self.line += 1;
                 self.offset += nl as u64 + 1;
-                let pushed = push_line(&self.options, &mut self.csv, &avail[..nl], &mut w);
+                let first = self.line == 1;
+                let pushed = push_line(&self.options, &mut self.csv, first, &avail[..nl], &mut w);
                 self.reader.consume(nl + 1);
                 pushed.map_err(|m| self.bad(m))?;
             } else {
@@ -349,6 +356,8 @@ struct CsvRecords {
     key: Option<(usize, String)>,
     timestamp: Option<(usize, String)>,
     missing: Option<String>,
+    /// The column names, in order (a header must repeat them).
+    column_names: Vec<String>,
     fields: Vec<Field>,
     scratch: String,
     key_buf: Vec<u8>,
@@ -378,6 +387,7 @@ impl CsvRecords {
             columns: columns.len(),
             order,
             names: columns.join(","),
+            column_names: columns.to_vec(),
             key: find(key_field),
             timestamp: find(timestamp_field),
             missing,
@@ -445,6 +455,21 @@ impl CsvRecords {
                 at = end + 1;
             }
         }
+    }
+
+    /// Check a header line: it must name the columns, in order.
+    fn check_header(&mut self, line: &[u8]) -> Result<(), String> {
+        let text = std::str::from_utf8(line).map_err(|_| "the header line is not UTF-8".to_owned())?;
+        self.split(text)?;
+        let names: Vec<&str> = self.fields.iter().map(|f| trim(self.text(text, f))).collect();
+        if names != self.column_names {
+            return Err(format!(
+                "the header names the columns {}, but `columns` is {}: fix `columns` (or the file), in the file's order",
+                names.join(","),
+                self.names
+            ));
+        }
+        Ok(())
     }
 
     /// One CSV line as a record of `w`.
@@ -609,6 +634,7 @@ mod tests {
             timestamp_field: None,
             columns: Vec::new(),
             follow: false,
+            header: false,
         };
         let s = FileSource::open(&path, options).unwrap();
         let _ = std::fs::remove_file(&path);
@@ -676,6 +702,45 @@ mod tests {
             s.seek(p).unwrap();
             assert_eq!(read_all(&mut s, 3).0, lines[seen..], "resumed after batch {b}");
         }
+    }
+
+    #[test]
+    fn a_csv_header_is_checked_against_the_columns_and_is_not_a_record() {
+        let open = |name: &str, content: &[u8], header: bool| {
+            let path = std::env::temp_dir().join(format!("sluice-{name}-{}", std::process::id()));
+            std::fs::write(&path, content).unwrap();
+            let options = FileOptions {
+                format: FileFormat::Csv,
+                columns: vec!["ts".into(), "word".into()],
+                key_field: Some("word".into()),
+                header,
+                ..Default::default()
+            };
+            let s = FileSource::open(&path, options).unwrap();
+            let _ = std::fs::remove_file(&path);
+            s
+        };
+        let content = b"ts, word\r\n5,a\n7,b\n";
+        let (values, positions) = read_all(&mut open("header", content, true), 1);
+        assert_eq!(values, [br#"{"ts":5,"word":"a"}"#.to_vec(), br#"{"ts":7,"word":"b"}"#.to_vec()]);
+        // A restored position is past the header: the rest is read as rows.
+        let mut s = open("header-resume", content, true);
+        s.seek(&positions[0]).unwrap();
+        assert_eq!(read_all(&mut s, 10).0, values[1..]);
+        // Without `header`, the header line is data, and here not a valid row.
+        let mut s = open("no-header", b"ts,word\n5,a\n", false);
+        let b = s.next_batch(10).unwrap().unwrap();
+        assert_eq!(
+            b.records().next().map(|r| r.value.to_vec()),
+            Some(br#"{"ts":"ts","word":"word"}"#.to_vec())
+        );
+        let err = open("bad-header", b"word,ts\n5,a\n", true).next_batch(10).unwrap_err().to_string();
+        assert!(
+            err.contains("line 1") && err.contains("word,ts") && err.contains("ts,word"),
+            "{err}"
+        );
+        // A header only: no records, no error.
+        assert_eq!(read_all(&mut open("only-header", b"ts,word\n", true), 10).0.len(), 0);
     }
 
     #[test]

@@ -516,7 +516,13 @@ fn check_recovery(spec: &JobSpec) -> Result<(), JobError> {
 
 /// Whether a source sets fields only a file source takes.
 fn has_file_fields(s: &SourceSpec) -> bool {
-    s.path.is_some() || s.format.is_some() || s.key_field.is_some() || s.timestamp_field.is_some() || s.columns.is_some() || s.follow
+    s.path.is_some()
+        || s.format.is_some()
+        || s.key_field.is_some()
+        || s.timestamp_field.is_some()
+        || s.columns.is_some()
+        || s.follow
+        || s.header
 }
 
 /// Whether a source sets fields only the generator takes.
@@ -785,6 +791,7 @@ fn check_kafka_source(s: &SourceSpec) -> Result<(), String> {
     if s.path.is_some()
         || s.columns.is_some()
         || s.follow
+        || s.header
         || s.count.is_some()
         || has_generator_fields(s)
         || s.url.is_some()
@@ -846,6 +853,9 @@ fn check_source(s: &SourceSpec) -> Result<(), JobError> {
                 }
                 (_, Some(_)) => return Err(invalid("`columns` applies to format = \"csv\" only")),
                 _ => {}
+            }
+            if s.header && s.format != Some(FileFormat::Csv) {
+                return Err(invalid("`header` applies to format = \"csv\" only"));
             }
             if s.count.is_some() || has_generator_fields(s) || s.events_per_second.is_some() || s.start_time_ms.is_some() {
                 return Err(invalid(
@@ -1063,6 +1073,21 @@ mod tests {
         assert!(graph(&zipf(max)).is_ok());
         let err = graph(&zipf(max + 1)).unwrap_err().to_string();
         assert!(err.contains(&format!("`keys` is at most {max}")), "{err}");
+    }
+
+    #[test]
+    fn a_header_is_for_csv_files_only() {
+        let file = |fields: &str| {
+            with_edges(GOOD_EDGES).replace(
+                "kind = \"generator\"\n        count = 10",
+                &format!("kind = \"file\"\n        path = \"in.csv\"\n        {fields}"),
+            )
+        };
+        assert!(graph(&file("format = \"csv\"\ncolumns = [\"a\"]\nheader = true")).is_ok());
+        let err = graph(&file("format = \"json\"\nheader = true")).unwrap_err().to_string();
+        assert!(err.contains("`header` applies to format = \"csv\" only"), "{err}");
+        let generator = with_edges(GOOD_EDGES).replace("count = 10", "count = 10\nheader = true");
+        assert!(graph(&generator).is_err());
     }
 
     #[test]

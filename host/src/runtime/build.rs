@@ -415,6 +415,7 @@ fn open_source(src: &SourceSpec, subtask: u32, completed: Option<Arc<AtomicU64>>
                         timestamp_field: src.timestamp_field.clone(),
                         columns: src.columns.clone().unwrap_or_default(),
                         follow: src.follow,
+                        header: src.header,
                     },
                 )
                 .map_err(|e| JobError::Failed(e.into()))?,
