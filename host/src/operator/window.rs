@@ -1096,6 +1096,9 @@ impl Operator for WindowOperator {
             g.set_watermark(Some(watermark));
         }
         self.on_timers(TimeDomain::EventTime, watermark, out)?;
+        if let Some(t) = &mut self.table {
+            t.sweep();
+        }
         out.watermark(watermark)
     }
 

@@ -25,8 +25,51 @@ use crate::tenancy::{StateAccount, StateBudget, StateLimitExceeded};
 /// An encoded window's size: the user key of its entry in a snapshot.
 const WINDOW_BYTES: usize = 16;
 
-/// A key's place in the table; valid until the key's last window is removed.
+/// A key's place in the table; valid until the key is swept out (see
+/// [`PaneTable::sweep`]).
 pub type Slot = u32;
+
+/// An accumulator's bytes: inline when short (counts, sums, small
+/// structs), so most windows cost no allocation of their own.
+#[derive(Debug)]
+enum Acc {
+    Inline(u8, [u8; Acc::INLINE]),
+    Heap(Box<[u8]>),
+}
+
+impl Acc {
+    const INLINE: usize = 22;
+
+    fn new(value: &[u8]) -> Acc {
+        if value.len() <= Self::INLINE {
+            let mut b = [0; Self::INLINE];
+            b[..value.len()].copy_from_slice(value);
+            Acc::Inline(value.len() as u8, b)
+        } else {
+            Acc::Heap(value.into())
+        }
+    }
+
+    #[inline]
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Acc::Inline(n, b) => &b[..*n as usize],
+            Acc::Heap(b) => b,
+        }
+    }
+
+    #[inline]
+    fn set(&mut self, value: &[u8]) {
+        match self {
+            Acc::Inline(n, b) if value.len() <= Self::INLINE => {
+                b[..value.len()].copy_from_slice(value);
+                *n = value.len() as u8;
+            }
+            Acc::Heap(b) if b.len() == value.len() => b.copy_from_slice(value),
+            _ => *self = Acc::new(value),
+        }
+    }
+}
 
 #[derive(Debug)]
 struct KeyWindows {
@@ -35,7 +78,11 @@ struct KeyWindows {
     hash: u64,
     /// Open windows in insertion order (a key has few: those the watermark
     /// has not passed yet).
-    windows: Vec<(Window, Box<[u8]>)>,
+    windows: Vec<(Window, Acc)>,
+    /// The sweep epoch of the last write.
+    used: u32,
+    /// On the idle list.
+    queued: bool,
 }
 
 /// The accumulators of one window operator subtask, by key and window.
@@ -45,6 +92,10 @@ pub struct PaneTable {
     index: HashTable<Slot>,
     slots: Vec<Option<KeyWindows>>,
     free: Vec<Slot>,
+    /// Slots whose last window was removed: kept (a key usually comes back
+    /// in the next window), freed by [`Self::sweep`] once idle for a while.
+    idle: Vec<Slot>,
+    epoch: u32,
     bytes: usize,
     account: StateAccount,
 }
@@ -90,6 +141,8 @@ impl PaneTable {
             group,
             hash,
             windows: Vec::new(),
+            used: self.epoch,
+            queued: false,
         };
         let slot = match self.free.pop() {
             Some(s) => {
@@ -114,7 +167,7 @@ impl PaneTable {
         k.windows
             .iter()
             .find(|(x, _)| x.start == w.start && x.end == w.end)
-            .map(|(_, a)| &**a)
+            .map(|(_, a)| a.bytes())
     }
 
     /// The accumulator of `w` of `key`.
@@ -127,20 +180,22 @@ impl PaneTable {
         let Some(Some(k)) = self.slots.get_mut(slot as usize) else {
             return Ok(());
         };
+        k.used = self.epoch;
         match k.windows.iter_mut().find(|(x, _)| x == w) {
-            Some((_, acc)) if acc.len() == value.len() => acc.copy_from_slice(value),
+            Some((_, acc)) if acc.bytes().len() == value.len() => acc.set(value),
             Some((_, acc)) => {
-                let grow = value.len().saturating_sub(acc.len());
+                let old = acc.bytes().len();
+                let grow = value.len().saturating_sub(old);
                 self.account.cover(self.bytes.saturating_add(grow) as u64)?;
-                self.bytes = self.bytes + value.len() - acc.len();
-                *acc = value.into();
+                self.bytes = self.bytes + value.len() - old;
+                acc.set(value);
                 self.account.shrink_to(self.bytes as u64);
             }
             None => {
                 let cost = WINDOW_BYTES + value.len() + ENTRY_OVERHEAD;
                 self.account.cover(self.bytes.saturating_add(cost) as u64)?;
                 self.bytes += cost;
-                k.windows.push((*w, value.into()));
+                k.windows.push((*w, Acc::new(value)));
             }
         }
         Ok(())
@@ -156,9 +211,31 @@ impl PaneTable {
             return;
         };
         let (_, acc) = k.windows.swap_remove(i);
-        self.bytes = self.bytes.saturating_sub(WINDOW_BYTES + acc.len() + ENTRY_OVERHEAD);
-        self.release_if_empty(slot);
+        self.bytes = self.bytes.saturating_sub(WINDOW_BYTES + acc.bytes().len() + ENTRY_OVERHEAD);
+        if k.windows.is_empty() && !k.queued {
+            k.queued = true;
+            self.idle.push(slot);
+        }
         self.account.shrink_to(self.bytes as u64);
+    }
+
+    /// Free the keys that have held no window since before the previous
+    /// sweep; called as event time advances (each watermark), so a key
+    /// seen in every window keeps its slot and its window vector.
+    pub fn sweep(&mut self) {
+        self.epoch = self.epoch.wrapping_add(1);
+        for slot in std::mem::take(&mut self.idle) {
+            let Some(Some(k)) = self.slots.get_mut(slot as usize) else {
+                continue;
+            };
+            if !k.windows.is_empty() {
+                k.queued = false;
+            } else if self.epoch.wrapping_sub(k.used) >= 2 {
+                self.release_if_empty(slot);
+            } else {
+                self.idle.push(slot);
+            }
+        }
     }
 
     /// Give up `slot` if its key holds no window (interned for a write
@@ -183,7 +260,7 @@ impl PaneTable {
         self.slots
             .iter()
             .flatten()
-            .flat_map(|k| k.windows.iter().map(move |(w, a)| (k.group, &*k.key, w, &**a)))
+            .flat_map(|k| k.windows.iter().map(move |(w, a)| (k.group, &*k.key, w, a.bytes())))
     }
 
     /// Bytes charged: keys, windows and accumulators with their overheads.
@@ -191,7 +268,7 @@ impl PaneTable {
         self.bytes
     }
 
-    /// Keys with at least one window.
+    /// Keys interned: those with a window, and idle ones not swept yet.
     pub fn key_count(&self) -> usize {
         self.index.len()
     }
@@ -219,10 +296,23 @@ mod tests {
         assert_eq!(t.get_by_key(b"b", &w2), None);
         t.put(a, &w1, b"111").unwrap();
         assert_eq!(t.get(a, &w1), Some(&b"111"[..]));
+        // Long accumulators live on the heap, short ones inline, either way round.
+        let long = [7u8; 40];
+        t.put(a, &w1, &long).unwrap();
+        assert_eq!(t.get(a, &w1), Some(&long[..]));
+        t.put(a, &w1, &[9u8; 40]).unwrap();
+        assert_eq!(t.get(a, &w1), Some(&[9u8; 40][..]));
+        t.put(a, &w1, b"111").unwrap();
+        assert_eq!(t.get(a, &w1), Some(&b"111"[..]));
         assert_eq!(t.iter().count(), 3);
         let full = t.size_bytes();
         t.remove(b"a", &w1);
         t.remove(b"a", &w2);
+        // An idle key keeps its slot until two sweeps have passed it by.
+        assert_eq!(t.find(ha, b"a"), Some(a));
+        t.sweep();
+        assert_eq!(t.find(ha, b"a"), Some(a));
+        t.sweep();
         assert_eq!(t.find(ha, b"a"), None);
         assert_eq!(t.key_count(), 1);
         assert!(t.size_bytes() < full);
@@ -232,6 +322,16 @@ mod tests {
         t.remove(b"b", &w1);
         // A key interned without a window is given up when asked.
         t.release_if_empty(c);
+        assert_eq!(t.key_count(), 1);
+        // A key written again between sweeps stays.
+        let b2 = t.slot(t.hash(b"b"), b"b", g).unwrap();
+        t.put(b2, &w2, b"4").unwrap();
+        t.sweep();
+        t.sweep();
+        assert_eq!(t.get_by_key(b"b", &w2), Some(&b"4"[..]));
+        t.remove(b"b", &w2);
+        t.sweep();
+        t.sweep();
         assert_eq!((t.size_bytes(), t.key_count()), (0, 0));
     }
 
