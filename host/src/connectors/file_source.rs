@@ -79,12 +79,14 @@ impl FileSource {
         }
     }
 
-    /// Count and push a line gathered in a buffer of its own (`line`
-    /// without its newline; it ended the file when there was none).
-    fn push_line(&mut self, line: &[u8], w: &mut BatchWriter) -> Result<(), ConnectorError> {
+    /// Count and push the line gathered in `buf` (without its newline; it
+    /// ended the file when there was none), leaving `buf` empty.
+    fn push_gathered(&mut self, w: &mut BatchWriter) -> Result<(), ConnectorError> {
         self.line += 1;
-        self.offset += line.len() as u64 + u64::from(!self.done);
-        push_line(&self.options, &mut self.csv, self.line == 1, line, w).map_err(|m| self.bad(m))
+        self.offset += self.buf.len() as u64 + u64::from(!self.done);
+        let pushed = push_line(&self.options, &mut self.csv, self.line == 1, &self.buf, w);
+        self.buf.clear();
+        pushed.map_err(|m| self.bad(m))
     }
 }
 
@@ -245,11 +247,7 @@ impl SourceReader for FileSource {
                     break;
                 }
                 // The last line, without a newline.
-                let line = std::mem::take(&mut self.buf);
-                let pushed = self.push_line(&line, &mut w);
-                self.buf = line;
-                self.buf.clear();
-                pushed?;
+                self.push_gathered(&mut w)?;
                 break;
             }
             let Some(nl) = avail.iter().position(|b| *b == b'\n') else {
@@ -277,11 +275,7 @@ impl SourceReader for FileSource {
                 }
                 self.buf.extend_from_slice(&avail[..nl]);
                 self.reader.consume(nl + 1);
-                let line = std::mem::take(&mut self.buf);
-                let pushed = self.push_line(&line, &mut w);
-                self.buf = line;
-                self.buf.clear();
-                pushed?;
+                self.push_gathered(&mut w)?;
             }
         }
         if w.is_empty() && self.done {
