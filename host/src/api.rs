@@ -30,6 +30,7 @@ pub mod config;
 mod dashboard;
 pub mod error;
 mod files;
+mod ha;
 mod jobs;
 mod listener;
 mod metrics;

@@ -19,6 +19,7 @@
 
 pub mod coordinator;
 pub mod format;
+pub mod object;
 pub mod requests;
 pub mod storage;
 pub mod store;
@@ -28,7 +29,7 @@ pub use format::{DecodedSnapshot, SnapshotWriter};
 pub use storage::{
     CheckpointError, CheckpointStorage, ExpectedState, LoadedCheckpoint, Metadata, RestoreLimits, StateFile, load_path, read_operator_state,
 };
-pub use store::{CheckpointStore, DirStore};
+pub use store::{CheckpointStore, DirStore, open_store, resolve_location};
 
 pub use crate::types::{Barrier, BarrierKind};
 

@@ -7,6 +7,7 @@
 //! only those above it in this list (no import cycles):
 //!
 //! ```text
+//! blocking     synchronous calls into the async I/O clients (object store, etcd)
 //! tenancy      tenants, quotas, per-instance limits, usage meters
 //! state        key groups, the heap backend
 //! spec         the job spec a user writes (TOML/JSON): pure data
@@ -28,6 +29,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod blocking;
 pub mod checkpoint;
 pub mod cluster;
 pub mod connectors;

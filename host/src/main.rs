@@ -80,7 +80,8 @@ enum Command {
     /// Run a TaskManager: offer task slots to a JobManager and run the
     /// tasks it deploys. Prints `data HOST:PORT`, then `registered as ID`.
     Taskmanager {
-        /// The JobManager's RPC address (`rpc HOST:PORT` of `sluice jobmanager`).
+        /// The JobManager's RPC address (`rpc HOST:PORT` of `sluice jobmanager`);
+        /// with HA, every JobManager's, comma-separated (the leader accepts).
         #[arg(long)]
         jobmanager: String,
         /// Task slots to offer (a job needs as many as its highest parallelism).
@@ -458,7 +459,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let Some(c) = &graph.spec.checkpoints else {
                 anyhow::bail!("{}: the job has no `[checkpoints]`, so it cannot take savepoints", job.display());
             };
-            let dir = graph.base_dir.join(&c.dir);
+            let dir = sluice::checkpoint::resolve_location(&graph.base_dir, &c.dir);
+            if sluice::checkpoint::object::is_url(&dir) {
+                anyhow::bail!(
+                    "{}: `sluice savepoint` asks through files beside local checkpoints, and this job's are on an object store ({}); take the savepoint through the HTTP API of a server or cluster",
+                    job.display(),
+                    dir.display()
+                );
+            }
             let path = sluice::checkpoint::requests::request_savepoint(&dir, stop, Duration::from_secs(timeout_s))?;
             println!("{}", path.display());
             Ok(())

@@ -30,6 +30,12 @@ pub fn serve(config: &Path) -> anyhow::Result<()> {
     let config = ServerConfig::from_file(config)?;
     let tenants = config.tenants.len();
     isolate_compiles(&config)?;
+    if config.ha.is_some() {
+        anyhow::bail!("[ha] is for `sluice jobmanager`; `sluice serve` runs one process");
+    }
+    if let Some(o) = &config.object_store {
+        sluice::checkpoint::object::configure(o.clone());
+    }
     let server = Server::new(config)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(sluice::api::serve(server, |addr| {
@@ -44,6 +50,9 @@ pub fn jobmanager(config: &Path) -> anyhow::Result<()> {
     let config = ServerConfig::from_file(config)?;
     let tenants = config.tenants.len();
     isolate_compiles(&config)?;
+    if let Some(o) = &config.object_store {
+        sluice::checkpoint::object::configure(o.clone());
+    }
     let c = &config.cluster;
     let settings = sluice::cluster::jobmanager::ClusterSettings {
         rpc: c.rpc.parse().context("[cluster] rpc")?,
@@ -51,26 +60,96 @@ pub fn jobmanager(config: &Path) -> anyhow::Result<()> {
         heartbeat_timeout: std::time::Duration::from_millis(c.heartbeat_timeout_ms),
         slot_timeout: std::time::Duration::from_millis(c.slot_timeout_ms),
     };
+    let ha = match &config.ha {
+        Some(h) => Some(sluice::cluster::ha::Ha::connect(h).context("[ha] connecting to etcd")?),
+        None => None,
+    };
     let core = sluice::cluster::jobmanager::ClusterCore::new(settings.clone());
-    let server = Server::with_cluster(config, core.clone())?;
+    if ha.is_some() {
+        core.stand_by("not elected yet".into());
+    }
+    let server = Server::with_cluster(config, core.clone(), ha.clone())?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let rpc = tokio::net::TcpListener::bind(settings.rpc)
             .await
             .context("binding the control RPC")?;
         let rpc_addr = rpc.local_addr()?;
+        let serving = core.clone();
         tokio::spawn(async move {
-            if let Err(e) = core.serve(rpc).await {
+            if let Err(e) = serving.serve(rpc).await {
                 tracing::error!("{e:#}");
             }
         });
-        sluice::api::serve(server, |addr| {
+        let leading = server.clone();
+        sluice::api::serve(server, move |addr| {
             // Scripts and tests read these lines to learn the ports.
             println!("sluice jobmanager on http://{addr} ({tenants} tenants)");
             println!("rpc {rpc_addr}");
+            if let Some(ha) = ha {
+                let me = sluice::cluster::ha::LeaderInfo {
+                    api: format!("http://{addr}"),
+                    rpc: rpc_addr.to_string(),
+                    pid: std::process::id(),
+                    epoch: 0,
+                };
+                let spawned = std::thread::Builder::new()
+                    .name("ha-campaign".into())
+                    .spawn(move || campaign(&ha, &me, &core, &leading));
+                if let Err(e) = spawned {
+                    tracing::error!("starting the campaign: {e}");
+                    std::process::exit(70);
+                }
+            }
         })
         .await
     })
+}
+
+/// Stand by until this JobManager leads, then take the jobs over. Losing
+/// the lead later ends the process at once (its TaskManagers stop their
+/// tasks when their command streams close; a supervisor restarts it, and
+/// it stands by again).
+fn campaign(
+    ha: &std::sync::Arc<sluice::cluster::ha::Ha>,
+    me: &sluice::cluster::ha::LeaderInfo,
+    core: &std::sync::Arc<sluice::cluster::jobmanager::ClusterCore>,
+    server: &std::sync::Arc<Server>,
+) {
+    let standby = std::sync::Arc::clone(core);
+    let watch_ha = ha.clone();
+    // Tell turned-away TaskManagers where the leader is.
+    std::thread::spawn(move || {
+        while watch_ha.epoch().is_none() {
+            if let Ok(Some(l)) = watch_ha.leader() {
+                standby.stand_by(format!("{} (RPC {})", l.api, l.rpc));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    });
+    let started = std::time::Instant::now();
+    let epoch = match ha.campaign(me, |why| {
+        tracing::error!("lost the lead: {why}; stopping at once");
+        eprintln!("sluice jobmanager: lost the lead: {why}");
+        std::process::exit(70);
+    }) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!("campaigning failed: {e}");
+            std::process::exit(70);
+        }
+    };
+    core.lead(epoch);
+    tracing::info!(epoch, waited_ms = started.elapsed().as_millis() as u64, "leading");
+    println!("leader epoch {epoch}");
+    match server.take_over() {
+        Ok(n) => tracing::info!(epoch, jobs = n, "took the recorded jobs over"),
+        Err(e) => {
+            tracing::error!("reading the recorded jobs: {e}; stopping");
+            ha.resign();
+            std::process::exit(70);
+        }
+    }
 }
 
 /// A client of the server named by `--server`, with `$SLUICE_TOKEN`.

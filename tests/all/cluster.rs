@@ -27,7 +27,7 @@ pub(crate) struct Cluster {
 
 /// Read lines from `child`'s stdout until one starts with each of
 /// `prefixes` (in order); the rest of each such line.
-fn read_prefixed(child: &mut Child, prefixes: &[&str], log: &Path) -> Vec<String> {
+pub(crate) fn read_prefixed(child: &mut Child, prefixes: &[&str], log: &Path) -> Vec<String> {
     let out = child.stdout.take().expect("stdout");
     let mut reader = BufReader::new(out);
     let mut found = Vec::new();
@@ -172,7 +172,7 @@ fn expected_counts() -> HashMap<String, u64> {
 
 /// Every word's updates must be exactly 1, 2, …, n (nothing lost, nothing
 /// twice) with n its count in the input.
-fn assert_exact_updates(lines: &[String], what: &str) {
+pub(crate) fn assert_exact_updates(lines: &[String], what: &str) {
     let expected = expected_counts();
     let mut seen: HashMap<String, Vec<u64>> = HashMap::new();
     for l in lines {
@@ -191,7 +191,7 @@ fn assert_exact_updates(lines: &[String], what: &str) {
 }
 
 /// The word count at `parallelism` into `output` (a directory).
-fn wordcount(tokenize: &str, count: &str, parallelism: u32, output: &str, rate: Option<u64>, checkpoints: bool) -> Value {
+pub(crate) fn wordcount(tokenize: &str, count: &str, parallelism: u32, output: &str, rate: Option<u64>, checkpoints: bool) -> Value {
     let mut spec = json!({
         "name": "wordcount",
         "batch_size": 64,
@@ -213,7 +213,7 @@ fn wordcount(tokenize: &str, count: &str, parallelism: u32, output: &str, rate: 
     spec
 }
 
-fn submit(c: &Client, spec: Value) -> String {
+pub(crate) fn submit(c: &Client, spec: Value) -> String {
     let v = expect(c.post_json("/v1/jobs", &json!({ "spec": spec })).unwrap(), 201, "submitting");
     v["id"].as_str().unwrap().to_owned()
 }

@@ -6,7 +6,6 @@
 //! and the errors of bad settings.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,72 +17,13 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 use crate::checkpoints::{committed, kill_loop, start, stop_with_savepoint_after, word_counts, wordcount_pipeline};
-use crate::harness::{lit, root, run_toml, temp_dir};
+use crate::harness::{S3, free_port, lit, root, run_toml, temp_dir, tool, wait_for_port};
 use crate::postgres::{Pg, expected_updates};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A tansu broker of one test (memory storage), killed by its pid on drop.
 pub(crate) struct Tansu {
     port: u16,
     child: Child,
-}
-
-/// A tool scripts/services-setup links under target/tools, else from PATH.
-fn tool(name: &str) -> PathBuf {
-    let linked = root().join("target/tools").join(name);
-    if linked.exists() { linked } else { PathBuf::from(name) }
-}
-
-fn wait_for_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// An s3s-fs S3 server over a directory, with the bucket `tansu`.
-struct S3 {
-    port: u16,
-    child: Child,
-    dir: PathBuf,
-}
-
-impl S3 {
-    fn start(name: &str) -> S3 {
-        let dir = temp_dir(&format!("s3-{name}"));
-        std::fs::create_dir_all(dir.join("tansu")).unwrap();
-        let port = free_port();
-        let child = Command::new(tool("s3s-fs"))
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--access-key",
-                "sluice",
-                "--secret-key",
-                "sluice-secret",
-            ])
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("s3s-fs: scripts/services-setup links it under target/tools");
-        wait_for_port(port, "s3s-fs");
-        S3 { port, child, dir }
-    }
-}
-
-impl Drop for S3 {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 impl Tansu {

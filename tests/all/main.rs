@@ -6,6 +6,7 @@ mod checkpoints;
 mod cluster;
 mod dashboard;
 mod first_hour;
+mod ha;
 mod harness;
 mod hostile;
 mod job_spec;

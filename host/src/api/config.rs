@@ -14,6 +14,14 @@
 //!
 //! [limits]                        # server-wide bounds; every one has a default
 //! max_connections = 512
+//!
+//! [object_store]                  # for s3:// checkpoint locations (else AWS_* variables)
+//! endpoint = "http://127.0.0.1:9000"
+//! allow_http = true
+//!
+//! [ha]                            # `sluice jobmanager` only: see docs/ha.md
+//! etcd = ["http://127.0.0.1:2379"]
+//! storage = "s3://bucket/prefix"
 //! ```
 //!
 //! Bounds come in two kinds: what one tenant may claim is a quota
@@ -54,6 +62,15 @@ pub struct ServerConfig {
     /// watched (`[cluster]`); ignored by `sluice serve`.
     #[serde(default)]
     pub cluster: ClusterConfig,
+    /// `sluice jobmanager`: high availability through etcd and an object
+    /// store (`[ha]`); none: a single JobManager.
+    #[serde(default)]
+    pub ha: Option<crate::cluster::ha::HaConfig>,
+    /// How to reach the object store of `s3://` checkpoint locations
+    /// (`[object_store]`); a field left out falls back to its `AWS_*`
+    /// environment variable.
+    #[serde(default)]
+    pub object_store: Option<crate::checkpoint::object::ObjectStoreConfig>,
 }
 
 /// The JobManager's side of a standalone cluster.
@@ -233,6 +250,9 @@ impl ServerConfig {
         let mut c: ServerConfig = toml::from_str(&text).map_err(|e| invalid(e.to_string().trim_end().to_owned()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         c.data_dir = base.join(&c.data_dir);
+        if let Some(f) = c.ha.as_mut().and_then(|h| h.files_dir.as_mut()) {
+            *f = base.join(&*f);
+        }
         c.check().map_err(invalid)?;
         Ok(c)
     }
@@ -256,6 +276,9 @@ impl ServerConfig {
         }
         if c.heartbeat_timeout_ms <= c.heartbeat_interval_ms {
             return Err("[cluster] heartbeat_timeout_ms must be longer than heartbeat_interval_ms".into());
+        }
+        if let Some(h) = &self.ha {
+            h.check()?;
         }
         let mut ids = HashSet::new();
         let mut tokens = HashSet::new();

@@ -92,6 +92,10 @@ impl ApiError {
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(503, "server_busy", message)
     }
+    /// 503 from a standby JobManager: ask the leader at `leader`.
+    pub fn standby(leader: &str) -> Self {
+        Self::new(503, "standby", format!("this JobManager is a standby; the leader is {leader}"))
+    }
     /// 507: a disk quota would be exceeded.
     pub fn insufficient_storage(message: impl Into<String>) -> Self {
         Self::new(507, "disk_quota_exceeded", message)

@@ -38,9 +38,11 @@ use super::ApiError;
 use super::budget::BodyBudget;
 use super::config::ServerLimits;
 use super::files::{FileError, JobPath, Usage};
+use super::ha::HaJob;
 use super::store::{TenantStore, canonical_digest, safe_relative};
 use crate::checkpoint::coordinator::CheckpointStats;
 use crate::checkpoint::storage::Metadata;
+use crate::cluster::ha::{Ha, JobPointers, JobRecord};
 use crate::cluster::jobmanager::{ClusterCore, RemoteJob, run_job_on_cluster};
 use crate::cluster::{Restore, RunOptions, SavepointRequester, run_job};
 use crate::job::{JobError, JobGraph, JobSpec};
@@ -162,6 +164,8 @@ pub struct ManagedJob {
     pub restored_from: Option<PathBuf>,
     /// True when it writes to the disk (file sinks, checkpoints).
     pub writes_disk: bool,
+    /// Its record in etcd, on a highly available JobManager.
+    pub(super) ha: Option<Arc<HaJob>>,
     life: Mutex<Lifecycle>,
 }
 
@@ -220,9 +224,26 @@ impl ManagedJob {
         if l.ended.is_some() {
             return;
         }
-        l.ended = Some((state, SystemClock.now_ms()));
-        l.error = error;
-        l.stopped_with = stopped_with;
+        let now = SystemClock.now_ms();
+        l.ended = Some((state, now));
+        l.error = error.clone();
+        l.stopped_with = stopped_with.clone();
+        drop(l);
+        if let Some(h) = &self.ha {
+            h.ended(state, error, stopped_with, now);
+        }
+    }
+
+    /// Cancel it for its tenant: on a highly available JobManager the
+    /// intent is recorded first, so a new leader does not restart it.
+    pub fn cancel_by_tenant(&self) -> Result<bool, ApiError> {
+        if self.state().is_terminal() {
+            return Ok(false);
+        }
+        if let Some(h) = &self.ha {
+            h.canceling()?;
+        }
+        Ok(self.cancel())
     }
 
     /// The savepoint id of a savepoint directory of this job.
@@ -370,15 +391,23 @@ impl ManagedJob {
     /// Checkpoints (or, with `savepoints`, savepoints) kept for this job.
     pub fn stored_checkpoints(&self, savepoints: bool) -> Vec<serde_json::Value> {
         let Some(dir) = &self.checkpoint_dir else { return Vec::new() };
-        let base = if savepoints { dir.join("savepoints") } else { dir.clone() };
+        let Ok(store) = crate::checkpoint::open_store(dir, false) else {
+            return Vec::new();
+        };
+        let base = if savepoints { "savepoints" } else { "" };
         let prefix = if savepoints { "savepoint-" } else { "chk-" };
-        let Ok(entries) = std::fs::read_dir(&base) else { return Vec::new() };
-        let mut out: Vec<(u64, serde_json::Value)> = entries
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
-            .filter_map(|e| {
-                let text = std::fs::read_to_string(e.path().join("_metadata.json")).ok()?;
-                let meta: Metadata = serde_json::from_str(&text).ok()?;
+        let mut out: Vec<(u64, serde_json::Value)> = store
+            .list(base)
+            .into_iter()
+            .filter(|name| name.starts_with(prefix))
+            .filter_map(|name| {
+                let rel = crate::checkpoint::store::join(&crate::checkpoint::store::join(base, &name), "_metadata.json");
+                let (mut reader, _) = store
+                    .open(&rel, crate::checkpoint::RestoreLimits::default().max_metadata_bytes)
+                    .ok()?;
+                let mut text = Vec::new();
+                std::io::Read::read_to_end(&mut reader, &mut text).ok()?;
+                let meta: Metadata = serde_json::from_slice(&text).ok()?;
                 let bytes: u64 = meta.operators.iter().flat_map(|o| &o.files).map(|f| f.bytes).sum();
                 let mut v = serde_json::json!({
                     "id": meta.checkpoint,
@@ -387,7 +416,7 @@ impl ManagedJob {
                     "size_bytes": bytes,
                 });
                 if savepoints {
-                    v["savepoint"] = self.savepoint_id(&e.path()).into();
+                    v["savepoint"] = format!("{}/{name}", self.id).into();
                 }
                 Some((meta.checkpoint, v))
             })
@@ -436,14 +465,24 @@ pub struct Tenant {
     pub bodies: Arc<BodyBudget>,
     /// Serializes file puts, so disk use is checked and changed as one step.
     pub disk: Mutex<()>,
+    /// On a highly available JobManager: etcd and the object store.
+    pub ha: Option<Arc<Ha>>,
 }
 
 impl Tenant {
     /// A tenant whose directory is `root`.
-    pub fn open(config: TenantConfig, root: PathBuf) -> std::io::Result<Self> {
+    pub fn open(config: TenantConfig, root: PathBuf, ha: Option<Arc<Ha>>) -> std::io::Result<Self> {
+        let files = ha
+            .as_ref()
+            .and_then(|h| h.config().files_dir.as_ref())
+            .map(|f| f.join(config.id.as_str()));
         let meter = TenantMeter::new(Some(config.quotas.max_state_mb.saturating_mul(1 << 20)));
+        let store = match files {
+            Some(f) => TenantStore::open_with_files(root, f)?,
+            None => TenantStore::open(root)?,
+        };
         Ok(Tenant {
-            store: TenantStore::open(root)?,
+            store,
             bodies: BodyBudget::new(
                 format!("tenant `{}`", config.id),
                 ("max_bodies_in_flight", "max_body_mb_in_flight"),
@@ -455,7 +494,27 @@ impl Tenant {
             jobs: Mutex::new(Vec::new()),
             uploads: Mutex::new(()),
             disk: Mutex::new(()),
+            ha,
         })
+    }
+
+    /// Where job `id` keeps its checkpoints: on the object store of a
+    /// highly available JobManager, else in the job's directory.
+    pub fn checkpoint_location(&self, id: &str) -> PathBuf {
+        match &self.ha {
+            Some(h) => PathBuf::from(h.config().checkpoint_location(self.config.id.as_str(), id)),
+            None => self.store.job_dir(id).join("checkpoints"),
+        }
+    }
+
+    /// True if it has a job `id`.
+    pub fn has_job(&self, id: &str) -> bool {
+        self.jobs_locked().iter().any(|j| j.id == id)
+    }
+
+    /// Keep a job that ended under an earlier leader, for inspection.
+    pub(super) fn insert_ended(&self, job: Arc<ManagedJob>) {
+        self.jobs_locked().push(job);
     }
 
     fn jobs_locked(&self) -> MutexGuard<'_, Vec<Arc<ManagedJob>>> {
@@ -549,27 +608,29 @@ impl Tenant {
     /// (one a running job was started from is kept).
     pub fn prune_savepoints(&self, job: &ManagedJob) {
         let Some(dir) = &job.checkpoint_dir else { return };
-        let base = dir.join("savepoints");
+        let Ok(store) = crate::checkpoint::open_store(dir, false) else {
+            return;
+        };
         let in_use: Vec<PathBuf> = self
             .jobs()
             .iter()
             .filter(|j| !j.state().is_terminal())
             .filter_map(|j| j.restored_from.clone())
             .collect();
-        let Ok(entries) = std::fs::read_dir(&base) else { return };
-        let mut names: Vec<String> = entries
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .map(|e| e.file_name().to_string_lossy().into_owned())
+        let mut names: Vec<String> = store
+            .list("savepoints")
+            .into_iter()
             .filter(|n| n.starts_with("savepoint-"))
             .collect();
         // `savepoint-<8 digits>`: by name is by number.
         names.sort();
         let excess = names.len().saturating_sub(self.config.quotas.max_savepoints_per_job);
         for name in names.into_iter().take(excess) {
-            let path = base.join(&name);
-            if !in_use.contains(&path) {
-                remove_dir(&path);
+            if !in_use.contains(&dir.join("savepoints").join(&name)) {
+                let rel = format!("savepoints/{name}");
+                if let Err(e) = store.remove_all(&rel) {
+                    tracing::warn!(savepoint = %dir.join(&rel).display(), error = %e, "could not remove a savepoint");
+                }
             }
         }
     }
@@ -596,7 +657,7 @@ impl Tenant {
         }
         let job = jobs.remove(i);
         drop(jobs);
-        remove_dir(&job.dir);
+        remove_job_files(&job);
         Ok(())
     }
 
@@ -610,16 +671,25 @@ impl Tenant {
         jobs.retain(|j| {
             if excess > 0 && j.state().is_terminal() {
                 excess -= 1;
-                removed.push(j.dir.clone());
+                removed.push(j.clone());
                 false
             } else {
                 true
             }
         });
         drop(jobs);
-        for d in removed {
-            remove_dir(&d);
+        for j in removed {
+            remove_job_files(&j);
         }
+    }
+}
+
+/// Remove an ended job's directory and, on a highly available JobManager,
+/// its records in etcd and its checkpoints on the object store.
+fn remove_job_files(job: &ManagedJob) {
+    remove_dir(&job.dir);
+    if let Some(h) = &job.ha {
+        h.forget(job.checkpoint_dir.as_deref());
     }
 }
 
@@ -690,7 +760,7 @@ pub fn parse_submit_toml(body: &[u8], savepoint: Option<String>, allow: Option<&
 /// Make a tenant's spec safe to run: components named by digest become the
 /// stored files, file paths are confined to the file area, the checkpoint
 /// directory is the job's, and limits are capped by the quotas.
-fn rewrite(spec: &mut JobSpec, tenant: &Tenant, job_dir: &std::path::Path) -> Result<Vec<String>, ApiError> {
+fn rewrite(spec: &mut JobSpec, tenant: &Tenant, id: &str) -> Result<Vec<String>, ApiError> {
     let q: &Quotas = &tenant.config.quotas;
     let mut digests = Vec::new();
     let mut resolve = |node: &str, c: &mut Option<String>| -> Result<(), ApiError> {
@@ -746,7 +816,7 @@ fn rewrite(spec: &mut JobSpec, tenant: &Tenant, job_dir: &std::path::Path) -> Re
         }
     }
     if let Some(c) = &mut spec.checkpoints {
-        c.dir = job_dir.join("checkpoints").display().to_string();
+        c.dir = tenant.checkpoint_location(id).display().to_string();
         c.retain = c.retain.min(q.max_checkpoints_retained);
     }
     let l = &mut spec.limits;
@@ -854,8 +924,20 @@ pub fn check_bounds(spec: &JobSpec, limits: &ServerLimits) -> Result<(), ApiErro
     Ok(())
 }
 
+/// A job a new leader starts again: its record, and where it restores from
+/// (its latest completed checkpoint, else the savepoint it was submitted
+/// with).
+pub struct Resume {
+    /// Its record in etcd.
+    pub record: JobRecord,
+    /// The checkpoint or savepoint location.
+    pub restore: Option<PathBuf>,
+}
+
 /// Check, register and start a job. Fails (4xx) before anything is stored
-/// if the request is invalid or over a quota.
+/// if the request is invalid or over a quota. On a highly available
+/// JobManager the job's record goes to etcd before it starts (`resume`:
+/// a new leader restarts a recorded job under its id).
 pub fn submit(
     tenant: &Arc<Tenant>,
     engine: &Arc<WasmEngine>,
@@ -863,6 +945,7 @@ pub fn submit(
     log_lines: usize,
     limits: &ServerLimits,
     cluster: Option<Arc<ClusterCore>>,
+    resume: Option<Resume>,
 ) -> Result<Arc<ManagedJob>, ApiError> {
     let SubmitRequest {
         mut spec,
@@ -875,16 +958,18 @@ pub fn submit(
     if writes_disk && let Some(reason) = tenant.over_disk_quota(tenant.disk_usage()) {
         return Err(ApiError::insufficient_storage(reason));
     }
-    let id = new_job_id();
+    let id = resume.as_ref().map_or_else(new_job_id, |r| r.record.id.clone());
     let dir = tenant.store.job_dir(&id);
-    let components = rewrite(&mut spec, tenant, &dir)?;
+    let as_submitted = serde_json::to_value(&spec).unwrap_or_default();
+    let components = rewrite(&mut spec, tenant, &id)?;
     let graph = JobGraph::build(spec, &tenant.store.files_dir()).map_err(|e| ApiError::unprocessable("invalid_job", e.to_string()))?;
     graph
         .load_components(engine)
         .map_err(|e| ApiError::unprocessable("invalid_job", e.to_string()))?;
-    let restored_from = match &savepoint {
-        None => None,
-        Some(sp) => Some(resolve_savepoint(tenant, sp)?),
+    let restored_from = match (&resume, &savepoint) {
+        (Some(r), _) => r.restore.clone(),
+        (None, None) => None,
+        (None, Some(sp)) => Some(resolve_savepoint(tenant, sp)?),
     };
     let restore = restored_from.clone().map(Restore::Path);
     let parallelism: u32 = graph.nodes.iter().map(|n| n.parallelism).sum();
@@ -913,10 +998,31 @@ pub fn submit(
             )));
         }
         std::fs::create_dir_all(&dir).map_err(|e| ApiError::internal(format!("creating the job directory: {e}")))?;
+        let ha = match (&tenant.ha, resume) {
+            (None, _) => None,
+            (Some(ha), Some(r)) => Some(HaJob::new(ha.clone(), r.record)),
+            (Some(ha), None) => {
+                let record = JobRecord {
+                    id: id.clone(),
+                    tenant: tenant.config.id.as_str().to_owned(),
+                    spec: as_submitted,
+                    submitted_ms: SystemClock.now_ms(),
+                    state: "running".into(),
+                    error: None,
+                    ended_ms: None,
+                    savepoint: restored_from.as_ref().map(|p| p.display().to_string()),
+                    allow_non_restored_state,
+                    stopped_with: None,
+                };
+                let h = HaJob::new(ha.clone(), record);
+                h.write()?;
+                Some(h)
+            }
+        };
         let job = Arc::new(ManagedJob {
             id: id.clone(),
             name: graph.spec.name.clone(),
-            submitted_ms: SystemClock.now_ms(),
+            submitted_ms: ha.as_ref().map_or_else(|| SystemClock.now_ms(), |h| h.submitted_ms()),
             parallelism,
             components,
             sinks,
@@ -928,6 +1034,7 @@ pub fn submit(
             logs: Arc::new(GuestLogBuffer::new(log_lines)),
             restored_from,
             writes_disk,
+            ha,
             life: Mutex::new(Lifecycle::default()),
         });
         jobs.push(job.clone());
@@ -939,6 +1046,10 @@ pub fn submit(
         meter: Some(tenant.meter.clone()),
         logs: Some(job.logs.clone()),
         savepoint_request_files: false,
+        registry: tenant.ha.as_ref().map(|h| {
+            let r: Arc<dyn crate::checkpoint::coordinator::CheckpointRegistry> = JobPointers::new(h.clone(), &id);
+            r
+        }),
         ..RunOptions::default()
     };
     let (runner, engine) = (job.clone(), engine.clone());
@@ -950,6 +1061,42 @@ pub fn submit(
         job.end(JobState::Failed, Some(format!("could not start the job thread: {e}")), None);
     }
     Ok(job)
+}
+
+/// A job that had ended (or was being cancelled) under an earlier leader,
+/// as its record in etcd says, kept for inspection.
+pub(super) fn ended_job(tenant: &Tenant, record: JobRecord) -> Arc<ManagedJob> {
+    let state = match record.state.as_str() {
+        "finished" => JobState::Finished,
+        "failed" => JobState::Failed,
+        _ => JobState::Canceled,
+    };
+    let name = record.spec.get("name").and_then(|n| n.as_str()).unwrap_or_default().to_owned();
+    let has_checkpoints = record.spec.get("checkpoints").is_some_and(|c| !c.is_null());
+    let life = Lifecycle {
+        ended: Some((state, record.ended_ms.unwrap_or(record.submitted_ms))),
+        error: record.error.clone(),
+        stopped_with: record.stopped_with.clone(),
+        ..Lifecycle::default()
+    };
+    Arc::new(ManagedJob {
+        id: record.id.clone(),
+        name,
+        submitted_ms: record.submitted_ms,
+        parallelism: 0,
+        components: Vec::new(),
+        sinks: Vec::new(),
+        nodes: Vec::new(),
+        spec: record.spec.clone(),
+        graph: serde_json::Value::Null,
+        dir: tenant.store.job_dir(&record.id),
+        checkpoint_dir: has_checkpoints.then(|| tenant.checkpoint_location(&record.id)),
+        logs: Arc::new(GuestLogBuffer::new(1)),
+        restored_from: None,
+        writes_disk: false,
+        ha: tenant.ha.as_ref().map(|h| HaJob::new(h.clone(), record)),
+        life: Mutex::new(life),
+    })
 }
 
 /// Run the job thread's `body`; a panic in it cancels what of the job still
@@ -1039,7 +1186,7 @@ fn run(
     }
 }
 
-/// The directory of savepoint `<job id>/savepoint-<n>` of this tenant.
+/// The location of savepoint `<job id>/savepoint-<n>` of this tenant.
 fn resolve_savepoint(tenant: &Tenant, id: &str) -> Result<PathBuf, ApiError> {
     let not_found = || ApiError::not_found(format!("savepoint {id:?}"));
     let (job, name) = id.split_once('/').ok_or_else(not_found)?;
@@ -1047,8 +1194,9 @@ fn resolve_savepoint(tenant: &Tenant, id: &str) -> Result<PathBuf, ApiError> {
     if !is_job_id(job) || n.len() != 8 || !n.bytes().all(|b| b.is_ascii_digit()) {
         return Err(not_found());
     }
-    let path = tenant.store.job_dir(job).join("checkpoints/savepoints").join(name);
-    if !path.join("_metadata.json").is_file() {
+    let path = tenant.checkpoint_location(job).join("savepoints").join(name);
+    let exists = crate::checkpoint::open_store(&path, false).is_ok_and(|s| s.exists("_metadata.json"));
+    if !exists {
         return Err(not_found());
     }
     Ok(path)
@@ -1082,7 +1230,7 @@ mod tests {
             token_sha256: "0".repeat(64),
             quotas,
         };
-        (root.clone(), Tenant::open(config, root).unwrap())
+        (root.clone(), Tenant::open(config, root, None).unwrap())
     }
 
     fn job(id: &str, checkpoint_dir: Option<PathBuf>) -> Arc<ManagedJob> {
@@ -1101,6 +1249,7 @@ mod tests {
             logs: Arc::new(GuestLogBuffer::new(1)),
             restored_from: None,
             writes_disk: true,
+            ha: None,
             life: Mutex::new(Lifecycle::default()),
         })
     }

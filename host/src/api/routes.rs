@@ -83,6 +83,8 @@ pub struct Server {
     scrapes: Arc<Semaphore>,
     /// A JobManager's TaskManagers; none: jobs run in this process.
     cluster: Option<Arc<ClusterCore>>,
+    /// A highly available JobManager's etcd and object store.
+    ha: Option<Arc<crate::cluster::ha::Ha>>,
 }
 
 pub(super) type Reply = Response<ReplyBody>;
@@ -143,16 +145,25 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ApiError> + S
 impl Server {
     /// Open every tenant's directory and the engine.
     pub fn new(config: ServerConfig) -> anyhow::Result<Arc<Self>> {
-        Self::open(config, None)
+        Self::open(config, None, None)
     }
 
     /// A JobManager's server: jobs run in the slots of `cluster`'s
     /// TaskManagers.
-    pub fn with_cluster(config: ServerConfig, cluster: Arc<ClusterCore>) -> anyhow::Result<Arc<Self>> {
-        Self::open(config, Some(cluster))
+    /// With `ha`, it stands by until [`take_over`](Self::take_over).
+    pub fn with_cluster(
+        config: ServerConfig,
+        cluster: Arc<ClusterCore>,
+        ha: Option<Arc<crate::cluster::ha::Ha>>,
+    ) -> anyhow::Result<Arc<Self>> {
+        Self::open(config, Some(cluster), ha)
     }
 
-    fn open(mut config: ServerConfig, cluster: Option<Arc<ClusterCore>>) -> anyhow::Result<Arc<Self>> {
+    fn open(
+        mut config: ServerConfig,
+        cluster: Option<Arc<ClusterCore>>,
+        ha: Option<Arc<crate::cluster::ha::Ha>>,
+    ) -> anyhow::Result<Arc<Self>> {
         config.check().map_err(|e| anyhow::anyhow!(e))?;
         std::fs::create_dir_all(&config.data_dir)?;
         // Jobs resolve paths against it from other directories: make it absolute.
@@ -162,7 +173,7 @@ impl Server {
         let mut tokens = HashMap::new();
         for t in &config.tenants {
             let root = config.data_dir.join("tenants").join(t.id.as_str());
-            let tenant = Tenant::open(t.clone(), root)?;
+            let tenant = Tenant::open(t.clone(), root, ha.clone())?;
             tokens.insert(t.token_sha256.to_ascii_lowercase(), t.id.clone());
             tenants.insert(t.id.clone(), Arc::new(tenant));
         }
@@ -184,7 +195,34 @@ impl Server {
             bodies,
             scrapes,
             cluster,
+            ha,
         }))
+    }
+
+    /// Lead (HA): take over every job recorded in etcd. Returns how many
+    /// were restarted.
+    pub fn take_over(self: &Arc<Self>) -> std::io::Result<usize> {
+        let Some(ha) = &self.ha else { return Ok(0) };
+        let t = super::ha::Takeover {
+            ha,
+            log_lines: self.config.job_log_lines,
+            limits: &self.config.limits,
+            cluster: self.cluster.clone(),
+        };
+        t.run(|tenant| {
+            let tenant = self.tenants.values().find(|t| t.config.id.as_str() == tenant)?.clone();
+            let engine = self.engine_for(&tenant).ok()?;
+            Some((tenant, engine))
+        })
+    }
+
+    /// On a standby (HA): where the leader's API is, if known.
+    fn standby(&self) -> Option<Option<String>> {
+        let ha = self.ha.as_ref()?;
+        if ha.epoch().is_some() {
+            return None;
+        }
+        Some(ha.leader().ok().flatten().map(|l| l.api))
     }
 
     /// The engine a tenant's jobs run on (fuel-metered when its quotas
@@ -252,12 +290,20 @@ impl Server {
         Err(ApiError::unknown_token())
     }
 
-    /// Cancel every job (at shutdown).
+    /// Cancel every job (at shutdown). On a highly available JobManager
+    /// the jobs are not recorded as cancelled: the next leader takes them
+    /// over, and the lead is given up at once.
     pub fn cancel_all(&self) {
         for t in self.tenants.values() {
             for j in t.jobs() {
+                if let Some(h) = &j.ha {
+                    h.detach();
+                }
                 j.cancel();
             }
+        }
+        if let Some(ha) = &self.ha {
+            ha.resign();
         }
     }
 
@@ -328,7 +374,19 @@ impl Server {
         let method = req.method().clone();
         let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match (method.as_str(), segs.as_slice()) {
-            ("GET", ["healthz"]) => return Ok(json_reply(200, &serde_json::json!({"status": "ok"}))),
+            ("GET", ["healthz"]) => {
+                let me = self.clone();
+                return blocking(move || {
+                    Ok(json_reply(
+                        200,
+                        &match me.standby() {
+                            None => serde_json::json!({"status": "ok", "role": if me.ha.is_some() { "leader" } else { "single" }}),
+                            Some(leader) => serde_json::json!({"status": "ok", "role": "standby", "leader": leader}),
+                        },
+                    ))
+                })
+                .await;
+            }
             ("GET", ["v1", "openapi.json"]) => return Ok(reply(200, "application/json", super::OPENAPI.as_bytes().to_vec())),
             ("GET", _) => {
                 if let Some((content_type, bytes)) = dashboard::asset(&path) {
@@ -342,6 +400,13 @@ impl Server {
         }
         if !ROUTES.iter().any(|(m, p)| *m == method.as_str() && pattern_matches(p, &segs)) {
             return Err(ApiError::method_not_allowed(method.as_str(), &path));
+        }
+        if self.ha.is_some() {
+            let me = self.clone();
+            if let Some(leader) = blocking(move || Ok(me.standby())).await? {
+                let leader = leader.unwrap_or_else(|| "not elected yet".into());
+                return Err(ApiError::standby(&leader));
+            }
         }
         let caller = self.authenticate(&req)?;
         let tenant = match caller {
@@ -418,7 +483,7 @@ impl Server {
                         None => jobs::parse_submit(&body)?,
                     };
                     drop(body);
-                    let job = jobs::submit(&tenant, &engine, request, lines, &limits, cluster)?;
+                    let job = jobs::submit(&tenant, &engine, request, lines, &limits, cluster, None)?;
                     Ok(json_reply(201, &job.details()))
                 })
                 .await
@@ -438,7 +503,12 @@ impl Server {
             }
             (Method::POST, ["v1", "jobs", id, "cancel"]) => {
                 let j = job(&tenant, id)?;
-                if !j.cancel() {
+                if !blocking({
+                    let j = j.clone();
+                    move || j.cancel_by_tenant()
+                })
+                .await?
+                {
                     return Err(ApiError::conflict(format!("job {id} has already ended ({})", j.state().as_str())));
                 }
                 Ok(json_reply(202, &j.summary()))
@@ -688,6 +758,9 @@ fn upload_component(tenant: &Tenant, engine: &WasmEngine, body: &[u8], now: i64)
             "tenant `{}` already stores {max} components, its limit; delete one first",
             tenant.config.id
         )));
+    }
+    if let Some(ha) = &tenant.ha {
+        super::ha::store_component(ha, &meta.digest, body)?;
     }
     tenant.store.put_component(&meta, body)?;
     tracing::info!(tenant = %tenant.config.id, digest = %meta.digest, world = %meta.world, "component stored");

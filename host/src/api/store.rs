@@ -110,11 +110,19 @@ fn io(context: &str, e: std::io::Error) -> ApiError {
 impl TenantStore {
     /// Open (creating) the tenant directory `root`.
     pub fn open(root: PathBuf) -> std::io::Result<Self> {
-        for sub in ["components", "files", "jobs"] {
+        let files = root.join("files");
+        Self::open_with_files(root, files)
+    }
+
+    /// Open (creating) the tenant directory `root` with its file area at
+    /// `files` (a volume shared by a highly available cluster's processes).
+    pub fn open_with_files(root: PathBuf, files: PathBuf) -> std::io::Result<Self> {
+        for sub in ["components", "jobs"] {
             std::fs::create_dir_all(root.join(sub))?;
         }
+        std::fs::create_dir_all(&files)?;
         let components = Dir::open_ambient_dir(root.join("components"), ambient_authority())?;
-        let files = FileArea::open(root.join("files"))?;
+        let files = FileArea::open(files)?;
         Ok(TenantStore { root, components, files })
     }
 

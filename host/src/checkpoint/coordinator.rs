@@ -184,6 +184,20 @@ impl CheckpointStats {
     }
 }
 
+/// Where a highly available JobManager records its checkpoints (etcd): the
+/// id counter and, once a checkpoint's metadata is written, the pointer to
+/// it. Sinks are told to commit only after the pointer is written, so the
+/// output a new leader finds committed never runs ahead of the checkpoint
+/// it restores.
+pub trait CheckpointRegistry: Send + Sync + std::fmt::Debug {
+    /// The lowest id the coordinator may use (above every id handed out).
+    fn first_id(&self) -> u64;
+    /// Record that ids up to `id` are handed out (before its barrier).
+    fn reserve(&self, id: u64) -> Result<(), String>;
+    /// Record checkpoint `id`, complete at `location`.
+    fn completed(&self, id: u64, location: &std::path::Path) -> Result<(), String>;
+}
+
 /// Triggers checkpoints, collects acks, completes checkpoints.
 pub struct Coordinator {
     /// Where checkpoints are stored.
@@ -211,6 +225,10 @@ pub struct Coordinator {
     running: bool,
     sources: Vec<bool>,
     finished: Vec<Option<u64>>,
+    registry: Option<std::sync::Arc<dyn CheckpointRegistry>>,
+    /// Set when the registry refused a write: this JobManager no longer
+    /// leads, and takes no more checkpoints.
+    deposed: Option<String>,
 }
 
 impl Coordinator {
@@ -244,7 +262,17 @@ impl Coordinator {
             running: false,
             sources: Vec::new(),
             finished: Vec::new(),
+            registry: None,
+            deposed: None,
         }
+    }
+
+    /// Record checkpoints in `registry` too; ids start above its counter.
+    pub fn with_registry(mut self, registry: std::sync::Arc<dyn CheckpointRegistry>) -> Self {
+        self.next_id = self.next_id.max(registry.first_id());
+        self.first_id = self.next_id;
+        self.registry = Some(registry);
+        self
     }
 
     /// The barrier mode of periodic checkpoints.
@@ -280,11 +308,21 @@ impl Coordinator {
     }
 
     fn abort(&mut self, p: Pending, why: &str) {
+        self.abort_keeping(p, why, false);
+    }
+
+    /// Abort `p`; with `keep_files`, leave its files (the metadata write
+    /// failed, and on an object store its outcome is unknown: deleting
+    /// could destroy a checkpoint that did complete; a later prune removes
+    /// the files if it did not).
+    fn abort_keeping(&mut self, p: Pending, why: &str, keep_files: bool) {
         tracing::warn!(checkpoint = p.barrier.id, "checkpoint aborted: {why}");
         self.stats.aborted.fetch_add(1, Ordering::Relaxed);
         let bytes = p.files.iter().map(|(_, f)| f.bytes).sum();
         self.stats.record(&p.barrier, p.started, bytes, Some(why));
-        self.storage.remove(&super::barrier_dir(&p.barrier));
+        if !keep_files {
+            self.storage.remove(&super::barrier_dir(&p.barrier));
+        }
         if let Some(reply) = p.reply {
             let _ = reply.send(Err(format!("savepoint {} aborted: {why}", p.barrier.id)));
         }
@@ -383,6 +421,14 @@ impl Coordinator {
     }
 
     fn trigger(&mut self, kind: BarrierKind, reply: Option<SavepointReply>, last: bool) {
+        if let Some(why) = self.refused_id(self.next_id) {
+            tracing::warn!(checkpoint = self.next_id, "checkpoint not triggered: {why}");
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(format!("savepoint not taken: {why}")));
+            }
+            self.last_start = Some(Instant::now());
+            return;
+        }
         let barrier = Barrier {
             id: self.next_id,
             kind,
@@ -406,6 +452,22 @@ impl Coordinator {
                 self.commands.push(Command::TriggerSource { task: t, barrier });
             }
         }
+    }
+
+    /// Why checkpoint `id` may not be taken: the registry refused its id.
+    fn refused_id(&mut self, id: u64) -> Option<String> {
+        if let Some(d) = &self.deposed {
+            return Some(d.clone());
+        }
+        let r = self.registry.as_ref()?.reserve(id).err()?;
+        if r.contains("not the leader") {
+            self.deposed = Some(r.clone());
+            return Some(r);
+        }
+        // etcd is away: the id is above every stored one anyway, and the
+        // completion is recorded (fenced) or the checkpoint does not count.
+        tracing::warn!(checkpoint = id, "reserving the checkpoint id: {r}");
+        None
     }
 
     /// Every task has finished: take the last checkpoint from their final
@@ -479,8 +541,21 @@ impl Coordinator {
         };
         if let Err(e) = self.storage.write_metadata(&dir, &meta) {
             let reason = e.to_string();
-            self.abort(p, &reason);
+            self.abort_keeping(p, &reason, true);
             return Err(e);
+        }
+        if let Some(r) = &self.registry {
+            let path = self.storage.path().join(&dir);
+            if let Err(e) = r.completed(id, &path) {
+                // Not recorded: no sink commits it, and its files stay (a
+                // later prune removes them).
+                let reason = format!("recording the checkpoint: {e}");
+                if e.contains("not the leader") {
+                    self.deposed = Some(reason.clone());
+                }
+                self.abort_keeping(p, &reason, true);
+                return Ok(None);
+            }
         }
         self.completed.store(id, Ordering::SeqCst);
         self.last_end = Some(Instant::now());

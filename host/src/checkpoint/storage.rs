@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::format::{CappedReadError, DEFAULT_MAX_PAYLOAD_BYTES, DecodeBounds, DecodedSnapshot, KeyGroupBounds, read_capped};
-use super::store::{CheckpointStore, DirStore, FileError, join};
+use super::store::{CheckpointStore, FileError, join, open_store};
 use crate::state::KeyGroupRange;
 
 /// Name of the metadata file of a checkpoint or savepoint.
@@ -254,7 +254,7 @@ pub struct CheckpointStorage {
 impl CheckpointStorage {
     /// Open (creating) the directory.
     pub fn open(path: &Path) -> Result<Self, CheckpointError> {
-        Ok(Self::with_store(Arc::new(DirStore::open(path).map_err(io(path))?)))
+        Ok(Self::with_store(open_store(path, true).map_err(io(path))?))
     }
 
     /// The checkpoints in `store`.
@@ -373,8 +373,8 @@ impl CheckpointStorage {
 /// Read, verify and decode a checkpoint or savepoint at `path` (a
 /// directory holding `_metadata.json`), which must describe `expected`.
 pub fn load_path(path: &Path, expected: &ExpectedState, limits: &RestoreLimits) -> Result<LoadedCheckpoint, CheckpointError> {
-    let store = DirStore::existing(path).map_err(io(path))?;
-    load_dir(&store, "", path, expected, limits)
+    let store = open_store(path, false).map_err(io(path))?;
+    load_dir(store.as_ref(), "", path, expected, limits)
 }
 
 /// Read, verify and decode the state files of one operator that `keep`
@@ -389,7 +389,8 @@ pub fn read_operator_state(
     keep: impl Fn(&StateFile) -> bool,
     limits: &RestoreLimits,
 ) -> Result<Vec<Arc<DecodedSnapshot>>, CheckpointError> {
-    let store = DirStore::existing(path).map_err(io(path))?;
+    let store = open_store(path, false).map_err(io(path))?;
+    let store = store.as_ref();
     let name = DirName::of(path);
     let mut out = Vec::new();
     let mut total: u64 = 0;
@@ -410,7 +411,7 @@ pub fn read_operator_state(
                 max_parallelism,
             }),
         };
-        let snap = read_state_file(&store, &f.file, f, &bounds, limits).map_err(damaged)?;
+        let snap = read_state_file(store, &f.file, f, &bounds, limits).map_err(damaged)?;
         total = total.saturating_add(snap.payload_bytes() as u64);
         if total > limits.max_checkpoint_payload_bytes {
             return Err(damaged(format!(

@@ -1,7 +1,8 @@
 //! Checkpoint storage behind a trait: the bytes of checkpoints and
 //! savepoints (state files, metadata) under relative, `/`-separated paths
 //! of one root. [`DirStore`] is a directory opened with cap-std, so no path
-//! written or read can escape it; an object store is the next one.
+//! written or read can escape it; [`ObjectStoreStore`](super::object::ObjectStoreStore)
+//! a prefix of an S3 bucket.
 //!
 //! What a store must guarantee: [`CheckpointStore::put_atomic`] makes a file
 //! appear complete or not at all (the metadata is written last with it, so
@@ -37,6 +38,30 @@ pub trait CheckpointStore: Send + Sync + fmt::Debug {
     fn list(&self, dir: &str) -> Vec<String>;
     /// Remove directory `dir` and everything under it (missing is fine).
     fn remove_all(&self, dir: &str) -> std::io::Result<()>;
+}
+
+/// The store at `location`: an object store for `s3://bucket/prefix`,
+/// else a directory (created when `create`, else it must exist).
+pub fn open_store(location: &Path, create: bool) -> std::io::Result<std::sync::Arc<dyn CheckpointStore>> {
+    if super::object::is_url(location) {
+        let url = location.to_str().unwrap_or_default();
+        return Ok(std::sync::Arc::new(super::object::ObjectStoreStore::open(url)?));
+    }
+    Ok(std::sync::Arc::new(if create {
+        DirStore::open(location)?
+    } else {
+        DirStore::existing(location)?
+    }))
+}
+
+/// Where a job's checkpoints are: `dir` of its spec, relative to `base`
+/// (the spec's directory) unless absolute or an object-store location.
+pub fn resolve_location(base: &Path, dir: &str) -> PathBuf {
+    if dir.starts_with(super::object::SCHEME) {
+        PathBuf::from(dir.trim_end_matches('/'))
+    } else {
+        base.join(dir)
+    }
 }
 
 /// `a/b` from `a` and `b` (`b` alone when `a` is empty).

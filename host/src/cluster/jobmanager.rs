@@ -143,6 +143,11 @@ pub struct ClusterCore {
     jobs: Mutex<HashMap<String, Arc<RemoteJob>>>,
     /// Component files by digest, for TaskManagers to fetch.
     components: Mutex<HashMap<String, PathBuf>>,
+    /// HA: the epoch this JobManager leads with (0: it does not use HA).
+    epoch: std::sync::atomic::AtomicI64,
+    /// HA: set while it stands by, with where the leader is (for the
+    /// TaskManagers it turns away).
+    standby: Mutex<Option<String>>,
 }
 
 fn now_ms() -> i64 {
@@ -163,7 +168,35 @@ impl ClusterCore {
             next_tm: AtomicU64::new(1),
             jobs: Mutex::new(HashMap::new()),
             components: Mutex::new(HashMap::new()),
+            epoch: std::sync::atomic::AtomicI64::new(0),
+            standby: Mutex::new(None),
         })
+    }
+
+    /// Stand by (HA): TaskManagers are turned away, told `leader`.
+    pub fn stand_by(&self, leader: String) {
+        *lock(&self.standby) = Some(leader);
+    }
+
+    /// Lead with `epoch` (HA): TaskManagers may register.
+    pub fn lead(&self, epoch: i64) {
+        self.epoch.store(epoch, Ordering::SeqCst);
+        *lock(&self.standby) = None;
+    }
+
+    /// The epoch it leads with (0 without HA).
+    pub fn epoch(&self) -> i64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Refuse a TaskManager's call while standing by.
+    fn check_leading(&self) -> Result<(), Status> {
+        match &*lock(&self.standby) {
+            Some(leader) => Err(Status::failed_precondition(format!(
+                "this JobManager is a standby; the leader is {leader}"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// The settings.
@@ -440,6 +473,7 @@ impl RemoteDeployer {
             job: self.job.id.clone(),
             fencing: self.job.fencing,
             attempt,
+            leader_epoch: self.core.epoch(),
         }
     }
 }
@@ -663,13 +697,14 @@ impl Rpc {
     fn job_for(&self, id: &Option<AttemptId>) -> Option<(Arc<RemoteJob>, AttemptId)> {
         let id = id.as_ref()?;
         let job = lock(&self.0.jobs).get(&id.job).cloned()?;
-        (job.fencing == id.fencing).then(|| (job, id.clone()))
+        (job.fencing == id.fencing && id.leader_epoch == self.0.epoch()).then(|| (job, id.clone()))
     }
 }
 
 #[tonic::async_trait]
 impl JobManager for Rpc {
     async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
+        self.0.check_leading()?;
         let r = request.into_inner();
         if r.slots == 0 || r.slots > 4096 {
             return Err(Status::invalid_argument(format!("slots must be 1 to 4096, not {}", r.slots)));
@@ -703,12 +738,14 @@ impl JobManager for Rpc {
             taskmanager: id,
             heartbeat_interval_ms: self.0.settings.heartbeat_interval.as_millis() as u64,
             heartbeat_timeout_ms: self.0.settings.heartbeat_timeout.as_millis() as u64,
+            leader_epoch: self.0.epoch(),
         }))
     }
 
     type CommandsStream = BoxStream<Command>;
 
     async fn commands(&self, request: Request<CommandsRequest>) -> Result<Response<Self::CommandsStream>, Status> {
+        self.0.check_leading()?;
         let id = request.into_inner().taskmanager;
         let rx = lock(&self.0.tms)
             .get_mut(&id)
@@ -720,6 +757,7 @@ impl JobManager for Rpc {
     }
 
     async fn heartbeat(&self, request: Request<Heartbeat>) -> Result<Response<HeartbeatResponse>, Status> {
+        self.0.check_leading()?;
         let h = request.into_inner();
         let known = {
             let mut tms = lock(&self.0.tms);
@@ -798,6 +836,7 @@ impl JobManager for Rpc {
     type FetchComponentStream = BoxStream<ComponentChunk>;
 
     async fn fetch_component(&self, request: Request<FetchComponent>) -> Result<Response<Self::FetchComponentStream>, Status> {
+        self.0.check_leading()?;
         let digest = request.into_inner().digest;
         let path = lock(&self.0.components)
             .get(&digest)
@@ -879,7 +918,10 @@ pub fn run_job_on_cluster(
     }
     core.offer_components(p.component_files.clone());
     let spec = &graph.spec;
-    let checkpoint_dir = spec.checkpoints.as_ref().map(|c| graph.base_dir.join(&c.dir));
+    let checkpoint_dir = spec
+        .checkpoints
+        .as_ref()
+        .map(|c| crate::checkpoint::resolve_location(&graph.base_dir, &c.dir));
     let max_state = spec.limits.max_state_mb.map(|mb| mb.saturating_mul(1 << 20));
     let deployer = core.deployer(id, p.metrics.clone(), checkpoint_dir, max_state);
     on_deployer(deployer.job());

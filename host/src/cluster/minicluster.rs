@@ -20,7 +20,7 @@ use crossbeam_channel::Sender;
 use super::jobmaster::{Deployer, JobMaster, JobMessage, JobStatus, channel_sink};
 use super::restart::RestartPolicy;
 use crate::checkpoint::coordinator::{CheckpointStats, Command, Coordinator, OperatorInfo};
-use crate::checkpoint::{CheckpointStorage, ExpectedState, LoadedCheckpoint, RestoreLimits, load_path};
+use crate::checkpoint::{CheckpointStorage, ExpectedState, LoadedCheckpoint, RestoreLimits, load_path, resolve_location};
 use crate::job::JobError;
 use crate::job::graph::{JobGraph, NodeKind};
 use crate::job::plan::{ExecutionPlan, JobComponents, RestoreHandles, state_kind};
@@ -65,6 +65,9 @@ pub struct RunOptions {
     /// Answer `sluice savepoint` request files in the checkpoint directory
     /// (for `sluice run`; a server's jobs are asked through the API).
     pub savepoint_request_files: bool,
+    /// Where a highly available JobManager records the job's checkpoints
+    /// (etcd); none: the checkpoint storage alone.
+    pub registry: Option<Arc<dyn crate::checkpoint::coordinator::CheckpointRegistry>>,
 }
 
 impl Default for RunOptions {
@@ -78,6 +81,7 @@ impl Default for RunOptions {
             meter: None,
             logs: None,
             savepoint_request_files: true,
+            registry: None,
         }
     }
 }
@@ -409,7 +413,7 @@ pub(crate) fn prepare(graph: &JobGraph, engine: &Arc<WasmEngine>, options: &RunO
         .collect();
     let storage = match &spec.checkpoints {
         Some(c) => Some(Arc::new(
-            CheckpointStorage::open(&graph.base_dir.join(&c.dir)).map_err(|e| JobError::Restore(e.to_string()))?,
+            CheckpointStorage::open(&resolve_location(&graph.base_dir, &c.dir)).map_err(|e| JobError::Restore(e.to_string()))?,
         )),
         None => None,
     };
@@ -483,7 +487,11 @@ pub(crate) fn prepare(graph: &JobGraph, engine: &Arc<WasmEngine>, options: &RunO
             operator_infos(graph, &components),
             restore.as_ref().map(|c| c.checkpoint),
             stats.clone(),
-        )),
+        ))
+        .map(|c| match &options.registry {
+            Some(r) => c.with_registry(r.clone()),
+            None => c,
+        }),
         _ => None,
     };
     let default_restart = if spec.checkpoints.is_some() {
@@ -516,7 +524,8 @@ pub fn run_job(graph: &JobGraph, engine: &Arc<WasmEngine>, options: RunOptions) 
     let spec = &graph.spec;
     let state_budget = StateBudget::new(spec.limits.max_state_mb.map(|mb| mb.saturating_mul(1 << 20)), options.meter.clone());
     let request_dir = match (&spec.checkpoints, options.savepoint_request_files) {
-        (Some(c), true) => Some(graph.base_dir.join(&c.dir)),
+        // Requests are files beside local checkpoints only.
+        (Some(c), true) if !crate::checkpoint::object::is_url(std::path::Path::new(&c.dir)) => Some(graph.base_dir.join(&c.dir)),
         _ => None,
     };
     let mut p = p;

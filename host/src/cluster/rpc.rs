@@ -10,9 +10,10 @@
 //!             ──FetchComponent(digest)──► chunks (hash checked by the TaskManager)
 //! ```
 //!
-//! Every command and report names the job, the JobMaster's fencing token and
-//! the execution attempt ([`AttemptId`]); the receiver drops those of an
-//! older attempt or another JobMaster. Structures the runtime already
+//! Every command and report names the job, the JobMaster's fencing token,
+//! the leader's epoch and the execution attempt ([`AttemptId`]); the
+//! receiver drops those of an older attempt, another JobMaster or an older
+//! leader. Structures the runtime already
 //! serializes (the execution plan, restore handles, acks) travel as JSON
 //! inside bytes fields; every size is bounded by tonic's message limit.
 
@@ -54,6 +55,10 @@ pub struct RegisterResponse {
     pub heartbeat_interval_ms: u64,
     #[prost(uint64, tag = "3")]
     pub heartbeat_timeout_ms: u64,
+    /// The leader's epoch (HA; 0 without): a TaskManager never follows a
+    /// JobManager of an older epoch than one it has seen.
+    #[prost(int64, tag = "4")]
+    pub leader_epoch: i64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -71,6 +76,9 @@ pub struct AttemptId {
     pub fencing: u64,
     #[prost(uint32, tag = "3")]
     pub attempt: u32,
+    /// The epoch of the leading JobManager that sent it (HA; 0 without).
+    #[prost(int64, tag = "4")]
+    pub leader_epoch: i64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -276,6 +284,18 @@ pub struct ComponentChunk {
     pub total: u64,
     #[prost(bytes = "vec", tag = "2")]
     pub data: Vec<u8>,
+}
+
+impl command::Kind {
+    /// The attempt a command is for.
+    pub fn attempt(&self) -> Option<&AttemptId> {
+        match self {
+            command::Kind::Deploy(d) => d.id.as_ref(),
+            command::Kind::Cancel(id) => Some(id),
+            command::Kind::Trigger(b) | command::Kind::WriteFinal(b) => b.id.as_ref(),
+            command::Kind::Notify(n) => n.id.as_ref(),
+        }
+    }
 }
 
 impl BarrierCommand {

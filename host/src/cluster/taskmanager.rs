@@ -47,7 +47,9 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
 /// How a TaskManager runs.
 #[derive(Debug, Clone)]
 pub struct TaskManagerOptions {
-    /// The JobManager's RPC address (`HOST:PORT`).
+    /// The JobManagers' RPC addresses (`HOST:PORT`, comma-separated): with
+    /// HA, every JobManager of the cluster; the one that leads accepts the
+    /// registration, standbys turn it away.
     pub jobmanager: String,
     /// Task slots offered.
     pub slots: u32,
@@ -453,20 +455,36 @@ pub fn run(options: TaskManagerOptions, engine: Arc<WasmEngine>) -> anyhow::Resu
         cache_dir: options.cache_dir.clone(),
     };
     let stop = Arc::new(AtomicBool::new(false));
+    let addrs: Vec<String> = options
+        .jobmanager
+        .split(',')
+        .map(|a| a.trim().to_owned())
+        .filter(|a| !a.is_empty())
+        .collect();
+    if addrs.is_empty() {
+        anyhow::bail!("--jobmanager must name at least one JobManager address");
+    }
+    // The newest leader epoch seen: a JobManager of an older one was deposed.
+    let epoch = Arc::new(std::sync::atomic::AtomicI64::new(0));
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut next = 0usize;
         loop {
-            let session = run_session(&options, &data, &engines, &stop);
+            let addr = addrs[next % addrs.len()].clone();
+            next += 1;
+            let session = run_session(&options, &addr, &data, &engines, &stop, &epoch);
             tokio::select! {
                 r = session => {
                     if let Err(e) = r {
-                        tracing::warn!(jobmanager = %options.jobmanager, "{e:#}");
+                        tracing::warn!(jobmanager = %addr, "{e:#}");
                     }
                 }
                 _ = tokio::signal::ctrl_c() => break,
                 _ = term.recv() => break,
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            // The next address at once; a pause after trying every one.
+            let pause = if next.is_multiple_of(addrs.len()) { 1000 } else { 100 };
+            tokio::time::sleep(Duration::from_millis(pause)).await;
         }
         stop.store(true, Ordering::SeqCst);
         anyhow::Ok(())
@@ -475,11 +493,18 @@ pub fn run(options: TaskManagerOptions, engine: Arc<WasmEngine>) -> anyhow::Resu
 }
 
 /// Register, then serve commands and heartbeat until the JobManager is lost.
-async fn run_session(options: &TaskManagerOptions, data: &Arc<DataPlane>, engines: &Engines, stop: &Arc<AtomicBool>) -> anyhow::Result<()> {
-    let uri = if options.jobmanager.contains("://") {
-        options.jobmanager.clone()
+async fn run_session(
+    options: &TaskManagerOptions,
+    jobmanager: &str,
+    data: &Arc<DataPlane>,
+    engines: &Engines,
+    stop: &Arc<AtomicBool>,
+    epoch: &Arc<std::sync::atomic::AtomicI64>,
+) -> anyhow::Result<()> {
+    let uri = if jobmanager.contains("://") {
+        jobmanager.to_owned()
     } else {
-        format!("http://{}", options.jobmanager)
+        format!("http://{jobmanager}")
     };
     let channel = tonic::transport::Endpoint::from_shared(uri)?
         .connect_timeout(Duration::from_secs(5))
@@ -501,6 +526,14 @@ async fn run_session(options: &TaskManagerOptions, data: &Arc<DataPlane>, engine
         .await
         .map_err(|e| anyhow::anyhow!("registering: {}", e.message()))?
         .into_inner();
+    let seen = epoch.fetch_max(reg.leader_epoch, Ordering::SeqCst);
+    if reg.leader_epoch < seen {
+        anyhow::bail!(
+            "the JobManager at {jobmanager} leads with epoch {}, older than epoch {seen} already seen: it was deposed; not following it",
+            reg.leader_epoch
+        );
+    }
+    let leader_epoch = reg.leader_epoch;
     let id = reg.taskmanager.clone();
     println!("registered as {id}");
     tracing::info!(taskmanager = %id, "registered with the JobManager");
@@ -572,7 +605,15 @@ async fn run_session(options: &TaskManagerOptions, data: &Arc<DataPlane>, engine
             msg = commands.message(), if stream_open => match msg {
                 Ok(Some(rpc::Command { kind: Some(c) })) => {
                     last_contact = Instant::now();
-                    let _ = cmd_tx.send(c);
+                    let newest = epoch.load(Ordering::SeqCst);
+                    match c.attempt().map(|a| a.leader_epoch) {
+                        Some(e) if e < newest || e != leader_epoch => {
+                            tracing::warn!(epoch = e, newest, "dropping a command of a deposed JobManager (fenced)");
+                        }
+                        _ => {
+                            let _ = cmd_tx.send(c);
+                        }
+                    }
                 }
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => {

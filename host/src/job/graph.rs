@@ -482,6 +482,18 @@ fn check_operator(o: &OperatorSpec) -> Result<(), JobError> {
     Ok(())
 }
 
+/// A sink that spools beside the checkpoints needs them in a local
+/// directory.
+fn local_spool(c: &crate::spec::CheckpointSpec) -> Result<(), String> {
+    if c.dir.starts_with(crate::checkpoint::object::SCHEME) {
+        return Err(format!(
+            "this sink spools its transactions beside the checkpoints, which must then be in a local directory, not {:?}",
+            c.dir
+        ));
+    }
+    Ok(())
+}
+
 fn check_recovery(spec: &JobSpec) -> Result<(), JobError> {
     let invalid = |message: String| JobError::Invalid {
         node: "job".into(),
@@ -496,6 +508,14 @@ fn check_recovery(spec: &JobSpec) -> Result<(), JobError> {
         }
         if c.dir.is_empty() {
             return Err(invalid("checkpoints.dir must name a directory".into()));
+        }
+        if c.dir.starts_with(crate::checkpoint::object::SCHEME) {
+            crate::checkpoint::object::parse_url(&c.dir).map_err(|e| invalid(format!("checkpoints.dir: {e}")))?;
+        } else if c.dir.contains("://") {
+            return Err(invalid(format!(
+                "checkpoints.dir {:?}: only local directories and s3://bucket/prefix locations are supported",
+                c.dir
+            )));
         }
         if c.retain == 0 {
             return Err(invalid("checkpoints.retain must be at least 1".into()));
@@ -630,6 +650,7 @@ fn check_sink(s: &SinkSpec, job: &JobSpec) -> Result<SinkSpec, JobError> {
             };
             let mut out = s.clone();
             out.transaction_prefix = Some(s.transaction_prefix.clone().unwrap_or(default_prefix));
+            local_spool(c).map_err(invalid)?;
             out.path = Some(format!("{}/spool-{}", c.dir.trim_end_matches('/'), clean(&s.name)));
             return Ok(out);
         }
@@ -746,6 +767,7 @@ fn check_kafka_sink(s: &SinkSpec, job: &JobSpec, default_prefix: String) -> Resu
                 _ => {}
             }
             out.transaction_prefix = Some(s.transaction_prefix.clone().unwrap_or(default_prefix));
+            local_spool(c).map_err(invalid)?;
             out.path = Some(format!("{}/spool-{}", c.dir.trim_end_matches('/'), clean_name(&s.name)));
         }
         crate::spec::Delivery::Upsert => {
