@@ -569,6 +569,14 @@ fn a_killed_leader_is_replaced_the_job_resumes_from_its_checkpoint_and_the_old_l
     cluster.add_tm(2, None);
     let c = cluster.client(0);
     let id = ha_job(&c, 1000);
+    // A second job, cancelled before the failover, stays cancelled.
+    let tokenize = upload(&c, "tokenize");
+    let count = upload(&c, "count");
+    let cancelled = submit(&c, wordcount(&tokenize, &count, 1, "out-cancelled", Some(50), true));
+    wait_for(&c, &cancelled, &["running"], Duration::from_secs(60));
+    let r = c.post_json(&format!("/v1/jobs/{cancelled}/cancel"), &json!({})).unwrap();
+    assert_eq!(r.status, 202, "{}", r.text());
+    wait_for(&c, &cancelled, &["canceled"], Duration::from_secs(60));
     wait_checkpoints(&cluster, 0, &id, 3, Duration::from_secs(60));
     let ha = cluster.ha(name);
     let pointer: CheckpointPointer = ha.get(&format!("checkpoints/{id}")).unwrap().expect("a checkpoint pointer");
@@ -592,6 +600,7 @@ fn a_killed_leader_is_replaced_the_job_resumes_from_its_checkpoint_and_the_old_l
     let r = cluster.client(0).post_json("/v1/jobs/x/cancel", &json!({})).unwrap();
     assert_eq!(r.status, 503, "{}", r.text());
     let c = cluster.client(1);
+    assert_eq!(wait_for(&c, &cancelled, &["canceled"], Duration::from_secs(5))["state"], "canceled");
     let done = wait_for(&c, &id, &["finished", "failed"], Duration::from_secs(120));
     assert_eq!(done["state"], "finished", "{done}\n{}", cluster.logs());
     assert_exact_updates(&committed_lines(&c, "out"), "after the leader was killed");
@@ -687,8 +696,7 @@ fn ten_kills_alternating_taskmanagers_and_the_leader_end_with_exact_output_and_n
     let mut leader = 0;
     let mut worst = Duration::ZERO;
     for k in 0..10 {
-        let completed = wait_checkpoints(&cluster, leader, &id, 1, grace);
-        let _ = completed;
+        wait_checkpoints(&cluster, leader, &id, 1, grace);
         let killed = Instant::now();
         if k % 2 == 0 {
             let victim = k / 2 % 2;

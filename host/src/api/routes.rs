@@ -374,13 +374,16 @@ impl Server {
         let method = req.method().clone();
         let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match (method.as_str(), segs.as_slice()) {
+            ("GET", ["healthz"]) if self.ha.is_none() => {
+                return Ok(json_reply(200, &serde_json::json!({"status": "ok", "role": "single"})));
+            }
             ("GET", ["healthz"]) => {
                 let me = self.clone();
                 return blocking(move || {
                     Ok(json_reply(
                         200,
                         &match me.standby() {
-                            None => serde_json::json!({"status": "ok", "role": if me.ha.is_some() { "leader" } else { "single" }}),
+                            None => serde_json::json!({"status": "ok", "role": "leader"}),
                             Some(leader) => serde_json::json!({"status": "ok", "role": "standby", "leader": leader}),
                         },
                     ))
