@@ -29,6 +29,8 @@
 //! - `e2e`: the windowed word count from a CSV file as `sluice run` runs it,
 //!   CPU time of the whole process, beside a plain-Rust loop over the same
 //!   file ([`e2e`]).
+//! - `batch`: the same bounded job in streaming and in batch mode, events
+//!   per CPU-second and peak RSS of each ([`batch`]).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -38,6 +40,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use sluice_guest::batch::BatchWriter;
 
+mod batch;
 mod e2e;
 mod kafka;
 mod shuffle;
@@ -192,8 +195,11 @@ pub fn run(engine: &Arc<WasmEngine>, name: &str, events: Option<u64>, udfs: &Pat
         "shuffle" => shuffle::run(engine, events.unwrap_or(3_000_000), udfs),
         "kafka" => kafka::run(engine, events.unwrap_or(1_000_000)),
         "e2e" => e2e::run(engine, events.unwrap_or(10_000_000), udfs, runs),
+        "batch" => batch::run(engine, events.unwrap_or(5_000_000), udfs, runs),
         "nexmark" => bail!("`nexmark` takes `--query`: one of {}", crate::queries::QUERIES.join(", ")),
-        other => bail!("unknown benchmark `{other}`: choose map, keyed-count, window-count, checkpoint, shuffle, kafka, e2e or nexmark"),
+        other => {
+            bail!("unknown benchmark `{other}`: choose map, keyed-count, window-count, checkpoint, shuffle, kafka, e2e, batch or nexmark")
+        }
     }
 }
 

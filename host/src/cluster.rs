@@ -9,6 +9,7 @@
 //!  shuffle: channels local or over the data plane
 //! ```
 
+pub mod batch;
 pub mod ha;
 pub mod jobmanager;
 pub mod jobmaster;

@@ -20,6 +20,7 @@
 //! operator     the Operator trait and operators: stateless, keyed, window, join, sink
 //! job          validation, logical graph, physical plan (task descriptors)
 //! runtime      tasks, channels, partitioners, the shuffle (local | network), attempts
+//! batch        batch mode's data plane: spill files, external sort, sorted input gates
 //! cluster      the JobMaster, restarts, the mini cluster, JobManager and TaskManagers
 //! api          the HTTP server and its client (`sluice serve`, `sluice jobmanager`)
 //! queries      the Nexmark queries: job specs and reference implementations
@@ -28,6 +29,7 @@
 //! ```
 
 pub mod api;
+pub mod batch;
 pub mod bench;
 pub mod blocking;
 pub mod checkpoint;

@@ -629,6 +629,10 @@ fn run_command(engine: &Arc<WasmEngine>, job: &std::path::Path, quiet: bool, opt
         if graph.spec.checkpoints.is_some() {
             notes.push(format!("{} checkpoints, {} restarts", summary.checkpoints, summary.restarts));
         }
+        if graph.spec.mode == sluice::spec::ExecutionMode::Batch {
+            let rss = sluice::tenancy::process_status_kb("VmHWM").map_or(0.0, |kb| kb as f64 / 1024.0);
+            notes.push(format!("batch mode, {} task runs again, peak RSS {rss:.1} MB", summary.restarts));
+        }
         let dropped: u64 = summary.metrics.iter().map(|m| m.records_late_dropped()).sum();
         if dropped > 0 {
             notes.push(format!("{dropped} late records dropped"));

@@ -67,6 +67,13 @@ pub trait Operator: Send {
     fn finish(&mut self, _out: &mut dyn Emit) -> Result<(), TaskError> {
         Ok(())
     }
+    /// Batch mode: every record of the keys seen since the last call has
+    /// arrived (the input is sorted by key). Fire what they have pending as
+    /// at the end of input, then drop their state, so a key's state lives
+    /// only while its group is processed. Watermarks are not passed on.
+    fn end_keys(&mut self, _out: &mut dyn Emit) -> Result<(), TaskError> {
+        Ok(())
+    }
     /// Copy the operator's state at checkpoint barrier `checkpoint` (or,
     /// with `last`, after the end of input); none when it has no state.
     fn snapshot(&mut self, _checkpoint: u64, _last: bool) -> Result<Option<OperatorSnapshot>, TaskError> {

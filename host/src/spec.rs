@@ -83,8 +83,63 @@ pub struct JobSpec {
     /// Periodic checkpoints; none: the job is not checkpointed.
     pub checkpoints: Option<CheckpointSpec>,
     /// What to do when a task fails. Default: with checkpoints, restart up
-    /// to 3 times, 1 s apart; without, fail.
+    /// to 3 times, 1 s apart; in batch mode, run a failed task again up to
+    /// 3 times, 1 s apart; otherwise, fail.
     pub restart: Option<RestartSpec>,
+    /// `streaming` (the default) or `batch`: a bounded job run stage by
+    /// stage over blocking exchanges, without checkpoints (docs/batch.md).
+    #[serde(default)]
+    pub mode: ExecutionMode,
+    /// Settings of batch mode.
+    pub batch: Option<BatchSpec>,
+}
+
+/// How a job is executed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExecutionMode {
+    /// Every task runs at once, records flow through pipelined channels,
+    /// checkpoints make it fault tolerant.
+    #[default]
+    Streaming,
+    /// For bounded inputs: a task starts when its inputs are complete
+    /// (written to spill files), keyed tasks read their input sorted by key,
+    /// and a failed task runs again from its materialized inputs.
+    Batch,
+}
+
+/// Batch mode.
+///
+/// ```toml
+/// mode = "batch"
+/// [batch]
+/// sort_memory_mb = 64      # per keyed task, before its sort spills to disk
+/// spill_dir = "/var/tmp"   # default: the system's temporary directory
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSpec {
+    /// Memory a keyed task sorts its input in before it writes sorted runs
+    /// to disk (MiB, 1 to 65536). Default 64.
+    #[serde(default = "default_sort_memory_mb")]
+    pub sort_memory_mb: u64,
+    /// Where intermediate results and sorted runs are written (relative to
+    /// the spec); default the system's temporary directory.
+    #[serde(default)]
+    pub spill_dir: Option<String>,
+}
+
+impl Default for BatchSpec {
+    fn default() -> Self {
+        BatchSpec {
+            sort_memory_mb: default_sort_memory_mb(),
+            spill_dir: None,
+        }
+    }
+}
+
+fn default_sort_memory_mb() -> u64 {
+    64
 }
 
 /// Checkpointing of a job.

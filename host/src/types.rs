@@ -40,6 +40,9 @@ pub enum StreamElement {
     Barrier(Barrier),
     /// The upstream subtask has no more data.
     EndOfData,
+    /// Batch mode, from a sorted input only: every record of the keys
+    /// delivered since the last one has arrived (never sent between tasks).
+    KeysEnded,
 }
 
 /// What a barrier asks for.

@@ -2,6 +2,7 @@
 //! per area. They run real jobs with the real components built from `udfs/`
 //! by `scripts/build-udfs` (which `scripts/test` runs first).
 
+mod batch;
 mod checkpoints;
 mod cluster;
 mod dashboard;

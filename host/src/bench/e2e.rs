@@ -47,13 +47,13 @@ pub fn run(engine: &Arc<WasmEngine>, events: u64, udfs: &Path, runs: u32) -> any
         let csv = dir.join("words.csv");
         write_csv(&csv, events)?;
         // Alternately, keeping the best (least CPU) of each side.
-        let (mut native, mut sluice) = (measure_native(&csv)?, measure_sluice(engine, &dir, &csv, &component)?);
+        let (mut native, mut sluice) = (measure_native(&csv)?, measure_sluice(engine, &dir, &csv, &component, false)?);
         for _ in 1..runs {
             let n = measure_native(&csv)?;
             if n.cpu < native.cpu {
                 native = n;
             }
-            let s = measure_sluice(engine, &dir, &csv, &component)?;
+            let s = measure_sluice(engine, &dir, &csv, &component, false)?;
             if s.cpu < sluice.cpu {
                 sluice = s;
             }
@@ -81,16 +81,16 @@ pub fn run(engine: &Arc<WasmEngine>, events: u64, udfs: &Path, runs: u32) -> any
 }
 
 /// What one side measured.
-struct Side {
-    rows: u64,
-    cpu: f64,
-    wall: f64,
-    peak_mb: f64,
+pub(super) struct Side {
+    pub rows: u64,
+    pub cpu: f64,
+    pub wall: f64,
+    pub peak_mb: f64,
 }
 
 /// The input: `ts,word` lines from the generator (its keys, `key-<k>`
 /// drawn by Zipf, are the words), in event-time order.
-fn write_csv(path: &Path, events: u64) -> anyhow::Result<()> {
+pub(super) fn write_csv(path: &Path, events: u64) -> anyhow::Result<()> {
     use crate::connectors::SourceReader;
     let config = GeneratorConfig {
         count: events,
@@ -123,7 +123,7 @@ fn reset_peak_rss() {
 /// word in the current 1-second window, and close a window once the input
 /// passes it (the file is in event-time order). The number of (word,
 /// window) counts is what the job writes.
-fn measure_native(csv: &Path) -> anyhow::Result<Side> {
+pub(super) fn measure_native(csv: &Path) -> anyhow::Result<Side> {
     reset_peak_rss();
     let (cpu0, wall0) = (process_cpu_seconds(), Instant::now());
     let mut reader = std::io::BufReader::with_capacity(256 << 10, std::fs::File::open(csv)?);
@@ -162,12 +162,13 @@ fn measure_native(csv: &Path) -> anyhow::Result<Side> {
     })
 }
 
-/// The job, as `sluice run` would run it.
-fn measure_sluice(engine: &Arc<WasmEngine>, dir: &Path, csv: &Path, component: &Path) -> anyhow::Result<Side> {
+/// The job, as `sluice run` would run it (in batch mode with `batch`).
+pub(super) fn measure_sluice(engine: &Arc<WasmEngine>, dir: &Path, csv: &Path, component: &Path, batch: bool) -> anyhow::Result<Side> {
     let lit = |p: &Path| toml::Value::String(p.display().to_string()).to_string();
     let toml = format!(
         r#"
 name = "bench-e2e"
+mode = "{mode}"
 [[sources]]
 name = "words"
 kind = "file"
@@ -196,6 +197,7 @@ to = "out"
 "#,
         csv = lit(csv),
         component = lit(component),
+        mode = if batch { "batch" } else { "streaming" },
     );
     // A run before this one left its output.
     let _ = std::fs::remove_file(dir.join("out.jsonl"));

@@ -905,6 +905,12 @@ pub fn run_job_on_cluster(
     id: &str,
     on_deployer: impl FnOnce(&Arc<RemoteJob>),
 ) -> Result<super::JobHandle, JobError> {
+    if graph.spec.mode == crate::spec::ExecutionMode::Batch {
+        return Err(JobError::Invalid {
+            node: "job".into(),
+            message: "mode = \"batch\" runs in one process (`sluice run`, `sluice serve`); a cluster runs streaming jobs".into(),
+        });
+    }
     let mut p = super::minicluster::prepare(graph, engine, &options)?;
     if spec_restart_default(graph) {
         // Flink's default for a cluster: exponential delay, 1 s doubling to 1 min.

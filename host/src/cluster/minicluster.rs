@@ -150,10 +150,24 @@ impl JobHandle {
         let cancel = master.cancel.clone();
         let status = master.status.clone();
         let name = format!("{}-jobmaster", master.plan.job);
+        Self::spawn_with(&name, move || master.run(), cancel, status, metrics, checkpoints, mailbox)
+    }
+
+    /// Start `run` (a JobMaster's or a batch scheduler's loop) on a thread
+    /// named `name`.
+    pub(crate) fn spawn_with(
+        name: &str,
+        run: impl FnOnce() -> Result<Option<PathBuf>, JobError> + Send + 'static,
+        cancel: Arc<AtomicBool>,
+        status: super::jobmaster::JobStatus,
+        metrics: Vec<Arc<OperatorMetrics>>,
+        checkpoints: Arc<CheckpointStats>,
+        mailbox: Sender<JobMessage>,
+    ) -> Result<Self, JobError> {
         let thread = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || master.run())
-            .map_err(|e| JobError::Failed(TaskError::Internal(format!("spawning the JobMaster: {e}"))))?;
+            .name(name.to_owned())
+            .spawn(run)
+            .map_err(|e| JobError::Failed(TaskError::Internal(format!("spawning the job's master thread: {e}"))))?;
         Ok(JobHandle {
             master: Some(thread),
             cancel,
@@ -494,7 +508,7 @@ pub(crate) fn prepare(graph: &JobGraph, engine: &Arc<WasmEngine>, options: &RunO
         }),
         _ => None,
     };
-    let default_restart = if spec.checkpoints.is_some() {
+    let default_restart = if spec.checkpoints.is_some() || spec.mode == crate::spec::ExecutionMode::Batch {
         RestartSpec::FixedDelay {
             attempts: 3,
             delay_ms: 1000,
@@ -529,6 +543,9 @@ pub fn run_job(graph: &JobGraph, engine: &Arc<WasmEngine>, options: RunOptions) 
         _ => None,
     };
     let mut p = p;
+    if p.plan.mode == crate::spec::ExecutionMode::Batch {
+        return super::batch::launch(p, options, state_budget);
+    }
     let deployer = LocalDeployer {
         components: std::mem::take(&mut p.components),
         options: options.clone(),

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use super::JobError;
 use crate::spec::{
-    Distribution, FileFormat, JobSpec, OperatorKind, OperatorSpec, OutputTag, Partition, RestartSpec, SinkKind, SinkSpec, SourceKind,
-    SourceSpec, WatermarkSpec, WatermarkStrategy,
+    Distribution, ExecutionMode, FileFormat, JobSpec, OperatorKind, OperatorSpec, OutputTag, Partition, RestartSpec, SinkKind, SinkSpec,
+    SourceKind, SourceSpec, WatermarkSpec, WatermarkStrategy,
 };
 use crate::wasm::{LoadedComponent, WasmEngine};
 
@@ -110,6 +110,7 @@ impl JobGraph {
                 format!("batch_size {} must be between 1 and 1048576", spec.batch_size),
             ));
         }
+        check_mode(&spec)?;
         check_recovery(&spec)?;
         let mut nodes = Vec::new();
         for s in &spec.sources {
@@ -494,6 +495,64 @@ fn local_spool(c: &crate::spec::CheckpointSpec) -> Result<(), String> {
     Ok(())
 }
 
+/// Batch mode: bounded sources, sinks that a task run again rewrites, no
+/// checkpoints.
+fn check_mode(spec: &JobSpec) -> Result<(), JobError> {
+    let invalid = |node: &str, message: String| JobError::Invalid {
+        node: node.to_owned(),
+        message,
+    };
+    if spec.mode == ExecutionMode::Streaming {
+        if spec.batch.is_some() {
+            return Err(invalid("job", "`[batch]` settings need mode = \"batch\"".into()));
+        }
+        return Ok(());
+    }
+    if spec.checkpoints.is_some() {
+        return Err(invalid(
+            "job",
+            "a batch job takes no `[checkpoints]`: a failed task runs again from the materialized results of the tasks before it".into(),
+        ));
+    }
+    if let Some(b) = &spec.batch
+        && !(1..=65536).contains(&b.sort_memory_mb)
+    {
+        return Err(invalid(
+            "job",
+            format!("batch.sort_memory_mb {} must be between 1 and 65536", b.sort_memory_mb),
+        ));
+    }
+    for s in &spec.sources {
+        let bounded = match s.kind {
+            SourceKind::File => !s.follow,
+            SourceKind::Generator | SourceKind::Nexmark => true,
+            SourceKind::Kafka | SourceKind::Nats => false,
+        };
+        if !bounded {
+            return Err(invalid(
+                &s.name,
+                "batch mode reads bounded inputs only: a file (without `follow`), a generator or nexmark with `count`; \
+                 run unbounded sources in streaming mode"
+                    .into(),
+            ));
+        }
+        if s.kind != SourceKind::File && s.count.is_none() {
+            return Err(invalid(&s.name, "in batch mode a generated source needs `count`".into()));
+        }
+    }
+    for s in &spec.sinks {
+        if !matches!(s.kind, SinkKind::File | SinkKind::Stdout | SinkKind::Discard) {
+            return Err(invalid(
+                &s.name,
+                "batch mode writes file, stdout or discard sinks (a task run again rewrites its file); \
+                 write to kafka, nats or postgres in streaming mode with checkpoints"
+                    .into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn check_recovery(spec: &JobSpec) -> Result<(), JobError> {
     let invalid = |message: String| JobError::Invalid {
         node: "job".into(),
@@ -527,6 +586,8 @@ fn check_recovery(spec: &JobSpec) -> Result<(), JobError> {
             "restart.multiplier must be a number of at least 1, not {multiplier}"
         ))),
         Some(RestartSpec::None) | None => Ok(()),
+        // A batch job runs a failed task again from its materialized inputs.
+        Some(_) if spec.mode == ExecutionMode::Batch => Ok(()),
         Some(_) if spec.checkpoints.is_none() => Err(invalid(
             "a restart strategy needs `[checkpoints]`: without them a restarted job would start over and duplicate its output".into(),
         )),
@@ -1148,6 +1209,48 @@ mod tests {
     fn parallelism_zero_is_named() {
         let e = graph(&with_edges(GOOD_EDGES).replace("parallelism = 2", "parallelism = 0")).unwrap_err();
         assert_eq!(e.to_string(), "`b` has parallelism 0: it must be at least 1");
+    }
+
+    #[test]
+    fn batch_mode_takes_bounded_sources_rewritable_sinks_and_no_checkpoints() {
+        let batch = |extra: &str, edit: &dyn Fn(String) -> String| {
+            graph(&edit(with_edges(GOOD_EDGES)).replace("name = \"t\"", &format!("name = \"t\"\nmode = \"batch\"\n{extra}")))
+        };
+        let same = |s: String| s;
+        assert!(batch("", &same).is_ok());
+        // A restart strategy needs no checkpoints: a failed task runs again.
+        assert!(batch("restart = { strategy = \"fixed-delay\", attempts = 2, delay_ms = 10 }", &same).is_ok());
+        let e = batch("[checkpoints]\ninterval_ms = 100\ndir = \"c\"", &same).unwrap_err();
+        assert!(e.to_string().contains("a batch job takes no `[checkpoints]`"), "{e}");
+        let e = batch("[batch]\nsort_memory_mb = 0", &same).unwrap_err();
+        assert!(e.to_string().contains("batch.sort_memory_mb 0 must be between 1 and 65536"), "{e}");
+        let kafka = |s: String| {
+            s.replace(
+                "kind = \"generator\"\n        count = 10",
+                "kind = \"kafka\"\n        brokers = \"127.0.0.1:1\"\n        topic = \"t\"",
+            )
+        };
+        let e = batch("", &kafka).unwrap_err();
+        assert!(e.to_string().contains("batch mode reads bounded inputs only"), "{e}");
+        let follow = |s: String| {
+            s.replace(
+                "kind = \"generator\"\n        count = 10",
+                "kind = \"file\"\n        path = \"in.txt\"\n        follow = true",
+            )
+        };
+        let e = batch("", &follow).unwrap_err();
+        assert!(e.to_string().contains("batch mode reads bounded inputs only"), "{e}");
+        let nats = |s: String| {
+            s.replace(
+                "kind = \"stdout\"",
+                "kind = \"nats\"\n        url = \"nats://127.0.0.1:1\"\n        subject = \"s\"",
+            )
+        };
+        let e = batch("", &nats).unwrap_err();
+        assert!(e.to_string().contains("batch mode writes file, stdout or discard sinks"), "{e}");
+        // `[batch]` is for batch mode.
+        let e = graph(&with_edges(GOOD_EDGES).replace("name = \"t\"", "name = \"t\"\n[batch]\nsort_memory_mb = 8")).unwrap_err();
+        assert!(e.to_string().contains("`[batch]` settings need mode = \"batch\""), "{e}");
     }
 
     #[test]

@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use super::graph::{JobGraph, NodeId, NodeKind};
 use crate::checkpoint::StateFile;
-use crate::spec::{CheckpointMode, ErrorPolicy, LimitsSpec, OperatorKind, OperatorSpec, OutputTag, Partition, SinkSpec, SourceSpec};
+use crate::spec::{
+    CheckpointMode, ErrorPolicy, ExecutionMode, LimitsSpec, OperatorKind, OperatorSpec, OutputTag, Partition, SinkSpec, SourceSpec,
+};
 use crate::state::KeyGroupRange;
 use crate::wasm::LoadedComponent;
 
@@ -46,6 +48,23 @@ pub struct ExecutionPlan {
     pub channels: u32,
     /// Every task, chains in topological order, subtasks in order.
     pub tasks: Vec<TaskDescriptor>,
+    /// Streaming or batch.
+    #[serde(default)]
+    pub mode: ExecutionMode,
+    /// Batch mode: how much a keyed task sorts in memory, and where spill
+    /// files go.
+    #[serde(default)]
+    pub batch: BatchPlan,
+}
+
+/// The settings of a batch job's tasks.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BatchPlan {
+    /// Bytes a keyed task sorts in memory before it spills a sorted run.
+    pub sort_memory_bytes: u64,
+    /// Where intermediate results and sorted runs are written; none: the
+    /// system's temporary directory.
+    pub spill_dir: Option<std::path::PathBuf>,
 }
 
 /// A node of the job.
@@ -382,6 +401,14 @@ impl ExecutionPlan {
                 .collect(),
             channels,
             tasks,
+            mode: spec.mode,
+            batch: {
+                let b = spec.batch.clone().unwrap_or_default();
+                BatchPlan {
+                    sort_memory_bytes: b.sort_memory_mb.saturating_mul(1 << 20),
+                    spill_dir: b.spill_dir.map(|d| graph.base_dir.join(d)),
+                }
+            },
         }
     }
 

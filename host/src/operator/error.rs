@@ -43,6 +43,10 @@ pub enum TaskError {
     /// The job was cancelled.
     #[error("the job was cancelled")]
     Cancelled,
+    /// Batch mode: an intermediate result (a spill file, a sorted run)
+    /// could not be written or read.
+    #[error("intermediate results: {0}")]
+    Exchange(String),
     /// A bug in the host.
     #[error("internal error: {0}")]
     Internal(String),

@@ -390,6 +390,15 @@ impl Operator for JoinOperator {
         out.watermark(watermark)
     }
 
+    fn end_keys(&mut self, out: &mut dyn Emit) -> Result<(), TaskError> {
+        self.watermark = i64::MAX;
+        self.fire(i64::MAX, out)?;
+        self.watermark = i64::MIN;
+        self.state.clear_all();
+        self.timers.clear();
+        Ok(())
+    }
+
     fn snapshot(&mut self, _checkpoint: u64, _last: bool) -> Result<Option<OperatorSnapshot>, TaskError> {
         Ok(Some(keyed_snapshot(&self.state, &self.timers, self.max_parallelism)))
     }

@@ -70,6 +70,18 @@ impl Operator for KeyedOperator {
         self.fire_timers(TimeDomain::ProcessingTime, now, out)
     }
 
+    fn end_keys(&mut self, out: &mut dyn Emit) -> Result<(), TaskError> {
+        self.guest.set_watermark(Some(i64::MAX));
+        self.fire_timers(TimeDomain::EventTime, i64::MAX, out)?;
+        self.guest.set_watermark(None);
+        let Some(scope) = self.guest.keyed_scope_mut() else {
+            return Err(self.outputs.internal("keyed operator without keyed state"));
+        };
+        scope.backend.clear_all();
+        scope.timers.clear();
+        Ok(())
+    }
+
     fn snapshot(&mut self, _checkpoint: u64, _last: bool) -> Result<Option<OperatorSnapshot>, TaskError> {
         let max = self.max_parallelism;
         match self.guest.keyed_scope_mut() {

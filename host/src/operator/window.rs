@@ -1115,6 +1115,27 @@ impl Operator for WindowOperator {
         self.on_timers(TimeDomain::ProcessingTime, i64::MAX, out)
     }
 
+    /// As the end of input would (the watermark at its maximum, then
+    /// processing time), for the keys in hand; then their state goes.
+    fn end_keys(&mut self, out: &mut dyn Emit) -> Result<(), TaskError> {
+        self.watermark = i64::MAX;
+        if let WindowFunction::Aggregate(g) | WindowFunction::Process(g) = &mut self.function {
+            g.set_watermark(Some(i64::MAX));
+        }
+        self.on_timers(TimeDomain::EventTime, i64::MAX, out)?;
+        self.on_timers(TimeDomain::ProcessingTime, i64::MAX, out)?;
+        self.watermark = i64::MIN;
+        if let WindowFunction::Aggregate(g) | WindowFunction::Process(g) = &mut self.function {
+            g.set_watermark(None);
+        }
+        self.state.clear_all();
+        self.timers.clear();
+        if let Some(t) = &mut self.table {
+            t.clear();
+        }
+        Ok(())
+    }
+
     fn snapshot(&mut self, _checkpoint: u64, _last: bool) -> Result<Option<OperatorSnapshot>, TaskError> {
         let Some(table) = &self.table else {
             return Ok(Some(keyed_snapshot(&self.state, &self.timers, self.max_parallelism)));

@@ -54,6 +54,11 @@ pub trait InputGate: Send {
     /// Hold back (or release) one channel: `next` does not read a blocked
     /// channel. Used to align checkpoint barriers.
     fn set_blocked(&mut self, channel: usize, blocked: bool);
+    /// Why `next` failed, when the gate knows better than "a channel
+    /// closed" (a spill file that cannot be read).
+    fn take_failure(&mut self) -> Option<crate::operator::TaskError> {
+        None
+    }
 }
 
 /// Bytes of record batches queued in one channel, and its ceiling.

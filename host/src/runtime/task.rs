@@ -462,7 +462,10 @@ impl Task {
                         }
                     }
                 }
-                Input::Gate { gate, valve, input_of } => match gate.next(POLL).map_err(|_| TaskError::UpstreamClosed)? {
+                Input::Gate { gate, valve, input_of } => match gate
+                    .next(POLL)
+                    .map_err(|_| gate.take_failure().unwrap_or(TaskError::UpstreamClosed))?
+                {
                     GateEvent::Element(i, StreamElement::Records(b)) => {
                         let (started, blocked) = (Instant::now(), self.gauges.blocked_ns.load(Ordering::Relaxed));
                         let (out, input) = (valve.on_records(i), input_of[i]);
@@ -479,6 +482,11 @@ impl Task {
                         self.valve(out)?;
                     }
                     GateEvent::Element(i, StreamElement::Barrier(b)) => self.on_barrier(i, b)?,
+                    GateEvent::Element(_, StreamElement::KeysEnded) => {
+                        let (started, blocked) = (Instant::now(), self.gauges.blocked_ns.load(Ordering::Relaxed));
+                        self.each_op(|op, out| op.end_keys(out))?;
+                        self.gauges.work(started, blocked);
+                    }
                     GateEvent::Element(i, StreamElement::EndOfData) => {
                         let out = valve.on_end(i);
                         self.valve(out)?;

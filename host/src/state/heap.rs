@@ -471,6 +471,17 @@ impl HeapKeyedState {
         taken
     }
 
+    /// Drop every key's state (batch mode, once the keys in hand are done).
+    pub fn clear_all(&mut self) {
+        for map in &mut self.groups {
+            if !map.is_empty() {
+                map.clear();
+            }
+        }
+        self.bytes = 0;
+        self.account.shrink_to(0);
+    }
+
     /// Number of keys with any state.
     pub fn key_count(&self) -> usize {
         self.groups.iter().map(HashMap::len).sum()

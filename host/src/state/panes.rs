@@ -109,6 +109,17 @@ impl PaneTable {
         }
     }
 
+    /// Drop every key and accumulator (batch mode, once the keys in hand
+    /// are done).
+    pub fn clear(&mut self) {
+        self.index.clear();
+        self.slots.clear();
+        self.free.clear();
+        self.idle.clear();
+        self.bytes = 0;
+        self.account.shrink_to(0);
+    }
+
     /// The hash the table files `key` under.
     #[inline]
     pub fn hash(&self, key: &[u8]) -> u64 {

@@ -175,6 +175,14 @@ impl TimerService {
         self.account.shrink_to(self.bytes);
     }
 
+    /// Drop every timer (batch mode, once the keys in hand are done).
+    pub fn clear(&mut self) {
+        self.event = Timers::default();
+        self.processing = Timers::default();
+        self.bytes = 0;
+        self.account.shrink_to(0);
+    }
+
     /// Bytes the timers are charged.
     pub fn size_bytes(&self) -> u64 {
         self.bytes

@@ -25,6 +25,7 @@ const TAG_WATERMARK: u8 = 1;
 const TAG_IDLE: u8 = 2;
 const TAG_BARRIER: u8 = 3;
 const TAG_END: u8 = 4;
+const TAG_KEYS_ENDED: u8 = 5;
 
 /// Bytes of a records frame after its length and before its batch: kind,
 /// id, backlog, tag, count.
@@ -134,6 +135,7 @@ pub(super) fn control_frame(id: u32, backlog: u32, element: &StreamElement) -> H
             h.u8(TAG_BARRIER).u64(b.id).u8(kind).u8(stop as u8).u8(b.aligned as u8)
         }
         StreamElement::EndOfData => h.u8(TAG_END),
+        StreamElement::KeysEnded => h.u8(TAG_KEYS_ENDED),
         // Records go through `records_head`; an empty batch is harmless.
         StreamElement::Records(_) => h.u8(TAG_RECORDS).u32(0),
     };
@@ -281,6 +283,7 @@ fn control_element(tag: u8, b: &mut Body<'_>) -> Result<StreamElement, String> {
             StreamElement::Barrier(Barrier { id, kind, aligned })
         }
         TAG_END => StreamElement::EndOfData,
+        TAG_KEYS_ENDED => StreamElement::KeysEnded,
         t => return Err(format!("an element with the unknown tag {t}")),
     })
 }

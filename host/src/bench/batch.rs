@@ -1,0 +1,72 @@
+//! `sluice bench batch`: the bounded windowed word count of `bench e2e`
+//! (the same CSV file, job and sink) run in streaming mode and in batch
+//! mode, beside the plain-Rust loop over the same file:
+//!
+//! ```text
+//! bench=batch events=N rows=R streaming_events_per_cpu_s=S streaming_peak_rss_mb=A
+//!     batch_events_per_cpu_s=B batch_peak_rss_mb=C native_events_per_cpu_s=Y
+//! ```
+//!
+//! Each side runs `runs` times (alternately), keeping its least CPU time;
+//! both modes must write the same number of window results as the native
+//! loop counts.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+
+use super::e2e::{Side, measure_native, measure_sluice, write_csv};
+use crate::wasm::WasmEngine;
+
+/// Run it over `events` lines.
+pub fn run(engine: &Arc<WasmEngine>, events: u64, udfs: &Path, runs: u32) -> anyhow::Result<String> {
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let component = udfs.join("window_count.wasm");
+    let component =
+        std::fs::canonicalize(&component).with_context(|| format!("{} is missing: run scripts/build-udfs first", component.display()))?;
+    let dir = std::env::temp_dir().join(format!("sluice-bench-batch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = (|| {
+        let csv = dir.join("words.csv");
+        write_csv(&csv, events)?;
+        let best = |a: Option<Side>, b: Side| match a {
+            Some(a) if a.cpu <= b.cpu => Some(a),
+            _ => Some(b),
+        };
+        let (mut native, mut streaming, mut batch) = (None, None, None);
+        for _ in 0..runs {
+            native = best(native, measure_native(&csv)?);
+            streaming = best(streaming, measure_sluice(engine, &dir, &csv, &component, false)?);
+            batch = best(batch, measure_sluice(engine, &dir, &csv, &component, true)?);
+        }
+        let (Some(native), Some(streaming), Some(batch)) = (native, streaming, batch) else {
+            bail!("nothing was measured");
+        };
+        for (mode, side) in [("streaming", &streaming), ("batch", &batch)] {
+            if side.rows != native.rows {
+                bail!(
+                    "in {mode} mode the job wrote {} window results, the native loop counted {}",
+                    side.rows,
+                    native.rows
+                );
+            }
+        }
+        let per_cpu = |s: &Side| events as f64 / s.cpu;
+        Ok(format!(
+            "bench=batch events={events} runs={runs} rows={} streaming_events_per_cpu_s={:.0} streaming_peak_rss_mb={:.1} \
+             batch_events_per_cpu_s={:.0} batch_peak_rss_mb={:.1} native_events_per_cpu_s={:.0} native_peak_rss_mb={:.1}",
+            native.rows,
+            per_cpu(&streaming),
+            streaming.peak_mb,
+            per_cpu(&batch),
+            batch.peak_mb,
+            per_cpu(&native),
+            native.peak_mb
+        ))
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
