@@ -95,6 +95,7 @@ pub(crate) struct SortedGate {
     next: SortedRecord,
     has_next: bool,
     last_key: Vec<u8>,
+    last_hash: u64,
     pending: VecDeque<GateEvent>,
     done: bool,
     failure: Option<TaskError>,
@@ -112,6 +113,7 @@ impl SortedGate {
             next: SortedRecord::default(),
             has_next: false,
             last_key: Vec::new(),
+            last_hash: 0,
             pending: VecDeque::new(),
             done: false,
             failure: None,
@@ -174,9 +176,10 @@ impl SortedGate {
             w.push_ref(&self.next.as_ref());
             self.last_key.clear();
             self.last_key.extend_from_slice(&self.next.key);
+            self.last_hash = self.next.hash;
             self.advance()?;
             let n = w.len();
-            let key_ends = !self.has_next || self.next.key != self.last_key;
+            let key_ends = !self.has_next || self.next.hash != self.last_hash || self.next.key != self.last_key;
             let cut = !self.has_next
                 || self.next.input != input
                 || (key_ends && n >= self.batch_size)

@@ -1,12 +1,15 @@
-//! An external sort of a keyed task's input, by key, then timestamp, then
-//! input, then arrival: records are gathered in memory up to a budget; past
-//! it, the gathered records are sorted and written to a run file; at the
-//! end the runs are merged (at most [`FAN_IN`] at a time).
+//! An external sort of a keyed task's input that groups it by key: by the
+//! key's 64-bit hash, then the key's bytes (so keys are grouped in an order
+//! that compares integers, not bytes, almost always), then timestamp, then
+//! input, then arrival. Records are gathered in memory up to a budget, each
+//! key interned once per run (equal keys then compare by a number); past
+//! the budget, the gathered records are sorted and written to a run file;
+//! at the end the runs are merged (at most [`FAN_IN`] at a time).
 //!
 //! ```text
 //! run file  records, each: flags u8 (bit 0 key, bit 1 timestamp) · input u8
-//!           · key length u32 LE · key · timestamp i64 LE · value length
-//!           u32 LE · value
+//!           · key hash u64 LE · key length u32 LE · key · timestamp i64 LE
+//!           · value length u32 LE · value
 //! ```
 //!
 //! Memory is the budget (the arena of keys and values and the index of
@@ -17,9 +20,11 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::fs::File;
+use std::hash::BuildHasher;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
+use hashbrown::HashTable;
 use sluice_guest::batch::RecordRef;
 
 use super::spill::{MAX_FRAME, read_full};
@@ -48,6 +53,8 @@ pub struct SortStats {
 /// One record as the sort hands it out (its buffers are reused).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SortedRecord {
+    /// The hash of its key (the first thing records are ordered by).
+    pub hash: u64,
     /// Its key, if it has one (empty otherwise).
     pub key: Vec<u8>,
     /// Whether it has a key.
@@ -71,8 +78,9 @@ impl SortedRecord {
     }
 
     fn order(&self, other: &SortedRecord) -> Ordering {
-        self.key
-            .cmp(&other.key)
+        self.hash
+            .cmp(&other.hash)
+            .then_with(|| self.key.cmp(&other.key))
             .then(self.timestamp.unwrap_or(i64::MIN).cmp(&other.timestamp.unwrap_or(i64::MIN)))
             .then(self.input.cmp(&other.input))
     }
@@ -80,6 +88,9 @@ impl SortedRecord {
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
+    hash: u64,
+    /// The key's number in this run: equal numbers, equal keys.
+    group: u32,
     offset: usize,
     key_len: u32,
     value_len: u32,
@@ -109,6 +120,9 @@ impl Entry {
 
 /// Sorts records within a memory budget, spilling sorted runs to `dir`.
 pub struct ExternalSorter {
+    hasher: foldhash::fast::FixedState,
+    /// The keys of the run in memory: (hash, group, offset, length).
+    groups: HashTable<(u64, u32, usize, u32)>,
     dir: PathBuf,
     arena: Vec<u8>,
     entries: Vec<Entry>,
@@ -126,6 +140,8 @@ impl ExternalSorter {
         let budget = budget.max(64 << 10);
         let index = budget / 4;
         ExternalSorter {
+            hasher: foldhash::fast::FixedState::with_seed(0x5107_ce5e),
+            groups: HashTable::new(),
             dir: dir.to_owned(),
             arena: Vec::new(),
             entries: Vec::new(),
@@ -152,9 +168,24 @@ impl ExternalSorter {
             self.arena.reserve_exact(self.arena_bytes);
         }
         let offset = self.arena.len();
+        let hash = self.hasher.hash_one(key);
+        let arena = &self.arena;
+        let next = self.groups.len() as u32;
+        let group = match self
+            .groups
+            .find(hash, |&(h, _, o, l)| h == hash && &arena[o..o + l as usize] == key)
+        {
+            Some(&(_, g, _, _)) => g,
+            None => {
+                self.groups.insert_unique(hash, (hash, next, offset, key.len() as u32), |g| g.0);
+                next
+            }
+        };
         self.arena.extend_from_slice(key);
         self.arena.extend_from_slice(r.value);
         self.entries.push(Entry {
+            hash,
+            group,
             offset,
             key_len: key.len() as u32,
             value_len: r.value.len() as u32,
@@ -168,9 +199,22 @@ impl ExternalSorter {
 
     fn sort_entries(&mut self) {
         let arena = &self.arena;
-        // Stable: records equal in key, time and input keep their arrival order.
-        self.entries
-            .sort_by(|a, b| a.key(arena).cmp(b.key(arena)).then(a.ts().cmp(&b.ts())).then(a.input.cmp(&b.input)));
+        // Stable: records equal in key, time and input keep their arrival
+        // order. Keys compare by hash, then (only two keys of one hash) by
+        // their bytes.
+        self.entries.sort_by(|a, b| {
+            a.hash
+                .cmp(&b.hash)
+                .then_with(|| {
+                    if a.group == b.group {
+                        Ordering::Equal
+                    } else {
+                        a.key(arena).cmp(b.key(arena))
+                    }
+                })
+                .then(a.ts().cmp(&b.ts()))
+                .then(a.input.cmp(&b.input))
+        });
     }
 
     fn run_path(&mut self) -> Result<PathBuf, String> {
@@ -188,7 +232,7 @@ impl ExternalSorter {
         let path = self.run_path()?;
         let mut w = RunWriter::create(&path)?;
         for e in &self.entries {
-            let rec = (e.flags, e.input, e.key(&self.arena), e.timestamp, e.value(&self.arena));
+            let rec = (e.flags, e.input, e.hash, e.key(&self.arena), e.timestamp, e.value(&self.arena));
             w.write(rec)?;
         }
         self.stats.spilled_bytes += w.finish()?;
@@ -196,6 +240,7 @@ impl ExternalSorter {
         self.runs.push(path);
         self.entries.clear();
         self.arena.clear();
+        self.groups.clear();
         Ok(())
     }
 
@@ -218,6 +263,7 @@ impl ExternalSorter {
         // Give the memory back before merging.
         self.arena = Vec::new();
         self.entries = Vec::new();
+        self.groups = HashTable::new();
         // Merge passes keep the runs in arrival order, so the merge can
         // break ties by run.
         while self.runs.len() > FAN_IN {
@@ -233,7 +279,7 @@ impl ExternalSorter {
                 let mut r = SortedRecord::default();
                 while merge.next_into(&mut r)? {
                     let flags = flags(r.has_key, r.timestamp.is_some());
-                    w.write((flags, r.input, &r.key, r.timestamp.unwrap_or(0), &r.value))?;
+                    w.write((flags, r.input, r.hash, &r.key, r.timestamp.unwrap_or(0), &r.value))?;
                 }
                 self.stats.spilled_bytes += w.finish()?;
                 for p in group {
@@ -263,16 +309,17 @@ impl RunWriter {
         })
     }
 
-    fn write(&mut self, (flags, input, key, timestamp, value): (u8, u8, &[u8], i64, &[u8])) -> Result<(), String> {
+    fn write(&mut self, (flags, input, hash, key, timestamp, value): (u8, u8, u64, &[u8], i64, &[u8])) -> Result<(), String> {
         let w = &mut self.out;
         w.write_all(&[flags, input])
+            .and_then(|()| w.write_all(&hash.to_le_bytes()))
             .and_then(|()| w.write_all(&(key.len() as u32).to_le_bytes()))
             .and_then(|()| w.write_all(key))
             .and_then(|()| w.write_all(&timestamp.to_le_bytes()))
             .and_then(|()| w.write_all(&(value.len() as u32).to_le_bytes()))
             .and_then(|()| w.write_all(value))
             .map_err(|e| format!("writing sort run {}: {e}", self.path.display()))?;
-        self.bytes += 18 + key.len() as u64 + value.len() as u64;
+        self.bytes += 26 + key.len() as u64 + value.len() as u64;
         Ok(())
     }
 
@@ -325,6 +372,9 @@ impl RunReader {
         if flags & !(HAS_KEY | HAS_TIMESTAMP) != 0 || input > 1 {
             return Err(self.bad(format!("a record with flags {flags} and input {input}")));
         }
+        let mut hash = [0u8; 8];
+        self.input.read_exact(&mut hash).map_err(|e| self.bad(format!("cut off: {e}")))?;
+        r.hash = u64::from_le_bytes(hash);
         let n = self.len()?;
         r.key.resize(n, 0);
         self.input.read_exact(&mut r.key).map_err(|e| self.bad(format!("cut off: {e}")))?;
@@ -423,6 +473,7 @@ impl SortedStream {
         match &mut self.0 {
             Source::Memory { arena, entries } => {
                 let Some(e) = entries.next() else { return Ok(false) };
+                out.hash = e.hash;
                 out.key.clear();
                 out.key.extend_from_slice(e.key(arena));
                 out.value.clear();
@@ -440,6 +491,7 @@ impl SortedStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn sort_all(records: &[(Option<&str>, Option<i64>, u8, String)], budget: usize, name: &str) -> (Vec<SortedRecord>, SortStats) {
         let dir = std::env::temp_dir().join(format!("sluice-sort-test-{name}-{}", std::process::id()));
@@ -478,26 +530,39 @@ mod tests {
         }
         let refs: Vec<(Option<&str>, Option<i64>, u8, String)> =
             records.iter().map(|(k, t, i, v)| (k.as_deref(), *t, *i, v.clone())).collect();
-        let mut expected: Vec<_> = refs.iter().enumerate().collect();
-        expected.sort_by(|(ia, a), (ib, b)| {
-            let ka = a.0.unwrap_or("").as_bytes();
-            let kb = b.0.unwrap_or("").as_bytes();
-            ka.cmp(kb)
-                .then(a.1.unwrap_or(i64::MIN).cmp(&b.1.unwrap_or(i64::MIN)))
-                .then(a.2.cmp(&b.2))
-                .then(ia.cmp(ib))
-        });
-        let expected: Vec<String> = expected.iter().map(|(_, r)| r.3.clone()).collect();
+        // Per key, its records' values in (timestamp, input, arrival) order.
+        let mut expected: BTreeMap<&str, Vec<(i64, u8, usize, &str)>> = BTreeMap::new();
+        for (i, r) in refs.iter().enumerate() {
+            expected
+                .entry(r.0.unwrap_or(""))
+                .or_default()
+                .push((r.1.unwrap_or(i64::MIN), r.2, i, &r.3));
+        }
+        for v in expected.values_mut() {
+            v.sort();
+        }
         let (memory, stats) = sort_all(&refs, 64 << 20, "memory");
         assert_eq!(stats.runs, 0);
         let (spilled, stats) = sort_all(&refs, 64 << 10, "spilled");
         assert!(stats.runs > FAN_IN as u32, "{stats:?}: enough runs for a merge pass");
         assert!(stats.spilled_bytes > 0);
-        for out in [&memory, &spilled] {
-            let values: Vec<String> = out.iter().map(|r| String::from_utf8(r.value.clone()).unwrap()).collect();
-            assert_eq!(values, expected);
-        }
         assert_eq!(memory, spilled);
+        // Every key's records come together (one group per key), in order.
+        let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut last: Option<&[u8]> = None;
+        for r in &memory {
+            let key = String::from_utf8(r.key.clone()).unwrap();
+            if last != Some(&r.key[..]) {
+                assert!(!groups.contains_key(&key), "key {key} in two groups");
+            }
+            groups.entry(key).or_default().push(String::from_utf8(r.value.clone()).unwrap());
+            last = Some(&r.key);
+        }
+        assert_eq!(groups.len(), expected.len());
+        for (k, values) in &groups {
+            let want: Vec<&str> = expected[k.as_str()].iter().map(|e| e.3).collect();
+            assert_eq!(values, &want, "records of {k}");
+        }
         let none = memory.iter().filter(|r| !r.has_key).count();
         assert_eq!(none, records.iter().filter(|r| r.0.is_none()).count());
     }
