@@ -354,3 +354,29 @@ fn a_failed_task_of_a_batch_job_runs_again_alone_from_its_inputs() {
     assert_eq!(node("out").records_in(), total, "the sink ran once, after the re-run");
     eprintln!("batch region failover: count subtasks read {subtasks:?} records ({again} again), {total} words");
 }
+
+#[test]
+fn a_server_runs_a_batch_job_and_chooses_where_it_spills() {
+    use crate::server::{TestServer, committed_lines, expect, expected_wordcount, put_input, upload, wait_for, wordcount};
+    let server = TestServer::start("api-batch", &[("acme", "max_state_mb = 32")]);
+    let c = server.client("acme");
+    let (tokenize, count) = (upload(&c, "tokenize"), upload(&c, "count"));
+    put_input(&c, "in/words.txt");
+    let mut spec = wordcount(&tokenize, &count, "in/words.txt", "out", None, false);
+    spec["mode"] = "batch".into();
+    // A tenant does not choose where the server writes.
+    spec["batch"] = serde_json::json!({"spill_dir": "/tmp/elsewhere"});
+    let r = c.post_json("/v1/jobs", &serde_json::json!({ "spec": spec })).unwrap();
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.text().contains("batch.spill_dir"), "{}", r.text());
+    spec["batch"] = serde_json::json!({"sort_memory_mb": 1024});
+    let job = expect(
+        c.post_json("/v1/jobs", &serde_json::json!({ "spec": spec })).unwrap(),
+        201,
+        "submitting the batch job",
+    );
+    let id = job["id"].as_str().unwrap();
+    let done = wait_for(&c, id, &["finished", "failed"], std::time::Duration::from_secs(60));
+    assert_eq!(done["state"], "finished", "{done}");
+    assert_eq!(committed_lines(&c, "out"), expected_wordcount());
+}

@@ -815,6 +815,17 @@ fn rewrite(spec: &mut JobSpec, tenant: &Tenant, id: &str) -> Result<Vec<String>,
             check_job_path(tenant, &safe_relative(p, &what)?, JobPath::Sink, &what)?;
         }
     }
+    if spec.mode == crate::spec::ExecutionMode::Batch {
+        let b = spec.batch.get_or_insert_with(Default::default);
+        if b.spill_dir.is_some() {
+            return Err(ApiError::unprocessable(
+                "invalid_job",
+                "batch.spill_dir: a server chooses where a batch job's intermediate results go; leave it out",
+            ));
+        }
+        // Sort memory is host memory, like keyed state: capped by the same quota.
+        b.sort_memory_mb = b.sort_memory_mb.min(q.max_state_mb.max(1));
+    }
     if let Some(c) = &mut spec.checkpoints {
         c.dir = tenant.checkpoint_location(id).display().to_string();
         c.retain = c.retain.min(q.max_checkpoints_retained);
