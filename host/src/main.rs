@@ -230,7 +230,7 @@ enum Command {
     },
     /// Run a benchmark and print one line of figures, beside a native baseline.
     Bench {
-        /// map | keyed-count | window-count | checkpoint | shuffle | kafka | e2e | nexmark
+        /// map | keyed-count | window-count | checkpoint | shuffle | kafka | e2e | batch | nexmark
         name: String,
         /// nexmark: the query (q0, q1, q2, …).
         #[arg(long)]
@@ -251,7 +251,7 @@ enum Command {
         /// job (compare `events_per_wall_s` of the two lines).
         #[arg(long)]
         alongside: Option<String>,
-        /// nexmark and e2e: run the job and the baseline this many times
+        /// nexmark, e2e and batch: run the job and the baseline this many times
         /// each, alternately, and report the best of each (CPU time on a
         /// shared machine is noisy).
         #[arg(long, default_value_t = 3)]
@@ -631,7 +631,7 @@ fn run_command(engine: &Arc<WasmEngine>, job: &std::path::Path, quiet: bool, opt
         }
         if graph.spec.mode == sluice::spec::ExecutionMode::Batch {
             let rss = sluice::tenancy::process_status_kb("VmHWM").map_or(0.0, |kb| kb as f64 / 1024.0);
-            notes.push(format!("batch mode, {} task runs again, peak RSS {rss:.1} MB", summary.restarts));
+            notes.push(format!("batch mode, {} task re-runs, peak RSS {rss:.1} MB", summary.restarts));
         }
         let dropped: u64 = summary.metrics.iter().map(|m| m.records_late_dropped()).sum();
         if dropped > 0 {

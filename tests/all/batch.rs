@@ -380,3 +380,34 @@ fn a_server_runs_a_batch_job_and_chooses_where_it_spills() {
     assert_eq!(done["state"], "finished", "{done}");
     assert_eq!(committed_lines(&c, "out"), expected_wordcount());
 }
+
+#[test]
+fn the_batch_example_runs_from_the_cli_and_its_plan_says_batch() {
+    let examples = crate::harness::root().join("examples");
+    let out = Command::new(sluice_bin())
+        .current_dir(&examples)
+        .args(["plan", "wordcount-batch.toml"])
+        .output()
+        .unwrap();
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(plan.contains("batch mode: every exchange between tasks is blocking"), "{plan}");
+    // Run it into a test directory (its own sink path is under out/).
+    let dir = temp_dir("batch-example");
+    let spec = std::fs::read_to_string(examples.join("wordcount-batch.toml"))
+        .unwrap()
+        .replace("data/wordcount.txt", &examples.join("data/wordcount.txt").display().to_string())
+        .replace("../udfs/", &format!("{}/", crate::harness::root().join("udfs").display()))
+        .replace("../out/wordcount-batch.jsonl", "out.jsonl");
+    std::fs::write(dir.join("job.toml"), spec).unwrap();
+    let run = Command::new(sluice_bin())
+        .current_dir(&dir)
+        .args(["run", "job.toml"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(stderr.contains("batch mode, 0 task re-runs, peak RSS"), "{stderr}");
+    let text = std::fs::read_to_string(examples.join("data/wordcount.txt")).unwrap();
+    assert_exact_updates(&updates(&read_json_lines(&dir.join("out.jsonl"))), &expected_counts(&text));
+}

@@ -18,9 +18,21 @@ fn canonical(row: &str) -> String {
 }
 
 fn check(query: &str) {
+    check_in(query, "")
+}
+
+/// The query in batch mode: the same rows (no record is ever late).
+fn check_batch(query: &str) {
+    check_in(query, "mode = \"batch\"\n")
+}
+
+fn check_in(query: &str, mode: &str) {
     let dir = temp_dir(&format!("nexmark-{query}"));
     let udfs = root().join("udfs/target/wasm32-wasip2/release");
-    let toml = job_toml(query, EVENTS, 2, &udfs, "kind = \"file\"\npath = \"out\"").unwrap();
+    let toml = format!(
+        "{mode}{}",
+        job_toml(query, EVENTS, 2, &udfs, "kind = \"file\"\npath = \"out\"").unwrap()
+    );
     run_toml(&toml, &dir).unwrap();
     let mut got: Vec<String> = final_rows(query, committed(&dir.join("out")))
         .iter()
@@ -88,4 +100,11 @@ fn q5_hot_items_equals_the_reference() {
 #[test]
 fn q7_highest_bid_equals_the_reference() {
     check("q7");
+}
+
+#[test]
+fn in_batch_mode_the_joins_windows_and_timers_of_q3_q4_q5_q7_q8_equal_the_reference() {
+    for q in ["q3", "q4", "q5", "q7", "q8"] {
+        check_batch(q);
+    }
 }

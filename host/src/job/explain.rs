@@ -18,6 +18,9 @@ pub struct Plan {
     pub job: String,
     /// Key groups (the most parallelism a keyed operator can be rescaled to).
     pub max_parallelism: u32,
+    /// Batch mode: every exchange between tasks is blocking.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub batch: bool,
     /// Nodes in spec order: sources, operators, sinks.
     pub nodes: Vec<PlanNode>,
     /// Edges in spec order.
@@ -224,6 +227,7 @@ impl Plan {
         Plan {
             job: graph.spec.name.clone(),
             max_parallelism: graph.spec.max_parallelism,
+            batch: graph.spec.mode == crate::spec::ExecutionMode::Batch,
             nodes,
             edges,
             tasks,
@@ -242,12 +246,17 @@ impl Plan {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "job `{}`: {} nodes in {} tasks ({} subtasks), max parallelism {}",
+            "job `{}`: {} nodes in {} tasks ({} subtasks), max parallelism {}{}",
             self.job,
             self.nodes.len(),
             self.tasks.len(),
             self.subtasks(),
-            self.max_parallelism
+            self.max_parallelism,
+            if self.batch {
+                "; batch mode: every exchange between tasks is blocking, keyed tasks read their input sorted by key"
+            } else {
+                ""
+            }
         );
         let _ = writeln!(out, "\ntasks:");
         for t in &self.tasks {
