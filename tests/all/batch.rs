@@ -352,6 +352,7 @@ fn a_failed_task_of_a_batch_job_runs_again_alone_from_its_inputs() {
     let again = subtasks.iter().sum::<u64>() - total;
     assert!(again > 0 && again <= *subtasks.iter().max().unwrap(), "{subtasks:?}");
     assert_eq!(node("out").records_in(), total, "the sink ran once, after the re-run");
+    assert!(!dir.join("out.jsonl.inprogress").exists(), "the finished sink renamed its file");
     eprintln!("batch region failover: count subtasks read {subtasks:?} records ({again} again), {total} words");
 }
 
@@ -410,4 +411,101 @@ fn the_batch_example_runs_from_the_cli_and_its_plan_says_batch() {
     assert!(stderr.contains("batch mode, 0 task re-runs, peak RSS"), "{stderr}");
     let text = std::fs::read_to_string(examples.join("data/wordcount.txt")).unwrap();
     assert_exact_updates(&updates(&read_json_lines(&dir.join("out.jsonl"))), &expected_counts(&text));
+}
+
+#[test]
+fn a_failed_batch_job_leaves_no_partial_output_and_the_previous_output_stands() {
+    let dir = temp_dir("batch-whole");
+    let input = dir.join("words.txt");
+    let words = text(20_000, 300, 8);
+    std::fs::write(&input, &words).unwrap();
+    let expected = expected_counts(&words);
+    // `check` and the sink are chained into the `count` tasks: a trap in
+    // `check` fails a task that has already written part of its file.
+    let spec = |trap_on: &str| {
+        format!(
+            r#"
+            name = "batch-whole"
+            mode = "batch"
+            batch_size = 100
+            [[sources]]
+            name = "lines"
+            kind = "file"
+            path = {input}
+            [[operators]]
+            name = "count"
+            kind = "keyed-process"
+            component = {count}
+            parallelism = 2
+            [[operators]]
+            name = "check"
+            kind = "map"
+            component = {trap}
+            parallelism = 2
+            config = {{ trap_on = {trap_on} }}
+            [[operators]]
+            name = "tokenize"
+            kind = "flat-map"
+            component = {tokenize}
+            [[sinks]]
+            name = "out"
+            kind = "file"
+            path = "out"
+            parallelism = 2
+            [[edges]]
+            from = "lines"
+            to = "tokenize"
+            [[edges]]
+            from = "tokenize"
+            to = "count"
+            [[edges]]
+            from = "count"
+            to = "check"
+            [[edges]]
+            from = "check"
+            to = "out"
+            "#,
+            input = lit(&input),
+            count = lit(&udf("count")),
+            trap = lit(&udf("test_trap")),
+            tokenize = lit(&udf("tokenize")),
+            trap_on = lit(Path::new(trap_on)),
+        )
+    };
+    let parts = |d: &Path| {
+        let mut names: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    run_toml(&spec("never"), &dir).unwrap();
+    assert_eq!(parts(&dir.join("out")), ["part-0.jsonl", "part-1.jsonl"]);
+    let lines = |d: &Path| {
+        let mut v = read_json_lines(&d.join("part-0.jsonl"));
+        v.extend(read_json_lines(&d.join("part-1.jsonl")));
+        v
+    };
+    assert_exact_updates(&updates(&lines(&dir.join("out"))), &expected);
+    let before = (
+        std::fs::read(dir.join("out/part-0.jsonl")).unwrap(),
+        std::fs::read(dir.join("out/part-1.jsonl")).unwrap(),
+    );
+    // The default strategy runs a failed task 3 more times; this trap fails every attempt.
+    let trap = r#"{"word":"w2","count":40}"#;
+    assert!(expected["w2"] >= 40);
+    let e = run_toml(&spec(trap), &dir).unwrap_err();
+    assert!(e.to_string().contains("asked to trap"), "{e}");
+    // The finished files are the first run's, untouched; the failed run's are in progress only.
+    let after = (
+        std::fs::read(dir.join("out/part-0.jsonl")).unwrap(),
+        std::fs::read(dir.join("out/part-1.jsonl")).unwrap(),
+    );
+    assert!(before == after, "the previous output was changed");
+    assert!(
+        parts(&dir.join("out")).iter().any(|n| n.ends_with(".inprogress")),
+        "{:?}",
+        parts(&dir.join("out"))
+    );
 }

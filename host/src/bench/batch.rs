@@ -14,33 +14,23 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 
-use super::e2e::{Side, measure_native, measure_sluice, write_csv};
+use super::e2e::{Side, measure_native, measure_sluice, with_words};
 use crate::wasm::WasmEngine;
 
 /// Run it over `events` lines.
 pub fn run(engine: &Arc<WasmEngine>, events: u64, udfs: &Path, runs: u32) -> anyhow::Result<String> {
-    if runs == 0 {
-        bail!("--runs must be at least 1");
-    }
-    let component = udfs.join("window_count.wasm");
-    let component =
-        std::fs::canonicalize(&component).with_context(|| format!("{} is missing: run scripts/build-udfs first", component.display()))?;
-    let dir = std::env::temp_dir().join(format!("sluice-bench-batch-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let result = (|| {
-        let csv = dir.join("words.csv");
-        write_csv(&csv, events)?;
+    with_words(udfs, "batch", events, runs, |dir, csv, component| {
         let best = |a: Option<Side>, b: Side| match a {
             Some(a) if a.cpu <= b.cpu => Some(a),
             _ => Some(b),
         };
         let (mut native, mut streaming, mut batch) = (None, None, None);
         for _ in 0..runs {
-            native = best(native, measure_native(&csv)?);
-            streaming = best(streaming, measure_sluice(engine, &dir, &csv, &component, false)?);
-            batch = best(batch, measure_sluice(engine, &dir, &csv, &component, true)?);
+            native = best(native, measure_native(csv)?);
+            streaming = best(streaming, measure_sluice(engine, dir, csv, component, false)?);
+            batch = best(batch, measure_sluice(engine, dir, csv, component, true)?);
         }
         let (Some(native), Some(streaming), Some(batch)) = (native, streaming, batch) else {
             bail!("nothing was measured");
@@ -66,7 +56,5 @@ pub fn run(engine: &Arc<WasmEngine>, events: u64, udfs: &Path, runs: u32) -> any
             per_cpu(&native),
             native.peak_mb
         ))
-    })();
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    })
 }

@@ -33,27 +33,45 @@ use crate::wasm::WasmEngine;
 const WORDS: u64 = 10_000;
 const EVENTS_PER_SECOND: u64 = 100_000;
 
-/// Run it over `events` lines.
-pub fn run(engine: &Arc<WasmEngine>, events: u64, udfs: &Path, runs: u32) -> anyhow::Result<String> {
+/// What the benchmarks over the word file start from: the `window-count`
+/// component and a fresh directory (`sluice-bench-<name>-<pid>`) holding
+/// `words.csv` of `events` lines. `measure(dir, csv, component)` runs with
+/// them; the directory is removed afterwards, whatever the outcome.
+pub(super) fn with_words(
+    udfs: &Path,
+    name: &str,
+    events: u64,
+    runs: u32,
+    measure: impl FnOnce(&Path, &Path, &Path) -> anyhow::Result<String>,
+) -> anyhow::Result<String> {
     if runs == 0 {
         bail!("--runs must be at least 1");
     }
     let component = udfs.join("window_count.wasm");
     let component =
         std::fs::canonicalize(&component).with_context(|| format!("{} is missing: run scripts/build-udfs first", component.display()))?;
-    let dir = std::env::temp_dir().join(format!("sluice-bench-e2e-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("sluice-bench-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let result = (|| {
         let csv = dir.join("words.csv");
         write_csv(&csv, events)?;
+        measure(&dir, &csv, &component)
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// Run it over `events` lines.
+pub fn run(engine: &Arc<WasmEngine>, events: u64, udfs: &Path, runs: u32) -> anyhow::Result<String> {
+    with_words(udfs, "e2e", events, runs, |dir, csv, component| {
         // Alternately, keeping the best (least CPU) of each side.
-        let (mut native, mut sluice) = (measure_native(&csv)?, measure_sluice(engine, &dir, &csv, &component, false)?);
+        let (mut native, mut sluice) = (measure_native(csv)?, measure_sluice(engine, dir, csv, component, false)?);
         for _ in 1..runs {
-            let n = measure_native(&csv)?;
+            let n = measure_native(csv)?;
             if n.cpu < native.cpu {
                 native = n;
             }
-            let s = measure_sluice(engine, &dir, &csv, &component, false)?;
+            let s = measure_sluice(engine, dir, csv, component, false)?;
             if s.cpu < sluice.cpu {
                 sluice = s;
             }
@@ -75,9 +93,7 @@ pub fn run(engine: &Arc<WasmEngine>, events: u64, udfs: &Path, runs: u32) -> any
             sluice.peak_mb,
             native.peak_mb
         ))
-    })();
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    })
 }
 
 /// What one side measured.
@@ -90,7 +106,7 @@ pub(super) struct Side {
 
 /// The input: `ts,word` lines from the generator (its keys, `key-<k>`
 /// drawn by Zipf, are the words), in event-time order.
-pub(super) fn write_csv(path: &Path, events: u64) -> anyhow::Result<()> {
+fn write_csv(path: &Path, events: u64) -> anyhow::Result<()> {
     use crate::connectors::SourceReader;
     let config = GeneratorConfig {
         count: events,

@@ -20,6 +20,9 @@ pub struct JsonLinesSink {
     target: Target,
     format: SinkFormat,
     line: Vec<u8>,
+    /// Where the file is renamed to when the sink finishes (batch mode:
+    /// the output appears whole or not at all).
+    commit_to: Option<PathBuf>,
 }
 
 impl JsonLinesSink {
@@ -37,7 +40,19 @@ impl JsonLinesSink {
             target: Target::File(path.to_owned(), BufWriter::with_capacity(256 << 10, file)),
             format,
             line: Vec::new(),
+            commit_to: None,
         })
+    }
+
+    /// Write to `<path>.inprogress`, renamed to `path` once the sink has
+    /// finished: a batch job's output appears whole or not at all (a run
+    /// that fails or is killed leaves the previous file as it was).
+    pub fn file_at_end(path: &Path, format: SinkFormat) -> Result<Self, ConnectorError> {
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(".inprogress");
+        let mut sink = Self::file(&path.with_file_name(name), format)?;
+        sink.commit_to = Some(path.to_owned());
+        Ok(sink)
     }
 
     /// Write to standard output.
@@ -46,6 +61,7 @@ impl JsonLinesSink {
             target: Target::Stdout,
             format,
             line: Vec::new(),
+            commit_to: None,
         }
     }
 
@@ -113,7 +129,11 @@ impl SinkWriter for JsonLinesSink {
     }
 
     fn finish(&mut self) -> Result<(), ConnectorError> {
-        self.flush()
+        self.flush()?;
+        if let (Some(to), Target::File(path, _)) = (self.commit_to.take(), &self.target) {
+            std::fs::rename(path, &to).map_err(|source| ConnectorError::Io { path: to.clone(), source })?;
+        }
+        Ok(())
     }
 
     fn flush(&mut self) -> Result<(), ConnectorError> {

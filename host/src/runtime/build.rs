@@ -37,7 +37,7 @@ use crate::operator::TaskError;
 use crate::operator::join::{JoinConfig, JoinOperator};
 use crate::operator::{GuestOutputs, KeyedOperator, Operator, SinkOperator, StatelessOperator, WatermarkAssigner};
 use crate::operator::{WindowFunction, WindowOperator};
-use crate::spec::{Delivery, SinkKind, SinkSpec, SourceKind, SourceSpec, WatermarkSpec, WatermarkStrategy};
+use crate::spec::{Delivery, ExecutionMode, SinkKind, SinkSpec, SourceKind, SourceSpec, WatermarkSpec, WatermarkStrategy};
 use crate::state::HeapKeyedState;
 use crate::tenancy::{InstanceLimits, StateBudget};
 use crate::time::{Clock, IdleTracker, PeriodicWatermarks, WatermarkValve};
@@ -549,7 +549,11 @@ fn open_sink(sink: &SinkSpec, subtask: u32, env: &TaskEnvironment) -> Result<Box
             if sink.parallelism > 1 {
                 path = path.join(format!("part-{subtask}.jsonl"));
             }
-            Box::new(JsonLinesSink::file(&path, sink.format).map_err(|e| JobError::Failed(e.into()))?)
+            let sink = match env.plan.mode {
+                ExecutionMode::Batch => JsonLinesSink::file_at_end(&path, sink.format),
+                ExecutionMode::Streaming => JsonLinesSink::file(&path, sink.format),
+            };
+            Box::new(sink.map_err(|e| JobError::Failed(e.into()))?)
         }
     })
 }
