@@ -213,66 +213,87 @@ fn a_batch_job_whose_input_is_over_its_sort_memory_spills_and_counts_right() {
     }
     std::fs::write(&input, &csv).unwrap();
     let expected = expected_counts(&rows);
-    let spec = format!(
-        r#"
-        name = "batch-spill"
-        mode = "batch"
-        [batch]
-        sort_memory_mb = 1
-        spill_dir = "spill"
-        [[sources]]
-        name = "in"
-        kind = "file"
-        path = {input}
-        format = "csv"
-        columns = ["ts", "word"]
-        key_field = "word"
-        timestamp_field = "ts"
-        [[operators]]
-        name = "count"
-        kind = "keyed-process"
-        component = {count}
-        [[sinks]]
-        name = "out"
-        kind = "file"
-        path = "out.jsonl"
-        [[edges]]
-        from = "in"
-        to = "count"
-        [[edges]]
-        from = "count"
-        to = "out"
-        "#,
-        input = lit(&input),
-        count = lit(&udf("count")),
+    let spec = |budget_mb: u32| {
+        format!(
+            r#"
+            name = "batch-spill"
+            mode = "batch"
+            [batch]
+            sort_memory_mb = {budget_mb}
+            spill_dir = "spill"
+            [[sources]]
+            name = "in"
+            kind = "file"
+            path = {input}
+            format = "csv"
+            columns = ["ts", "word"]
+            key_field = "word"
+            timestamp_field = "ts"
+            [[operators]]
+            name = "count"
+            kind = "keyed-process"
+            component = {count}
+            [[sinks]]
+            name = "out"
+            kind = "file"
+            path = "out.jsonl"
+            [[edges]]
+            from = "in"
+            to = "count"
+            [[edges]]
+            from = "count"
+            to = "out"
+            "#,
+            input = lit(&input),
+            count = lit(&udf("count")),
+        )
+    };
+    // Run the job with a sort budget; (sorted runs written, peak RSS in MB).
+    let run = |budget_mb: u32| -> (u32, f64) {
+        let spec_path = dir.join("spill.toml");
+        std::fs::write(&spec_path, spec(budget_mb)).unwrap();
+        let out = Command::new(sluice_bin())
+            .args(["run", spec_path.to_str().unwrap()])
+            .env("SLUICE_LOG", "sluice=info")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        let sorted = stderr
+            .lines()
+            .find(|l| l.contains("sorted the task's input by key"))
+            .unwrap_or_else(|| panic!("no sort line in {stderr}"));
+        let runs: u32 = sorted
+            .split("runs=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(sorted.contains("spilled past its memory budget"), runs > 0, "{sorted}");
+        let rss: f64 = stderr
+            .split("peak RSS ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no peak RSS in {stderr}"))
+            .parse()
+            .unwrap();
+        assert_exact_updates(&updates(&read_json_lines(&dir.join("out.jsonl"))), &expected);
+        // The spill directory is left empty.
+        let left: Vec<_> = std::fs::read_dir(dir.join("spill")).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+        (runs, rss)
+    };
+    let (runs, spilled_rss) = run(1);
+    assert!(runs >= 10, "{runs} runs");
+    let (none, memory_rss) = run(512);
+    assert_eq!(none, 0, "512 MiB holds the whole input");
+    // Spilling is what keeps the memory down: the sort's ~25 MB stay on disk.
+    assert!(
+        spilled_rss + 10.0 < memory_rss,
+        "peak RSS {spilled_rss} MB spilled, {memory_rss} MB in memory"
     );
-    let spec_path = dir.join("spill.toml");
-    std::fs::write(&spec_path, spec).unwrap();
-    let out = Command::new(sluice_bin())
-        .args(["run", spec_path.to_str().unwrap(), "--quiet"])
-        .env("SLUICE_LOG", "sluice=info")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let sorted = stderr
-        .lines()
-        .find(|l| l.contains("sorted the task's input by key"))
-        .unwrap_or_else(|| panic!("no sort line in {stderr}"));
-    assert!(sorted.contains("spilled past its memory budget"), "{sorted}");
-    let runs: u32 = sorted
-        .split("runs=")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(runs >= 10, "{sorted}");
-    assert_exact_updates(&updates(&read_json_lines(&dir.join("out.jsonl"))), &expected);
-    // The spill directory is left empty.
-    let left: Vec<_> = std::fs::read_dir(dir.join("spill")).unwrap().collect();
-    assert!(left.is_empty(), "{left:?}");
-    eprintln!("batch spill: {runs} sorted runs; {}", stderr.lines().last().unwrap_or_default());
+    eprintln!("batch spill: {runs} sorted runs, peak RSS {spilled_rss} MB; sorted in memory: peak RSS {memory_rss} MB");
 }
 
 #[test]
