@@ -14,8 +14,8 @@
 //!
 //! Memory is the budget (the arena of keys and values and the index of
 //! entries are allocated at their share of it once and never grow, except
-//! for a single record larger than the whole budget) plus a read buffer per
-//! run while merging.
+//! for a single record larger than the whole budget; the key table is
+//! counted in the index's share) plus a read buffer per run while merging.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -31,6 +31,10 @@ use super::spill::{MAX_FRAME, read_full};
 
 /// Most runs merged at once; more are first merged into longer runs.
 pub const FAN_IN: usize = 64;
+
+/// Bytes of the key table per key held: the (hash, number, offset, length)
+/// slot, its control byte, and the table's slack below full.
+const KEY_SLOT_BYTES: usize = 32;
 
 const HAS_KEY: u8 = 1;
 const HAS_TIMESTAMP: u8 = 2;
@@ -138,6 +142,8 @@ impl ExternalSorter {
     /// memory, writing runs into `dir` (created when the first run is).
     pub fn new(budget: usize, dir: &Path) -> Self {
         let budget = budget.max(64 << 10);
+        // A quarter for the index: an entry, and (all keys distinct) a slot
+        // of the key table, about 32 bytes with its control byte and slack.
         let index = budget / 4;
         ExternalSorter {
             hasher: foldhash::fast::FixedState::with_seed(0x5107_ce5e),
@@ -146,7 +152,7 @@ impl ExternalSorter {
             arena: Vec::new(),
             entries: Vec::new(),
             arena_bytes: budget - index,
-            max_entries: (index / std::mem::size_of::<Entry>()).max(1),
+            max_entries: (index / (std::mem::size_of::<Entry>() + KEY_SLOT_BYTES)).max(1),
             runs: Vec::new(),
             next_run: 0,
             stats: SortStats::default(),
