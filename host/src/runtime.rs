@@ -23,6 +23,7 @@
 pub mod attempt;
 pub mod build;
 mod channel;
+pub(crate) mod iteration;
 pub mod network;
 pub(crate) mod partition;
 pub mod shuffle;

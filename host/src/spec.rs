@@ -1000,6 +1000,41 @@ pub struct EdgeSpec {
     /// window operator's records that arrived after its allowed lateness.
     #[serde(default)]
     pub output: OutputTag,
+    /// The feedback edge of an iteration: from a keyed-process operator
+    /// back into its own input 1 (see `docs/iterations.md`).
+    #[serde(default)]
+    pub feedback: bool,
+    /// A feedback edge: a record goes round at most this many times
+    /// (records of a later round are dropped). Default: no limit.
+    pub max_rounds: Option<u32>,
+    /// Carry only records whose value is a JSON object with this field
+    /// equal to this value: `where = { field = "kind", equals = "msg" }`.
+    #[serde(rename = "where")]
+    pub filter: Option<EdgeFilter>,
+}
+
+/// Which records an edge carries: those whose value is a JSON object whose
+/// `field` equals `equals` (a record whose value is not a JSON object, or
+/// lacks the field, does not match).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeFilter {
+    /// A top-level field of the record's JSON value.
+    pub field: String,
+    /// The value it must have.
+    pub equals: serde_json::Value,
+}
+
+impl EdgeFilter {
+    /// Does a record with this value pass?
+    pub fn matches(&self, value: &[u8]) -> bool {
+        #[derive(Deserialize)]
+        struct Fields(std::collections::HashMap<String, serde_json::Value>);
+        match serde_json::from_slice::<Fields>(value) {
+            Ok(Fields(map)) => map.get(&self.field) == Some(&self.equals),
+            Err(_) => false,
+        }
+    }
 }
 
 /// Outputs of an operator.

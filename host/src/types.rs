@@ -43,6 +43,9 @@ pub enum StreamElement {
     /// Batch mode, from a sorted input only: every record of the keys
     /// delivered since the last one has arrived (never sent between tasks).
     KeysEnded,
+    /// On an iteration's feedback channel: the batches that follow went
+    /// round this many times.
+    Round(u32),
 }
 
 /// What a barrier asks for.

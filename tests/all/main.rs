@@ -10,6 +10,7 @@ mod first_hour;
 mod ha;
 mod harness;
 mod hostile;
+mod iterations;
 mod job_spec;
 mod kafka;
 mod keyed_state;

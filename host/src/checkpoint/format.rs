@@ -170,6 +170,33 @@ impl SnapshotWriter {
     }
 }
 
+/// Add a named piece of operator state to a finished payload (an
+/// iteration head's log of in-flight feedback records, known only after
+/// its snapshot was taken).
+pub fn append_operator_state(payload: &mut Vec<u8>, name: &str, bytes: &[u8]) -> Result<(), FormatError> {
+    let damaged = || FormatError("the payload to append to is cut short".into());
+    let mut at = 0usize;
+    let u32_at = |p: &[u8], at: usize| -> Option<u32> { Some(u32::from_le_bytes(p.get(at..at.checked_add(4)?)?.try_into().ok()?)) };
+    let u64_at = |p: &[u8], at: usize| -> Option<u64> { Some(u64::from_le_bytes(p.get(at..at.checked_add(8)?)?.try_into().ok()?)) };
+    let names = u32_at(payload, at).ok_or_else(damaged)?;
+    at += 4;
+    for _ in 0..names {
+        at = at.saturating_add(4 + u32_at(payload, at).ok_or_else(damaged)? as usize);
+    }
+    let groups = u32_at(payload, at).ok_or_else(damaged)?;
+    at = at.saturating_add(4);
+    for _ in 0..groups {
+        let len = usize::try_from(u64_at(payload, at.saturating_add(4)).ok_or_else(damaged)?).map_err(|_| damaged())?;
+        at = at.saturating_add(12).saturating_add(len);
+    }
+    let count = u32_at(payload, at).ok_or_else(damaged)?;
+    payload[at..at + 4].copy_from_slice(&(count + 1).to_le_bytes());
+    put_bytes(payload, name.as_bytes());
+    payload.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+    payload.extend_from_slice(bytes);
+    Ok(())
+}
+
 /// Compress a payload into a state file.
 pub fn encode_file(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() / 3 + 16);
@@ -643,6 +670,31 @@ pub fn restore_keyed(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn operator_state_appended_to_a_finished_payload_decodes() {
+        let range = KeyGroupRange::for_subtask(16, 1, 0);
+        let mut b = HeapKeyedState::new(range);
+        let id = b.declare("label").unwrap();
+        for i in 0..20u32 {
+            let key = format!("v{i}");
+            b.put(KeyGroup::of(key.as_bytes(), 16), key.as_bytes(), id, b"", &i.to_le_bytes())
+                .unwrap();
+        }
+        let mut w = SnapshotWriter::new();
+        w.keyed_state(&b);
+        w.operator_state("first", vec![1]);
+        let mut payload = w.finish();
+        append_operator_state(&mut payload, "feedback", &[9, 9, 9]).unwrap();
+        let d = DecodedSnapshot::decode(&encode_file(&payload)).unwrap();
+        assert_eq!(d.operator_state("first"), Some(&[1u8][..]));
+        assert_eq!(d.operator_state("feedback"), Some(&[9u8, 9, 9][..]));
+        let mut b2 = HeapKeyedState::new(range);
+        restore_keyed(&[std::sync::Arc::new(d)], range, &mut b2, None).unwrap();
+        assert_eq!(b2.key_count(), 20);
+        let mut cut = payload[..6].to_vec();
+        assert!(append_operator_state(&mut cut, "x", &[]).is_err());
+    }
 
     #[test]
     fn a_snapshot_round_trips_and_damage_is_detected() {

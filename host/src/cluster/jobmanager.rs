@@ -911,6 +911,14 @@ pub fn run_job_on_cluster(
             message: "mode = \"batch\" runs in one process (`sluice run`, `sluice serve`); a cluster runs streaming jobs".into(),
         });
     }
+    if graph.edges.iter().any(|e| e.feedback) {
+        return Err(JobError::Invalid {
+            node: "job".into(),
+            message: "an iteration runs in one process (`sluice run`, `sluice serve`): its subtasks share the count of \
+                      records in its loop; a cluster runs jobs without feedback edges"
+                .into(),
+        });
+    }
     let mut p = super::minicluster::prepare(graph, engine, &options)?;
     if spec_restart_default(graph) {
         // Flink's default for a cluster: exponential delay, 1 s doubling to 1 min.

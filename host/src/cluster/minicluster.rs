@@ -246,7 +246,7 @@ impl Deployer for LocalDeployer {
         restore: Option<&RestoreHandles>,
         events: &EventSink,
     ) -> Result<(), JobError> {
-        let shuffle = LocalShuffle::new(self.options.channel_capacity, self.options.channel_bytes);
+        let shuffle = LocalShuffle::for_plan(self.options.channel_capacity, self.options.channel_bytes, plan);
         let tasks: Vec<usize> = (0..plan.tasks.len()).collect();
         let running = RunningAttempt::start(AttemptContext {
             plan,

@@ -68,6 +68,13 @@ pub struct PlanEdge {
     pub input: u32,
     /// True when `from` and `to` are fused into one task (no exchange).
     pub chained: bool,
+    /// The feedback edge of an iteration, with its round limit if any:
+    /// `feedback` or `feedback, at most N rounds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<String>,
+    /// The records it carries when it selects some: `kind = "msg"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
 }
 
 /// A task: nodes fused into one chain.
@@ -212,6 +219,16 @@ impl Plan {
                     output: spec_name(&e.output),
                     input: e.input,
                     chained: chained(e.from, e.to),
+                    feedback: e.feedback.then(|| match graph.spec.edges.get(i).and_then(|s| s.max_rounds) {
+                        Some(n) => format!("feedback, at most {n} rounds"),
+                        None => "feedback".to_owned(),
+                    }),
+                    filter: graph
+                        .spec
+                        .edges
+                        .get(i)
+                        .and_then(|s| s.filter.as_ref())
+                        .map(|f| format!("{} = {}", f.field, f.equals)),
                 }
             })
             .collect();
@@ -287,6 +304,12 @@ impl Plan {
             }
             if e.input != 0 {
                 notes.push(format!("input {}", e.input));
+            }
+            if let Some(f) = &e.feedback {
+                notes.push(f.clone());
+            }
+            if let Some(f) = &e.filter {
+                notes.push(format!("where {f}"));
             }
             notes.push(if e.chained { "chained".into() } else { "exchange".into() });
             let _ = writeln!(out, "  {arrow:<width$}  {:<9} ({})", e.partition, notes.join(", "));

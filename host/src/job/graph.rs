@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use super::JobError;
 use crate::spec::{
-    Distribution, ExecutionMode, FileFormat, JobSpec, OperatorKind, OperatorSpec, OutputTag, Partition, RestartSpec, SinkKind, SinkSpec,
-    SourceKind, SourceSpec, WatermarkSpec, WatermarkStrategy,
+    Distribution, EdgeSpec, ExecutionMode, FileFormat, JobSpec, OperatorKind, OperatorSpec, OutputTag, Partition, RestartSpec, SinkKind,
+    SinkSpec, SourceKind, SourceSpec, WatermarkSpec, WatermarkStrategy,
 };
 use crate::wasm::{LoadedComponent, WasmEngine};
 
@@ -67,6 +67,10 @@ pub struct Edge {
     pub input: u32,
     /// Which output of `from` it carries.
     pub output: OutputTag,
+    /// The feedback edge of an iteration (`from == to`, into input 1).
+    pub feedback: bool,
+    /// It carries only the records its `where` selects (never chained).
+    pub filtered: bool,
 }
 
 /// Nodes fused into one task.
@@ -239,19 +243,33 @@ impl JobGraph {
             {
                 return Err(bad("the same edge appears twice"));
             }
+            check_feedback(e, from == to, to_kind, input, &spec).map_err(|m| bad(&m))?;
+            if let Some(f) = &e.filter
+                && f.field.is_empty()
+            {
+                return Err(bad("`where` needs a `field`"));
+            }
             edges.push(Edge {
                 from,
                 to,
                 partition,
                 input,
                 output: e.output,
+                feedback: e.feedback,
+                filtered: e.filter.is_some(),
             });
         }
         for (i, n) in nodes.iter().enumerate() {
             if !matches!(n.kind, NodeKind::Source(_)) && !edges.iter().any(|e| e.to == i) {
                 return Err(JobError::NoInput(n.name.clone()));
             }
-            if edges.iter().any(|e| e.to == i && e.input == 1) && !edges.iter().any(|e| e.to == i && e.input == 0) {
+            if edges.iter().any(|e| e.to == i && e.feedback) && edges.iter().any(|e| e.to == i && e.input == 1 && !e.feedback) {
+                return Err(JobError::Invalid {
+                    node: n.name.clone(),
+                    message: "input 1 of an iteration's head is its feedback edge: no other edge may feed it".into(),
+                });
+            }
+            if edges.iter().any(|e| e.to == i && e.input == 1) && !edges.iter().any(|e| e.to == i && e.input == 0 && !e.feedback) {
                 return Err(JobError::Invalid {
                     node: n.name.clone(),
                     message: "it has an edge into input 1 but none into input 0".into(),
@@ -298,7 +316,7 @@ impl JobGraph {
         let chained_to_upstream = |n: NodeId| -> Option<NodeId> {
             let mut ins = self.inputs(n);
             let e = ins.next()?;
-            if ins.next().is_some() || e.partition != Partition::Forward || e.output != OutputTag::Main || e.input != 0 {
+            if ins.next().is_some() || e.partition != Partition::Forward || e.output != OutputTag::Main || e.input != 0 || e.filtered {
                 return None;
             }
             (self.outputs(e.from).count() == 1 && self.nodes[e.from].parallelism == self.nodes[n].parallelism).then_some(e.from)
@@ -1065,8 +1083,47 @@ fn check_source(s: &SourceSpec) -> Result<(), JobError> {
     Ok(())
 }
 
-/// Kahn's algorithm; on a cycle, name the nodes on it.
+/// An edge that closes an iteration (`feedback = true`) goes from a
+/// keyed-process operator back into its own input 1, in a streaming job;
+/// `max_rounds` belongs to such an edge only.
+fn check_feedback(e: &EdgeSpec, self_loop: bool, to: Option<OperatorKind>, input: u32, spec: &JobSpec) -> Result<(), String> {
+    if !e.feedback {
+        if e.max_rounds.is_some() {
+            return Err("`max_rounds` is for a feedback edge (`feedback = true`)".into());
+        }
+        if self_loop {
+            return Err("an edge from an operator to itself closes an iteration: mark it `feedback = true`".into());
+        }
+        return Ok(());
+    }
+    if !self_loop {
+        return Err(
+            "a feedback edge goes from an iteration's head back to itself (`from` and `to` the same keyed-process operator)".into(),
+        );
+    }
+    if to != Some(OperatorKind::KeyedProcess) {
+        return Err("the head of an iteration is a keyed-process operator".into());
+    }
+    if input != 1 {
+        return Err("a feedback edge feeds input 1 of the head (`input = 1`); input 0 takes the records entering the loop".into());
+    }
+    if e.output != OutputTag::Main {
+        return Err("a feedback edge carries the main output".into());
+    }
+    if e.max_rounds == Some(0) {
+        return Err("`max_rounds` must be at least 1".into());
+    }
+    if spec.mode == ExecutionMode::Batch {
+        return Err("iterations run in streaming mode (a blocking exchange cannot close a loop); a bounded input still ends the job once the loop is empty".into());
+    }
+    Ok(())
+}
+
+/// Kahn's algorithm over the edges that are not feedback edges; on a
+/// cycle, name the nodes on it.
 fn topological_order(nodes: &[Node], edges: &[Edge]) -> Result<Vec<NodeId>, JobError> {
+    let edges: Vec<Edge> = edges.iter().filter(|e| !e.feedback).copied().collect();
+    let edges = &edges[..];
     let mut indegree = vec![0usize; nodes.len()];
     for e in edges {
         indegree[e.to] += 1;

@@ -161,6 +161,10 @@ pub struct InputChannel {
     pub input: u32,
     /// The task that writes it.
     pub producer: usize,
+    /// It carries an iteration's feedback (unbounded, idle for watermarks,
+    /// ended when the loop is empty).
+    #[serde(default)]
+    pub feedback: bool,
 }
 
 /// An edge out of a task.
@@ -177,6 +181,15 @@ pub struct OutputDescriptor {
     pub channels: Vec<u32>,
     /// The tasks that read them, in the same order.
     pub consumers: Vec<usize>,
+    /// The feedback edge of an iteration.
+    #[serde(default)]
+    pub feedback: bool,
+    /// A feedback edge: the most rounds a record goes.
+    #[serde(default)]
+    pub max_rounds: Option<u32>,
+    /// Only the records this selects.
+    #[serde(default)]
+    pub filter: Option<crate::spec::EdgeFilter>,
 }
 
 /// Where each task of an attempt restores its state from: handles into a
@@ -308,6 +321,7 @@ impl ExecutionPlan {
                         channel: channels,
                         input: e.input,
                         producer: task_of[&(e.from, a)],
+                        feedback: e.feedback,
                     });
                     channels += 1;
                 }
@@ -362,12 +376,16 @@ impl ExecutionPlan {
                     .filter(|(_, e)| e.from == tail)
                     .map(|(ei, e)| {
                         let (channels, consumers) = outputs.remove(&(ei, s)).unwrap_or_default();
+                        let edge = graph.spec.edges.get(ei);
                         OutputDescriptor {
                             target: graph.nodes[e.to].name.clone(),
                             partition: e.partition,
                             output: e.output,
                             channels,
                             consumers,
+                            feedback: e.feedback,
+                            max_rounds: edge.and_then(|x| x.max_rounds),
+                            filter: edge.and_then(|x| x.filter.clone()),
                         }
                     })
                     .collect();

@@ -131,6 +131,7 @@ impl RunningAttempt {
             _ => None,
         };
         let cancel = Arc::new(AtomicBool::new(false));
+        let loops = super::iteration::loops_of(ctx.plan);
         let env = TaskEnvironment {
             plan: ctx.plan,
             attempt: ctx.attempt,
@@ -149,6 +150,7 @@ impl RunningAttempt {
             restore_limits: ctx.storage.as_ref().map_or_else(RestoreLimits::default, |s| *s.limits()),
             checkpoints: checkpoints.as_ref(),
             cancel: cancel.clone(),
+            loops: &loops,
         };
         let mut built = Vec::new();
         let mut triggers = HashMap::new();

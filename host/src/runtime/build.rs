@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use sluice_guest::batch::BatchWriter;
 
-use super::partition::EdgeWriter;
+use super::iteration::HeadLoop;
+use super::partition::{EdgeWriter, FeedbackWriter};
 use super::shuffle::ShuffleEnvironment;
 use super::task::{Finals, Input, OpSlot, Task, TaskCheckpoints, TaskGauges, Throttle};
 use crate::checkpoint::writer::WriteJob;
@@ -92,6 +93,8 @@ pub(crate) struct TaskEnvironment<'a> {
     pub checkpoints: Option<&'a AttemptCheckpoints>,
     /// The attempt's cancel flag.
     pub cancel: Arc<AtomicBool>,
+    /// The attempt's iterations, by head.
+    pub loops: &'a super::iteration::Loops,
 }
 
 /// The guest limits of a plan.
@@ -229,13 +232,19 @@ pub(crate) fn build_task(desc: &TaskDescriptor, env: &TaskEnvironment) -> Result
         }
         _ => {
             let gate = env.shuffle.input_gate(desc).map_err(JobError::Failed)?;
+            let mut valve = WatermarkValve::new(desc.inputs.len());
+            // Feedback channels carry no event time.
+            for (i, _) in desc.inputs.iter().enumerate().filter(|(_, c)| c.feedback) {
+                valve.on_end(i);
+            }
             Input::Gate {
-                valve: WatermarkValve::new(desc.inputs.len()),
+                valve,
                 gate,
                 input_of: desc.inputs.iter().map(|i| i.input as usize).collect(),
             }
         }
     };
+    let mut replay = Vec::new();
     for o in &desc.operators {
         let n = o.node;
         let metrics = env.metrics[n].clone();
@@ -317,6 +326,11 @@ pub(crate) fn build_task(desc: &TaskDescriptor, env: &TaskEnvironment) -> Result
                 };
                 if let Some(snaps) = env.restored(o, s)? {
                     op.restore(&snaps).map_err(JobError::Failed)?;
+                    let logs: Vec<&[u8]> = snaps.iter().filter_map(|x| x.operator_state(super::iteration::LOG_STATE)).collect();
+                    if !logs.is_empty() {
+                        replay = super::iteration::restore_log(&logs, o.key_group_range(), plan.max_parallelism)
+                            .map_err(|e| JobError::Restore(format!("`{}`: {e}", o.name)))?;
+                    }
                 }
                 if let Some(wm) = &os.watermarks {
                     ops.push(OpSlot {
@@ -357,8 +371,32 @@ pub(crate) fn build_task(desc: &TaskDescriptor, env: &TaskEnvironment) -> Result
             buffers: (0..targets).map(|_| BatchWriter::new()).collect(),
             target: out.target.clone(),
             output: out.output,
+            filter: out.filter.clone(),
+            feedback: match out.feedback {
+                false => None,
+                true => {
+                    Some(FeedbackWriter {
+                        lp: env.loops.get(&head.name).cloned().ok_or_else(|| {
+                            JobError::Failed(TaskError::Internal(format!("`{}` has a feedback edge but no loop", head.name)))
+                        })?,
+                        round: 1,
+                        max_rounds: out.max_rounds.unwrap_or(u32::MAX),
+                        announced: vec![0; targets],
+                        ended: false,
+                    })
+                }
+            },
         });
     }
+    let head_loop = match env.loops.get(&head.name) {
+        Some(lp) if desc.inputs.iter().any(|i| i.feedback) => Some(HeadLoop::new(
+            lp.clone(),
+            &head.name,
+            desc.inputs.iter().map(|i| i.feedback).collect(),
+            replay,
+        )),
+        _ => None,
+    };
     let mut trigger = None;
     let ckpt = env.checkpoints.map(|c| {
         let triggers = source_node.as_ref().map(|_| {
@@ -375,7 +413,9 @@ pub(crate) fn build_task(desc: &TaskDescriptor, env: &TaskEnvironment) -> Result
             // checkpoint restored, never after one an earlier attempt used.
             last_barrier: env.restore.map_or(0, |r| r.checkpoint),
             aligning: None,
-            ended: vec![false; desc.inputs.len()],
+            // Barriers are aligned on regular inputs only: the feedback
+            // channels of an iteration count as ended.
+            ended: desc.inputs.iter().map(|i| i.feedback).collect(),
             stopped: false,
         }
     });
@@ -398,6 +438,7 @@ pub(crate) fn build_task(desc: &TaskDescriptor, env: &TaskEnvironment) -> Result
             nodes: desc.operators.iter().map(|o| env.metrics[o.node].clone()).collect(),
             blocked_ns,
         },
+        head: head_loop,
     };
     Ok((task, trigger))
 }

@@ -18,7 +18,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 pub use crate::types::{RecordBatch, StreamElement};
-use crossbeam_channel::{Receiver, Select, Sender, bounded};
+use crossbeam_channel::{Receiver, Select, Sender, bounded, unbounded};
 
 /// What an [`InputGate`] delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,9 +216,11 @@ impl Drop for LocalReceiver {
 }
 
 /// An in-process channel holding at most `capacity` elements and, beyond
-/// one batch, at most `max_bytes` bytes of record batches.
+/// one batch, at most `max_bytes` bytes of record batches; with `capacity`
+/// 0, an unbounded channel (an iteration's feedback: its loop bounds it).
 pub fn local_channel(capacity: usize, max_bytes: usize) -> (Box<dyn ElementSender>, LocalReceiver) {
-    let (tx, rx) = bounded(capacity);
+    let (tx, rx) = if capacity == 0 { unbounded() } else { bounded(capacity) };
+    let max_bytes = if capacity == 0 { usize::MAX } else { max_bytes };
     let queued = Arc::new(Queued {
         bytes: Mutex::new(0),
         room: Condvar::new(),

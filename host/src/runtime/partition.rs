@@ -7,9 +7,10 @@ use std::time::Instant;
 use sluice_guest::batch::BatchWriter;
 
 use super::channel::{ElementSender, RecordBatch, StreamElement};
+use super::iteration::{Admit, IterationLoop};
 use crate::job::Partition;
 use crate::operator::{TaskError, preview};
-use crate::spec::OutputTag;
+use crate::spec::{EdgeFilter, OutputTag};
 use crate::state::KeyGroup;
 
 /// The senders of one output edge of a task, with its partitioner.
@@ -28,6 +29,41 @@ pub(crate) struct EdgeWriter {
     /// Nanoseconds spent waiting for room in full channels (the task's
     /// backpressure), shared by the task's writers.
     pub blocked_ns: Arc<AtomicU64>,
+    /// Only the records this selects go on.
+    pub filter: Option<EdgeFilter>,
+    /// The feedback edge of an iteration.
+    pub feedback: Option<FeedbackWriter>,
+}
+
+/// What the writer of an iteration's feedback edge keeps.
+pub(crate) struct FeedbackWriter {
+    /// The loop its records are counted in.
+    pub lp: Arc<IterationLoop>,
+    /// The round of the records written now: one more than the round of
+    /// the batch being processed (1 for records made from input 0).
+    pub round: u32,
+    /// Records of a later round are dropped.
+    pub max_rounds: u32,
+    /// The round last announced on each channel (0: none yet).
+    pub announced: Vec<u32>,
+    /// The loop terminated and the channels ended.
+    pub ended: bool,
+}
+
+/// The records of `batch` that `filter` selects.
+fn select(filter: &EdgeFilter, batch: RecordBatch) -> RecordBatch {
+    let mut w = BatchWriter::with_capacity(batch.bytes.len());
+    let mut len = 0;
+    for r in batch.records() {
+        if filter.matches(r.value) {
+            w.push_ref(&r);
+            len += 1;
+        }
+    }
+    if len == batch.len {
+        return batch;
+    }
+    RecordBatch { bytes: w.take(), len }
 }
 
 impl EdgeWriter {
@@ -43,8 +79,15 @@ impl EdgeWriter {
     }
 
     pub fn write(&mut self, batch: RecordBatch) -> Result<(), TaskError> {
+        let batch = match &self.filter {
+            Some(f) => select(f, batch),
+            None => batch,
+        };
         if batch.len == 0 {
             return Ok(());
+        }
+        if self.feedback.is_some() {
+            return self.write_feedback(batch);
         }
         match self.partition {
             Partition::Forward => self.send(self.own_index, StreamElement::Records(batch)),
@@ -68,31 +111,96 @@ impl EdgeWriter {
                     }
                     return self.send(0, StreamElement::Records(batch));
                 }
-                for r in batch.records() {
-                    let Some(key) = r.key else {
-                        return Err(TaskError::MissingKey {
-                            target: self.target.clone(),
-                            value: preview(r.value),
-                        });
-                    };
-                    let target = KeyGroup::of(key, self.max_parallelism).subtask(self.max_parallelism, p);
-                    self.buffers[target as usize].push_ref(&r);
-                }
-                for i in 0..self.buffers.len() {
-                    if !self.buffers[i].is_empty() {
-                        let len = self.buffers[i].len();
-                        let bytes = self.buffers[i].take();
-                        self.buffers[i] = BatchWriter::with_capacity(bytes.len());
-                        self.send(i, StreamElement::Records(RecordBatch { bytes, len }))?;
-                    }
+                for (i, b) in self.split_by_key(&batch)? {
+                    self.send(i, StreamElement::Records(b))?;
                 }
                 Ok(())
             }
         }
     }
 
+    /// The records of `batch` by the subtask owning their key group.
+    fn split_by_key(&mut self, batch: &RecordBatch) -> Result<Vec<(usize, RecordBatch)>, TaskError> {
+        let p = self.senders.len() as u32;
+        for r in batch.records() {
+            let Some(key) = r.key else {
+                return Err(TaskError::MissingKey {
+                    target: self.target.clone(),
+                    value: preview(r.value),
+                });
+            };
+            let target = KeyGroup::of(key, self.max_parallelism).subtask(self.max_parallelism, p);
+            self.buffers[target as usize].push_ref(&r);
+        }
+        let mut out = Vec::new();
+        for i in 0..self.buffers.len() {
+            if !self.buffers[i].is_empty() {
+                let len = self.buffers[i].len();
+                let bytes = self.buffers[i].take();
+                self.buffers[i] = BatchWriter::with_capacity(bytes.len());
+                out.push((i, RecordBatch { bytes, len }));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Send records round an iteration: counted in its loop first, each
+    /// channel told their round when it changes; dropped past the round
+    /// limit or once the loop has terminated.
+    fn write_feedback(&mut self, batch: RecordBatch) -> Result<(), TaskError> {
+        let Some(f) = &self.feedback else { return Ok(()) };
+        if f.ended {
+            return Ok(());
+        }
+        if f.round > f.max_rounds {
+            f.lp.dropped_at_limit(batch.len as u64);
+            return Ok(());
+        }
+        let parts = self.split_by_key(&batch)?;
+        let records: u64 = parts.iter().map(|(_, b)| b.len as u64).sum();
+        let bytes: u64 = parts.iter().map(|(_, b)| b.bytes.len() as u64).sum();
+        let Some(f) = &mut self.feedback else { return Ok(()) };
+        if f.lp.admit(records, bytes)? == Admit::Terminated {
+            return Ok(());
+        }
+        let round = f.round;
+        let mut announce = Vec::new();
+        for (i, _) in &parts {
+            if f.announced[*i] != round {
+                f.announced[*i] = round;
+                announce.push(*i);
+            }
+        }
+        for (i, b) in parts {
+            if announce.contains(&i) {
+                self.send(i, StreamElement::Round(round))?;
+            }
+            self.send(i, StreamElement::Records(b))?;
+        }
+        Ok(())
+    }
+
+    /// The loop terminated: end every feedback channel.
+    pub fn end_feedback(&mut self) -> Result<(), TaskError> {
+        match &mut self.feedback {
+            Some(f) if !f.ended => f.ended = true,
+            _ => return Ok(()),
+        }
+        for i in 0..self.senders.len() {
+            self.send(i, StreamElement::EndOfData)?;
+        }
+        Ok(())
+    }
+
     /// Send a control element to every target.
     pub fn broadcast(&mut self, element: StreamElement) -> Result<(), TaskError> {
+        if let Some(f) = &self.feedback {
+            // Event time does not go round a loop, and its channels end
+            // with the loop ([`Self::end_feedback`]).
+            if f.ended || !matches!(element, StreamElement::Barrier(_)) {
+                return Ok(());
+            }
+        }
         let targets: Vec<usize> = match self.partition {
             Partition::Forward => vec![self.own_index],
             _ => (0..self.senders.len()).collect(),

@@ -3,7 +3,7 @@
 //! process every channel is a bounded in-process channel; on a TaskManager
 //! a channel whose other end runs elsewhere goes over the network.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use super::channel::{ElementSender, InputGate, LocalInputGate, LocalReceiver, local_channel};
@@ -27,6 +27,8 @@ pub struct LocalShuffle {
     capacity: usize,
     bytes: usize,
     channels: Mutex<HashMap<u32, Ends>>,
+    /// Feedback channels of iterations: unbounded.
+    unbounded: HashSet<u32>,
 }
 
 impl LocalShuffle {
@@ -36,14 +38,30 @@ impl LocalShuffle {
             capacity: capacity.max(1),
             bytes,
             channels: Mutex::new(HashMap::new()),
+            unbounded: HashSet::new(),
         }
+    }
+
+    /// The same, with the feedback channels of `plan`'s iterations
+    /// unbounded (a bounded channel in a cycle can deadlock it).
+    pub fn for_plan(capacity: usize, bytes: usize, plan: &crate::job::plan::ExecutionPlan) -> Self {
+        let mut s = Self::new(capacity, bytes);
+        s.unbounded = plan
+            .tasks
+            .iter()
+            .flat_map(|t| &t.inputs)
+            .filter(|i| i.feedback)
+            .map(|i| i.channel)
+            .collect();
+        s
     }
 
     /// Take one end of `channel`, creating the channel on first use.
     fn take<T>(&self, channel: u32, pick: impl FnOnce(&mut Ends) -> Option<T>) -> Result<T, TaskError> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let capacity = if self.unbounded.contains(&channel) { 0 } else { self.capacity };
         let ends = channels.entry(channel).or_insert_with(|| {
-            let (tx, rx) = local_channel(self.capacity, self.bytes);
+            let (tx, rx) = local_channel(capacity, self.bytes);
             (Some(tx), Some(rx))
         });
         pick(ends).ok_or_else(|| TaskError::Internal(format!("channel {channel} is taken twice")))

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::channel::{GateEvent, InputGate, RecordBatch, StreamElement};
+use super::iteration::HeadLoop;
 use super::partition::EdgeWriter;
 use crate::checkpoint::writer::WriteJob;
 use crate::checkpoint::{Barrier, BarrierKind, NodeSnapshot, OperatorSnapshot, SnapshotWriter};
@@ -250,6 +251,8 @@ pub(crate) struct Task {
     pub ckpt: Option<TaskCheckpoints>,
     pub throttle: Option<Throttle>,
     pub gauges: TaskGauges,
+    /// The head of an iteration: its loop, rounds and feedback log.
+    pub head: Option<HeadLoop>,
 }
 
 impl Task {
@@ -288,7 +291,16 @@ impl Task {
         self.each_op(|op, out| op.on_processing_time(now, out))
     }
 
-    fn valve(&mut self, out: ValveOutput) -> Result<(), TaskError> {
+    fn valve(&mut self, mut out: ValveOutput) -> Result<(), TaskError> {
+        // An iteration's head holds the end of event time back until its
+        // loop is empty.
+        if let Some(h) = &mut self.head
+            && !h.terminated
+            && out.watermark == Some(i64::MAX)
+        {
+            h.held_max = true;
+            out.watermark = None;
+        }
         if let Some(idle) = out.idle {
             self.downstream().idle(idle)?;
         }
@@ -334,18 +346,176 @@ impl Task {
         let is_source = matches!(self.input, Input::Source { .. });
         if let Some(ck) = &mut self.ckpt {
             ck.last_barrier = barrier.id;
-            let _ = ck.writer.send(WriteJob {
-                attempt: ck.attempt,
-                barrier,
-                task: self.index,
-                parts: Arc::new(parts),
-            });
+            match &mut self.head {
+                // The snapshot is written once the barrier has come back
+                // round the loop, with the records that were in flight.
+                Some(h) => h.snapshot_taken(barrier, parts),
+                None => {
+                    let _ = ck.writer.send(WriteJob {
+                        attempt: ck.attempt,
+                        barrier,
+                        task: self.index,
+                        parts: Arc::new(parts),
+                    });
+                }
+            }
             if is_source && barrier.kind == (BarrierKind::Savepoint { stop: true }) {
                 ck.stopped = true;
             }
         }
         for w in &mut self.writers {
             w.broadcast(StreamElement::Barrier(barrier))?;
+        }
+        if self.head.is_some() {
+            self.hold_early();
+            self.finish_logs()?;
+        }
+        Ok(())
+    }
+
+    /// Hold the feedback channels that brought a barrier this head has not
+    /// snapshotted yet: what follows it there is after the sender's
+    /// snapshot.
+    fn hold_early(&mut self) {
+        let (Some(h), Some(ck), Input::Gate { gate, .. }) = (&self.head, &self.ckpt, &mut self.input) else {
+            return;
+        };
+        for i in h.held_after(ck.last_barrier) {
+            gate.set_blocked(i, true);
+        }
+    }
+
+    /// Write the head's snapshots whose barrier has come back on every
+    /// feedback channel.
+    fn finish_logs(&mut self) -> Result<(), TaskError> {
+        let Some(h) = &mut self.head else { return Ok(()) };
+        let done = h.take_complete()?;
+        if let Some(ck) = &self.ckpt {
+            for (barrier, parts) in done {
+                let _ = ck.writer.send(WriteJob {
+                    attempt: ck.attempt,
+                    barrier,
+                    task: self.index,
+                    parts: Arc::new(parts),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// A barrier came back on feedback channel `i`.
+    fn on_feedback_barrier(&mut self, i: usize, barrier: Barrier) -> Result<(), TaskError> {
+        let Some(last) = self.ckpt.as_ref().map(|c| c.last_barrier) else {
+            return Ok(());
+        };
+        let Some(h) = &mut self.head else { return Ok(()) };
+        if h.pending.iter().any(|p| p.barrier.id == barrier.id) {
+            h.arrived(i, Some(barrier.id));
+            return self.finish_logs();
+        }
+        if barrier.id <= last {
+            return Ok(());
+        }
+        if h.early[i].is_none_or(|b| b.id < barrier.id) {
+            h.early[i] = Some(barrier);
+        }
+        if h.regular_open == 0 {
+            // No regular input brings this barrier any more: take it now.
+            return self.snapshot_early();
+        }
+        if barrier.aligned
+            && let Input::Gate { gate, .. } = &mut self.input
+        {
+            gate.set_blocked(i, true);
+        }
+        Ok(())
+    }
+
+    /// Every regular input of a head has ended: snapshot a barrier that
+    /// came back round the loop and that no regular input will bring.
+    fn snapshot_early(&mut self) -> Result<(), TaskError> {
+        let Some(last) = self.ckpt.as_ref().map(|c| c.last_barrier) else {
+            return Ok(());
+        };
+        let Some(barrier) = self.head.as_ref().and_then(|h| h.newest_early(last)) else {
+            return Ok(());
+        };
+        if let Some(ck) = &mut self.ckpt {
+            ck.aligning = None;
+        }
+        if let Input::Gate { gate, .. } = &mut self.input {
+            unblock_all(gate.as_mut(), self.head.as_ref().map_or(0, |h| h.is_feedback.len()));
+        }
+        self.checkpoint(barrier)
+    }
+
+    /// A batch on feedback channel `i`: logged for snapshots waiting for
+    /// their barrier there, processed as input 1, then uncounted.
+    fn feedback_records(&mut self, i: usize, batch: RecordBatch) -> Result<(), TaskError> {
+        let Some(h) = &mut self.head else { return Ok(()) };
+        h.log(i, &batch);
+        let (round, lp) = (h.round_of[i], h.lp.clone());
+        let (n, bytes) = (batch.len as u64, batch.bytes.len() as u64);
+        let (started, blocked) = (Instant::now(), self.gauges.blocked_ns.load(Ordering::Relaxed));
+        self.process_feedback(round, batch)?;
+        lp.processed(n, bytes);
+        self.gauges.work(started, blocked);
+        Ok(())
+    }
+
+    /// Process records of round `round` (what they make goes round once more).
+    fn process_feedback(&mut self, round: u32, batch: RecordBatch) -> Result<(), TaskError> {
+        self.set_round(round.saturating_add(1));
+        let done = self.downstream().push(1, batch);
+        self.set_round(1);
+        done
+    }
+
+    fn set_round(&mut self, round: u32) {
+        for w in &mut self.writers {
+            if let Some(f) = &mut w.feedback {
+                f.round = round;
+            }
+        }
+    }
+
+    /// The records restored as in flight in the loop go first.
+    fn replay_feedback(&mut self) -> Result<(), TaskError> {
+        let Some(h) = &mut self.head else { return Ok(()) };
+        let (replay, lp) = (std::mem::take(&mut h.replay), h.lp.clone());
+        for (round, batch) in replay {
+            let (n, bytes) = (batch.len as u64, batch.bytes.len() as u64);
+            lp.admit(n, bytes)?;
+            self.process_feedback(round, batch)?;
+            lp.processed(n, bytes);
+        }
+        Ok(())
+    }
+
+    /// A regular input of a head ended.
+    fn regular_ended(&mut self) -> Result<(), TaskError> {
+        let Some(h) = &mut self.head else { return Ok(()) };
+        h.regular_open = h.regular_open.saturating_sub(1);
+        if h.regular_open == 0 {
+            h.lp.inputs_ended();
+            return self.snapshot_early();
+        }
+        Ok(())
+    }
+
+    /// Once the loop is empty: pass on the end of event time held back, and
+    /// end the feedback channels (the gate ends when all have ended).
+    fn poll_loop(&mut self) -> Result<(), TaskError> {
+        let Some(h) = &mut self.head else { return Ok(()) };
+        if h.terminated || h.regular_open > 0 || !h.lp.terminated() {
+            return Ok(());
+        }
+        h.terminated = true;
+        if std::mem::take(&mut h.held_max) {
+            self.downstream().watermark(i64::MAX)?;
+        }
+        for w in &mut self.writers {
+            w.end_feedback()?;
         }
         Ok(())
     }
@@ -366,8 +536,13 @@ impl Task {
                 // A newer barrier abandons an older alignment (its checkpoint was aborted).
                 unblock_all(gate.as_mut(), ck.ended.len());
                 ck.aligning = Some((barrier, vec![false; ck.ended.len()]));
+                self.hold_early();
             }
         }
+        let Input::Gate { gate, .. } = &mut self.input else {
+            return Ok(());
+        };
+        let Some(ck) = &mut self.ckpt else { return Ok(()) };
         if let Some((_, arrived)) = &mut ck.aligning {
             arrived[channel] = true;
         }
@@ -404,6 +579,7 @@ impl Task {
     }
 
     fn run(&mut self) -> Result<(), TaskError> {
+        self.replay_feedback()?;
         loop {
             if self.cancel.load(Ordering::Relaxed) {
                 return Err(TaskError::Cancelled);
@@ -466,6 +642,25 @@ impl Task {
                     .next(POLL)
                     .map_err(|_| gate.take_failure().unwrap_or(TaskError::UpstreamClosed))?
                 {
+                    GateEvent::Element(i, e) if self.head.as_ref().is_some_and(|h| h.is_feedback[i]) => match e {
+                        StreamElement::Records(b) => self.feedback_records(i, b)?,
+                        StreamElement::Round(r) => {
+                            if let Some(h) = &mut self.head {
+                                h.round_of[i] = r;
+                            }
+                        }
+                        StreamElement::Barrier(b) => self.on_feedback_barrier(i, b)?,
+                        StreamElement::EndOfData => {
+                            if let Some(h) = &mut self.head {
+                                h.ended[i] = true;
+                                h.arrived(i, None);
+                            }
+                            self.finish_logs()?;
+                        }
+                        // Feedback edges carry no event time.
+                        StreamElement::Watermark(_) | StreamElement::Idle(_) | StreamElement::KeysEnded => {}
+                    },
+                    GateEvent::Element(_, StreamElement::Round(_)) => {}
                     GateEvent::Element(i, StreamElement::Records(b)) => {
                         let (started, blocked) = (Instant::now(), self.gauges.blocked_ns.load(Ordering::Relaxed));
                         let (out, input) = (valve.on_records(i), input_of[i]);
@@ -494,11 +689,13 @@ impl Task {
                             ck.ended[i] = true;
                         }
                         self.complete_alignment()?;
+                        self.regular_ended()?;
                     }
                     GateEvent::Timeout => {}
                     GateEvent::Ended => break,
                 },
             }
+            self.poll_loop()?;
             self.tick()?;
         }
         self.each_op(|op, out| op.finish(out))?;

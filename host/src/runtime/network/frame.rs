@@ -26,6 +26,7 @@ const TAG_IDLE: u8 = 2;
 const TAG_BARRIER: u8 = 3;
 const TAG_END: u8 = 4;
 const TAG_KEYS_ENDED: u8 = 5;
+const TAG_ROUND: u8 = 6;
 
 /// Bytes of a records frame after its length and before its batch: kind,
 /// id, backlog, tag, count.
@@ -136,6 +137,7 @@ pub(super) fn control_frame(id: u32, backlog: u32, element: &StreamElement) -> H
         }
         StreamElement::EndOfData => h.u8(TAG_END),
         StreamElement::KeysEnded => h.u8(TAG_KEYS_ENDED),
+        StreamElement::Round(r) => h.u8(TAG_ROUND).u32(*r),
         // Records go through `records_head`; an empty batch is harmless.
         StreamElement::Records(_) => h.u8(TAG_RECORDS).u32(0),
     };
@@ -284,6 +286,7 @@ fn control_element(tag: u8, b: &mut Body<'_>) -> Result<StreamElement, String> {
         }
         TAG_END => StreamElement::EndOfData,
         TAG_KEYS_ENDED => StreamElement::KeysEnded,
+        TAG_ROUND => StreamElement::Round(b.u32()?),
         t => return Err(format!("an element with the unknown tag {t}")),
     })
 }
