@@ -252,7 +252,8 @@ fn pagerank_equals_power_iteration() {
 }
 
 /// A step that sends every record round forever ends only at the round
-/// limit: each input record makes exactly hops 0..=max_rounds.
+/// limit: each input record makes exactly hops 0..=max_rounds; the end of
+/// event time reaches the step only after that.
 #[test]
 fn max_rounds_ends_a_loop_whose_step_never_stops() {
     let dir = temp_dir("max-rounds");
@@ -297,12 +298,19 @@ to = "out"
         out = lit(&out),
     );
     run_toml(&toml, &dir).unwrap();
-    let mut hops: HashMap<u32, u32> = HashMap::new();
+    let (mut hops, mut ends): (HashMap<u32, u32>, HashMap<u32, u32>) = Default::default();
     for l in read_json_lines(&out) {
-        *hops.entry(l["hops"].as_u64().unwrap() as u32).or_default() += 1;
+        let n = l["hops"].as_u64().unwrap() as u32;
+        match l["kind"].as_str().unwrap() {
+            "hop" => *hops.entry(n).or_default() += 1,
+            _ => *ends.entry(n).or_default() += 1,
+        }
     }
     let expected: HashMap<u32, u32> = (0..=7).map(|h| (h, keys)).collect();
     assert_eq!(hops, expected, "hops 0..=7, once per key each");
+    // A timer at the end of event time fires only once the loop is empty:
+    // every key has received its 7 hops by then.
+    assert_eq!(ends, HashMap::from([(7, keys)]), "one end per key, after all its hops");
 }
 
 #[test]
