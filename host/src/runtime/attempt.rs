@@ -131,7 +131,7 @@ impl RunningAttempt {
             _ => None,
         };
         let cancel = Arc::new(AtomicBool::new(false));
-        let loops = super::iteration::loops_of(ctx.plan);
+        let loops = super::iteration::loops_of(ctx.plan, &ctx.state_budget);
         let env = TaskEnvironment {
             plan: ctx.plan,
             attempt: ctx.attempt,

@@ -31,6 +31,7 @@ use crate::checkpoint::{Barrier, NodeSnapshot};
 use crate::job::plan::ExecutionPlan;
 use crate::operator::TaskError;
 use crate::state::{KeyGroup, KeyGroupRange};
+use crate::tenancy::StateBudget;
 
 /// Most bytes of records in one loop's feedback channels: past it the job
 /// fails (naming the head) rather than the process running out of memory.
@@ -53,6 +54,8 @@ pub(crate) struct IterationLoop {
     parallelism: u32,
     max_bytes: u64,
     state: Mutex<LoopState>,
+    /// Records in flight count as the job's (and tenant's) state.
+    budget: Option<StateBudget>,
 }
 
 /// What became of records offered to a feedback edge.
@@ -65,12 +68,13 @@ pub(crate) enum Admit {
 }
 
 impl IterationLoop {
-    pub fn new(head: &str, parallelism: u32, max_bytes: u64) -> Self {
+    pub fn new(head: &str, parallelism: u32, max_bytes: u64, budget: Option<StateBudget>) -> Self {
         IterationLoop {
             head: head.to_owned(),
             parallelism,
             max_bytes,
             state: Mutex::new(LoopState::default()),
+            budget,
         }
     }
 
@@ -95,6 +99,10 @@ impl IterationLoop {
                 self.max_bytes >> 20
             )));
         }
+        if let Some(b) = &self.budget {
+            b.reserve(bytes)
+                .map_err(|e| TaskError::Internal(format!("the records in flight in iteration `{}` count as state: {e}", self.head)))?;
+        }
         s.records += records;
         s.bytes += bytes;
         Ok(Admit::Send)
@@ -105,7 +113,11 @@ impl IterationLoop {
     pub fn processed(&self, records: u64, bytes: u64) {
         let mut s = self.state();
         s.records = s.records.saturating_sub(records);
-        s.bytes = s.bytes.saturating_sub(bytes);
+        let bytes = bytes.min(s.bytes);
+        s.bytes -= bytes;
+        if let Some(b) = &self.budget {
+            b.release(bytes);
+        }
     }
 
     /// Records dropped at the round limit.
@@ -323,19 +335,35 @@ pub(crate) fn restore_log(logs: &[&[u8]], range: KeyGroupRange, max_parallelism:
         .collect())
 }
 
+impl Drop for IterationLoop {
+    /// Records still in flight when an attempt ends give their bytes back.
+    fn drop(&mut self) {
+        let bytes = self.state().bytes;
+        if let Some(b) = &self.budget {
+            b.release(bytes);
+        }
+    }
+}
+
 /// The iterations of one attempt, by head node name.
 pub(crate) type Loops = HashMap<String, Arc<IterationLoop>>;
 
-/// A loop for every head of `plan` (a node with a feedback edge).
-pub(crate) fn loops_of(plan: &ExecutionPlan) -> Loops {
+/// A loop for every head of `plan` (a node with a feedback edge), its
+/// records in flight counted in `budget`.
+pub(crate) fn loops_of(plan: &ExecutionPlan, budget: &StateBudget) -> Loops {
     let mut loops = Loops::new();
     for t in &plan.tasks {
         if t.outputs.iter().any(|o| o.feedback)
             && let Some(head) = t.operators.last()
         {
-            loops
-                .entry(head.name.clone())
-                .or_insert_with(|| Arc::new(IterationLoop::new(&head.name, head.parallelism, MAX_FEEDBACK_BYTES)));
+            loops.entry(head.name.clone()).or_insert_with(|| {
+                Arc::new(IterationLoop::new(
+                    &head.name,
+                    head.parallelism,
+                    MAX_FEEDBACK_BYTES,
+                    Some(budget.clone()),
+                ))
+            });
         }
     }
     loops
@@ -347,7 +375,8 @@ mod tests {
 
     #[test]
     fn a_loop_terminates_once_every_head_ended_and_nothing_is_in_flight() {
-        let l = IterationLoop::new("cc", 2, 1000);
+        let budget = StateBudget::new(Some(60), None);
+        let l = IterationLoop::new("cc", 2, 1000, Some(budget.clone()));
         assert_eq!(l.admit(3, 30).unwrap(), Admit::Send);
         l.inputs_ended();
         l.inputs_ended();
@@ -356,17 +385,20 @@ mod tests {
         assert_eq!(l.admit(2, 20).unwrap(), Admit::Send);
         l.processed(3, 30);
         assert!(!l.terminated());
+        assert_eq!(budget.job_bytes(), 20, "records in flight count as state");
+        assert!(l.admit(1, 41).unwrap_err().to_string().contains("count as state"));
         l.processed(2, 20);
         assert!(l.terminated());
+        assert_eq!(budget.job_bytes(), 0);
         assert_eq!(l.admit(1, 10).unwrap(), Admit::Terminated);
         assert_eq!(l.dropped(), (0, 1));
-        let e = IterationLoop::new("cc", 1, 100).admit(1, 101).unwrap_err();
+        let e = IterationLoop::new("cc", 1, 100, None).admit(1, 101).unwrap_err();
         assert!(e.to_string().contains("iteration `cc`"), "{e}");
     }
 
     #[test]
     fn a_loop_waits_for_every_head() {
-        let l = IterationLoop::new("cc", 2, 1000);
+        let l = IterationLoop::new("cc", 2, 1000, None);
         l.inputs_ended();
         assert!(!l.terminated(), "one head's input is still open");
         l.inputs_ended();

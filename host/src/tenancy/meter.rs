@@ -104,7 +104,7 @@ impl StateBudget {
     }
 
     /// Take `n` bytes from the job and the tenant, or neither.
-    fn reserve(&self, n: u64) -> Result<(), StateLimitExceeded> {
+    pub(crate) fn reserve(&self, n: u64) -> Result<(), StateLimitExceeded> {
         let d = i64::try_from(n).unwrap_or(i64::MAX);
         let job = self.job.bytes.fetch_add(d, Ordering::Relaxed).saturating_add(d);
         if let Some(limit) = self.job.limit
@@ -136,7 +136,7 @@ impl StateBudget {
         Ok(())
     }
 
-    fn release(&self, n: u64) {
+    pub(crate) fn release(&self, n: u64) {
         let d = i64::try_from(n).unwrap_or(i64::MAX);
         self.job.bytes.fetch_sub(d, Ordering::Relaxed);
         if let Some(t) = &self.tenant {
