@@ -6,7 +6,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sluice::checkpoint::DecodedSnapshot;
@@ -320,8 +319,7 @@ fn feedback_edges_are_checked() {
     let base = components_job(2, 1000, "", &sink);
     let err = |toml: &str| {
         JobGraph::build(JobSpec::from_toml(toml).unwrap(), &dir)
-            .err()
-            .expect("must be refused")
+            .expect_err("must be refused")
             .to_string()
     };
     let cases = [
