@@ -2,11 +2,14 @@
 //!
 //! The host calls a guest once per batch. The glue decodes the packed batch
 //! without copying, calls the user's trait method once per record, and packs
-//! what it emits into one output buffer. For keyed operators it also tells the
-//! host which run of records (which key) is in scope, and flushes the
-//! write-back cache of value states at the end of each run, so a run costs one
-//! state read and one write however many records it holds; timers that fire
-//! are handled the same way, with their key's state in scope.
+//! what it emits into one output buffer. For keyed operators it keeps track
+//! of the run of records (the key) in scope, telling the host only when a
+//! call needs the host's scope (list and map states, timers), and flushes the
+//! write-back cache of value states at the end of each run. Value states are
+//! read for many runs in one host call and the batch's writes are written
+//! back together when it ends, so a batch costs a couple of state calls, not
+//! two per key. Timers that fire are handled run by run, with their key's
+//! state in scope.
 
 use std::any::Any;
 use std::borrow::Cow;
@@ -309,24 +312,22 @@ fn stateless(batch: Vec<u8>, mut each: impl FnMut(Record<'_>, &mut Collector) ->
 /// Runs a keyed operator over one batch of runs, calling `each` once per
 /// record with the record's key in scope.
 fn keyed<T: 'static>(batch: Vec<u8>, mut each: impl FnMut(&mut T, Record<'_>, &mut Collector) -> Result<(), Error>) -> Collector {
-    use crate::__private::imports::sluice::udf::keyed_context;
     let mut out = Collector::with_capacity(batch.len() * 2);
-    // The last record of the run in scope: a failed write-back of the run's
-    // state is reported against it.
+    // The last record of the run in scope, and of every run before it: a
+    // failed write-back of a run's state is reported against it.
     let mut last: Option<Record<'_>> = None;
-    let mut run: u32 = 0;
+    let mut last_of_run: Vec<u32> = Vec::new();
+    crate::state::begin_batch();
     with_operator::<T, _>(|op| {
         for_each_record(&batch, |r| {
             let key = r.key.expect("the host sent a keyed operator a record without a key");
             if last.map(|l| l.key) != Some(Some(key)) {
                 if let Some(prev) = last {
                     end_run(prev.index as usize, &mut out);
-                    run += 1;
+                    last_of_run.push(prev.index);
                 }
-                if let Err(e) = keyed_context::enter_run(run) {
-                    panic!("the host refused run {run}: {e}");
-                }
-                crate::state::begin_run();
+                // The host is told of the run only when a call needs it.
+                crate::state::begin_run_at(last_of_run.len() as u32);
             }
             last = Some(r);
             if let Err(e) = each(op, r, &mut out) {
@@ -336,6 +337,13 @@ fn keyed<T: 'static>(batch: Vec<u8>, mut each: impl FnMut(&mut T, Record<'_>, &m
     });
     if let Some(prev) = last {
         end_run(prev.index as usize, &mut out);
+        last_of_run.push(prev.index);
+    }
+    for (run, e) in crate::state::end_batch() {
+        match last_of_run.get(run as usize) {
+            Some(&i) => out.fail_at(i as usize, e),
+            None => out.fail_at(0, e),
+        }
     }
     out
 }

@@ -16,8 +16,10 @@
 //! ```
 //!
 //! A [`ValueState`] is cached for the current run of records of one key and
-//! written back once when the run ends: a run of any length costs one read
-//! and one write across the boundary. A [`ListState`] append costs O(1) host
+//! written back once when the run ends. Within a batch of records, the values
+//! of many runs' keys come in one `get-runs` call and the writes of the
+//! batch's runs go back in one `put-runs` call, so a batch of any number of
+//! keys costs about two calls across the boundary per value state. A [`ListState`] append costs O(1) host
 //! calls whatever the list's length. Lists and maps are read in pages, so a
 //! huge state never crosses the boundary at once.
 
@@ -56,26 +58,80 @@ impl From<host::StateError> for StateError {
 }
 
 const PAGE: u32 = 256;
+/// Encoded value-state writes a batch queues (per state) before they are
+/// written back early, so a batch of huge values never piles up.
+const MAX_QUEUED_BYTES: usize = 1 << 20;
 
 thread_local! {
     static IN_RUN: Cell<bool> = const { Cell::new(false) };
     static RUN_EPOCH: Cell<u64> = const { Cell::new(0) };
+    /// The run in scope: its index in the call's batch.
+    static RUN: Cell<u32> = const { Cell::new(0) };
+    /// The host has not been told yet which run is in scope (a record
+    /// carries its key; only calls that need the host's scope enter it).
+    static ENTER_PENDING: Cell<bool> = const { Cell::new(false) };
+    /// A batch of records is being processed: each run comes once, in
+    /// order, so value states are read for many runs in one call and their
+    /// writes are written back together when the batch ends.
+    static BATCHED: Cell<bool> = const { Cell::new(false) };
+    static BATCH_EPOCH: Cell<u64> = const { Cell::new(0) };
     static DIRTY: RefCell<Vec<Rc<dyn Flush>>> = const { RefCell::new(Vec::new()) };
+    /// States with writes queued for the end of the batch.
+    static QUEUED: RefCell<Vec<Rc<dyn Flush>>> = const { RefCell::new(Vec::new()) };
 }
 
 trait Flush {
-    fn flush(&self) -> Result<(), Error>;
+    /// The run ends: write back (or, in a batch, queue) what it changed.
+    fn flush(self: Rc<Self>) -> Result<(), Error>;
+    /// Write back the queued writes; a failed write's run and error (the
+    /// others are still written). `end`: the batch ends.
+    fn write_back(&self, end: bool) -> Vec<(u32, Error)>;
 }
 
-/// A new run (a new key) is in scope: cached values are stale.
+/// A batch of records begins; its runs are entered with [`begin_run_at`].
+pub(crate) fn begin_batch() {
+    BATCHED.with(|b| b.set(true));
+    BATCH_EPOCH.with(|e| e.set(e.get() + 1));
+}
+
+/// The batch ends: every queued value-state write is written back; the
+/// runs and errors of those that failed.
+pub(crate) fn end_batch() -> Vec<(u32, Error)> {
+    BATCHED.with(|b| b.set(false));
+    let queued = QUEUED.with(|q| std::mem::take(&mut *q.borrow_mut()));
+    queued.iter().flat_map(|s| s.write_back(true)).collect()
+}
+
+/// Run `run` of the batch is in scope; the host is told only when a call
+/// needs it ([`enter`]).
+pub(crate) fn begin_run_at(run: u32) {
+    begin_run();
+    RUN.with(|r| r.set(run));
+    ENTER_PENDING.with(|p| p.set(true));
+}
+
+/// A new run (a new key), already entered on the host, is in scope: cached
+/// values are stale.
 pub(crate) fn begin_run() {
     RUN_EPOCH.with(|e| e.set(e.get() + 1));
     IN_RUN.with(|r| r.set(true));
+    ENTER_PENDING.with(|p| p.set(false));
 }
 
-/// The run ends: write back what it changed.
+/// Bring the run in scope into the host's scope, if it is not yet: before
+/// any call the host answers for "the current key".
+pub(crate) fn enter() -> Result<(), Error> {
+    if IN_RUN.with(Cell::get) && ENTER_PENDING.with(Cell::get) {
+        let run = RUN.with(Cell::get);
+        crate::__private::imports::sluice::udf::keyed_context::enter_run(run)
+            .map_err(|e| Error::new(format!("the host refused run {run}: {e}")))?;
+        ENTER_PENDING.with(|p| p.set(false));
+    }
+    Ok(())
+}
+
+/// The run ends: write back what it changed (in a batch: queue it).
 pub(crate) fn end_run() -> Result<(), Error> {
-    IN_RUN.with(|r| r.set(false));
     let dirty = DIRTY.with(|d| std::mem::take(&mut *d.borrow_mut()));
     let mut result = Ok(());
     for s in dirty {
@@ -83,6 +139,7 @@ pub(crate) fn end_run() -> Result<(), Error> {
             result = Err(e);
         }
     }
+    IN_RUN.with(|r| r.set(false));
     result
 }
 
@@ -99,19 +156,23 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
 }
 
 fn get_raw(id: u32, user_key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+    enter()?;
     Ok(host::get(id, user_key).map_err(StateError::from)?)
 }
 
 fn put_raw(id: u32, user_key: &[u8], value: &[u8]) -> Result<(), Error> {
+    enter()?;
     Ok(host::put(id, user_key, value).map_err(StateError::from)?)
 }
 
 fn delete_raw(id: u32, user_key: &[u8]) -> Result<(), Error> {
+    enter()?;
     Ok(host::delete(id, user_key).map_err(StateError::from)?)
 }
 
 /// Visit every entry under `prefix`, a page at a time.
 fn scan(id: u32, prefix: &[u8], mut each: impl FnMut(Vec<u8>, Vec<u8>) -> Result<(), Error>) -> Result<(), Error> {
+    enter()?;
     let mut after: Option<Vec<u8>> = None;
     loop {
         let page = host::list(id, prefix, after.as_deref(), PAGE).map_err(StateError::from)?;
@@ -128,7 +189,10 @@ fn scan(id: u32, prefix: &[u8], mut each: impl FnMut(Vec<u8>, Vec<u8>) -> Result
 /// A single value per key.
 ///
 /// Reads within a run of records of one key are served from a cache; writes
-/// are written back to the host once, when the run ends.
+/// are written back to the host once, when the run ends. While a batch of
+/// records is processed, the values of many runs' keys are read in one host
+/// call and the batch's writes are written back together when it ends, so a
+/// batch costs a couple of host calls, not two per key.
 pub struct ValueState<T> {
     inner: Rc<ValueInner<T>>,
 }
@@ -136,12 +200,29 @@ pub struct ValueState<T> {
 struct ValueInner<T> {
     id: u32,
     cache: RefCell<Cached<T>>,
+    batch: RefCell<Batched>,
 }
 
 struct Cached<T> {
     epoch: u64,
     value: Option<T>,
     dirty: bool,
+}
+
+/// A value state's reads and writes for the batch being processed.
+#[derive(Default)]
+struct Batched {
+    /// The batch (`BATCH_EPOCH`) `values` belong to.
+    epoch: u64,
+    /// The run of `values[0]`.
+    first: u32,
+    /// Values of runs `first..`, as the host returned them.
+    values: Vec<Option<Vec<u8>>>,
+    /// Writes queued for the batch's end: (run, encoded value or removal).
+    writes: Vec<(u32, Option<Vec<u8>>)>,
+    queued_bytes: usize,
+    /// Listed in `QUEUED`.
+    queued: bool,
 }
 
 impl<T: Serialize + DeserializeOwned + Clone + 'static> ValueState<T> {
@@ -155,6 +236,7 @@ impl<T: Serialize + DeserializeOwned + Clone + 'static> ValueState<T> {
                     value: None,
                     dirty: false,
                 }),
+                batch: RefCell::new(Batched::default()),
             }),
         })
     }
@@ -167,7 +249,12 @@ impl<T: Serialize + DeserializeOwned + Clone + 'static> ValueState<T> {
         let epoch = RUN_EPOCH.with(Cell::get);
         let mut c = self.inner.cache.borrow_mut();
         if c.epoch != epoch {
-            c.value = get_raw(self.inner.id, b"")?.map(|b| decode(&b)).transpose()?;
+            let raw = if BATCHED.with(Cell::get) {
+                self.inner.batched(RUN.with(Cell::get))?
+            } else {
+                get_raw(self.inner.id, b"")?
+            };
+            c.value = raw.map(|b| decode(&b)).transpose()?;
             c.epoch = epoch;
             c.dirty = false;
         }
@@ -204,17 +291,89 @@ impl<T: Serialize + DeserializeOwned + Clone + 'static> ValueState<T> {
     }
 }
 
-impl<T: Serialize> Flush for ValueInner<T> {
-    fn flush(&self) -> Result<(), Error> {
+impl<T> ValueInner<T> {
+    /// The stored value of run `run` of the batch, from the values the host
+    /// gave for many runs at once (asking again past their end).
+    fn batched(&self, run: u32) -> Result<Option<Vec<u8>>, Error> {
+        let mut b = self.batch.borrow_mut();
+        let epoch = BATCH_EPOCH.with(Cell::get);
+        if b.epoch != epoch {
+            b.epoch = epoch;
+            b.values.clear();
+            b.first = 0;
+        }
+        let at = run.checked_sub(b.first).map(|i| i as usize).filter(|&i| i < b.values.len());
+        let i = match at {
+            Some(i) => i,
+            None => {
+                b.values = host::get_runs(self.id, run).map_err(StateError::from)?;
+                b.first = run;
+                if b.values.is_empty() {
+                    return Err(Error::new(format!("the host returned no value state for run {run}")));
+                }
+                0
+            }
+        };
+        // Each run is in scope once per batch: its value is read once.
+        Ok(b.values[i].take())
+    }
+}
+
+impl<T: Serialize + 'static> Flush for ValueInner<T> {
+    fn flush(self: Rc<Self>) -> Result<(), Error> {
         let mut c = self.cache.borrow_mut();
         if !c.dirty {
             return Ok(());
         }
         c.dirty = false;
-        match &c.value {
-            Some(v) => put_raw(self.id, b"", &encode(v)?),
-            None => delete_raw(self.id, b""),
+        if !BATCHED.with(Cell::get) {
+            return match &c.value {
+                Some(v) => put_raw(self.id, b"", &encode(v)?),
+                None => delete_raw(self.id, b""),
+            };
         }
+        let value = c.value.as_ref().map(encode).transpose()?;
+        drop(c);
+        let full = {
+            let mut b = self.batch.borrow_mut();
+            b.queued_bytes += value.as_ref().map_or(0, Vec::len) + 8;
+            b.writes.push((RUN.with(Cell::get), value));
+            if !b.queued {
+                b.queued = true;
+                let me: Rc<dyn Flush> = self.clone();
+                QUEUED.with(|q| q.borrow_mut().push(me));
+            }
+            b.queued_bytes >= MAX_QUEUED_BYTES
+        };
+        if full {
+            // The run's own write failing is reported against the run.
+            if let Some((_, e)) = self.write_back(false).into_iter().next() {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn write_back(&self, end: bool) -> Vec<(u32, Error)> {
+        let mut writes = {
+            let mut b = self.batch.borrow_mut();
+            b.queued_bytes = 0;
+            b.queued &= !end;
+            std::mem::take(&mut b.writes)
+        };
+        let mut failed = Vec::new();
+        // Each round writes at least one entry: bounded by the writes.
+        while !writes.is_empty() {
+            match host::put_runs(self.id, &writes) {
+                Ok(()) => break,
+                Err((i, e)) => {
+                    let i = (i as usize).min(writes.len() - 1);
+                    failed.push((writes[i].0, Error::from(StateError::from(e))));
+                    writes.drain(..=i);
+                }
+            }
+        }
+        failed
     }
 }
 
@@ -281,6 +440,7 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
 
     /// Remove every element.
     pub fn clear(&self) -> Result<(), Error> {
+        enter()?;
         Ok(host::clear(self.id).map_err(StateError::from)?)
     }
 }
@@ -377,6 +537,7 @@ impl<K: StateKey, V: Serialize + DeserializeOwned> MapState<K, V> {
 
     /// Remove every entry.
     pub fn clear(&self) -> Result<(), Error> {
+        enter()?;
         Ok(host::clear(self.id).map_err(StateError::from)?)
     }
 }

@@ -71,12 +71,14 @@ pub struct Timer {
 /// Registering an existing timer again is a no-op. Fails when no key is in
 /// scope (outside `process` and `on_timer`).
 pub fn register(domain: TimeDomain, timestamp: i64) -> Result<(), Error> {
+    crate::state::enter()?;
     host::register(domain.to_host(), timestamp).map_err(|e| Error::new(format!("cannot register a timer: {e}")))
 }
 
 /// Delete the timer of `domain` at `timestamp` (ms) of the key in scope.
 /// Deleting a timer that does not exist is not an error.
 pub fn delete(domain: TimeDomain, timestamp: i64) -> Result<(), Error> {
+    crate::state::enter()?;
     host::delete(domain.to_host(), timestamp).map_err(|e| Error::new(format!("cannot delete a timer: {e}")))
 }
 

@@ -81,3 +81,61 @@ fn keys_never_see_each_other_and_lists_page() {
     assert_eq!(c["list"], serde_json::json!(["9"]));
     assert_eq!(c["count"], 2);
 }
+
+/// Value states of many keys in one batch are read in pages of about 1 MiB
+/// and written back early once a batch's writes pass 1 MiB: with 300 KB per
+/// key and twelve keys per batch, both happen, and every key still reads
+/// back exactly its own value.
+#[test]
+fn big_value_states_of_many_keys_in_one_batch_read_and_write_back_whole() {
+    let dir = temp_dir("state-big");
+    let input = dir.join("in.jsonl");
+    let keys: Vec<String> = (0..12).map(|i| format!("k{}", (b'a' + i) as char)).collect();
+    let mut lines = Vec::new();
+    for cmd in ["pad:300000", "pad:300000", "pad:5", "dump"] {
+        for k in &keys {
+            lines.push(format!(r#"{{"k":"{k}","cmd":"{cmd}"}}"#));
+        }
+    }
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let out = dir.join("out.jsonl");
+    let toml = format!(
+        r#"
+        name = "state-big"
+        batch_size = 12
+        [[sources]]
+        name = "in"
+        kind = "file"
+        path = {input}
+        format = "json"
+        key_field = "k"
+        [[operators]]
+        name = "probe"
+        kind = "keyed-process"
+        component = {probe}
+        [[sinks]]
+        name = "out"
+        kind = "file"
+        path = {out}
+        [[edges]]
+        from = "in"
+        to = "probe"
+        [[edges]]
+        from = "probe"
+        to = "out"
+        "#,
+        input = lit(&input),
+        out = lit(&out),
+        probe = lit(&udf("test_state_probe")),
+    );
+    run_toml(&toml, &dir).unwrap();
+    let dumps: HashMap<String, serde_json::Value> = read_json_lines(&out)
+        .into_iter()
+        .map(|v| (v["key"].as_str().unwrap().to_owned(), v))
+        .collect();
+    assert_eq!(dumps.len(), keys.len(), "{dumps:?}");
+    for k in &keys {
+        assert_eq!(dumps[k]["pad"], 600_005, "key {k}");
+        assert_eq!(dumps[k]["count"], 4, "key {k}");
+    }
+}

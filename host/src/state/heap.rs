@@ -313,13 +313,15 @@ impl HeapKeyedState {
         let g = self.check(group, id)?;
         let map = &mut self.groups[g];
         // The most this write can add, covered before anything is stored.
-        let new_key = !map.contains_key(key);
-        let key_cost = if new_key { key.len() + KEY_OVERHEAD } else { 0 };
-        let most = key_cost + user_key.len() + value.len() + ENTRY_OVERHEAD;
-        self.account.cover(self.bytes.saturating_add(most) as u64)?;
+        let entry_cost = user_key.len() + value.len() + ENTRY_OVERHEAD;
         let states = match map.get_mut(key) {
-            Some(s) => s,
+            Some(s) => {
+                self.account.cover(self.bytes.saturating_add(entry_cost) as u64)?;
+                s
+            }
             None => {
+                let key_cost = key.len() + KEY_OVERHEAD;
+                self.account.cover(self.bytes.saturating_add(key_cost + entry_cost) as u64)?;
                 self.bytes += key_cost;
                 map.entry(key.into()).or_default()
             }

@@ -374,4 +374,50 @@ impl state::Host for HostState {
             next: page.next,
         })
     }
+
+    fn get_runs(&mut self, id: state::StateId, first: u32) -> Result<Vec<Option<Vec<u8>>>, state::StateError> {
+        let scope = self.keyed.as_mut().ok_or(state::StateError::NoCurrentKey)?;
+        let first = first as usize;
+        if first >= scope.runs.len() {
+            return Err(state::StateError::Invalid(format!(
+                "run {first} does not exist: this batch has {} runs",
+                scope.runs.len()
+            )));
+        }
+        let mut values = Vec::with_capacity(scope.runs.len() - first);
+        let mut bytes = 0usize;
+        for run in first..scope.runs.len() {
+            if bytes >= MAX_PAGE_BYTES {
+                break;
+            }
+            let Some((key, group)) = scope.runs.get(run) else { break };
+            let value = scope.backend.get(group, key, id, b"").map_err(backend_error)?;
+            bytes += value.map_or(0, <[u8]>::len) + key.len().min(64);
+            values.push(value.map(<[u8]>::to_vec));
+        }
+        Ok(values)
+    }
+
+    fn put_runs(&mut self, id: state::StateId, writes: Vec<(u32, Option<Vec<u8>>)>) -> Result<(), (u32, state::StateError)> {
+        for (i, (run, value)) in writes.into_iter().enumerate() {
+            let at = |e| (i as u32, e);
+            let scope = self.keyed.as_mut().ok_or(at(state::StateError::NoCurrentKey))?;
+            let Some((key, group)) = scope.runs.get(run as usize) else {
+                return Err(at(state::StateError::Invalid(format!(
+                    "run {run} does not exist: this batch has {} runs",
+                    scope.runs.len()
+                ))));
+            };
+            let result = match &value {
+                Some(v) => scope.backend.put(group, key, id, b"", v),
+                None => scope.backend.delete(group, key, id, b""),
+            };
+            match result {
+                Ok(()) => {}
+                Err(BackendError::QuotaExceeded(q)) => return Err(at(state::StateError::QuotaExceeded(self.refused(q)))),
+                Err(e) => return Err(at(backend_error(e))),
+            }
+        }
+        Ok(())
+    }
 }

@@ -3,7 +3,10 @@
 //! Each record's value (or its JSON `cmd` field) is a command for the record's key:
 //! - `add:<x>`: append `x` to a list state and put `x -> len` in a map state;
 //! - `fill:<n>`: append the numbers 0..n to the list (to force many pages);
-//! - `dump`: emit `{"key", "list", "map", "count"}` for this key;
+//! - `pad:<n>`: append `n` bytes to a string value state (big values, to
+//!   make the host page value reads and the SDK write back early);
+//! - `dump`: emit `{"key", "list", "map", "count", "pad"}` for this key (`pad`:
+//!   the string's length, its bytes checked);
 //! - `clear`: clear all three states;
 //! - anything else is a record error.
 //!
@@ -15,6 +18,7 @@ struct Probe {
     list: ListState<String>,
     map: MapState<String, u64>,
     count: ValueState<u64>,
+    pad: ValueState<String>,
 }
 
 impl KeyedProcess for Probe {
@@ -23,6 +27,7 @@ impl KeyedProcess for Probe {
             list: ListState::new("list")?,
             map: MapState::new("map")?,
             count: ValueState::new("count")?,
+            pad: ValueState::new("pad")?,
         })
     }
 
@@ -40,12 +45,24 @@ impl KeyedProcess for Probe {
             for i in 0..n {
                 self.list.add(&i.to_string())?;
             }
+        } else if let Some(n) = cmd.strip_prefix("pad:") {
+            let n: usize = n.parse().map_err(|_| Error::new(format!("bad pad length {n:?}")))?;
+            let mut pad = self.pad.get()?.unwrap_or_default();
+            // The key's own letter, so a value served for the wrong key shows.
+            let c = key.chars().last().unwrap_or('x');
+            pad.extend(std::iter::repeat_n(c, n));
+            self.pad.set(pad)?;
         } else if cmd == "dump" {
             let list = self.list.get()?;
             let map = self.map.entries()?;
+            let pad = self.pad.get()?.unwrap_or_default();
+            let c = key.chars().last().unwrap_or('x');
+            if pad.chars().any(|p| p != c) {
+                return Err(Error::new(format!("key {key}: the padding holds another key's bytes")));
+            }
             out.emit_json(
                 record.key,
-                &serde_json::json!({ "key": key, "list": list, "map": map, "count": n }),
+                &serde_json::json!({ "key": key, "list": list, "map": map, "count": n, "pad": pad.len() }),
                 None,
             )?;
         } else if cmd == "clear" {
