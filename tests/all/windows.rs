@@ -161,6 +161,35 @@ fn sliding_windows_sum_a_field() {
 }
 
 #[test]
+fn sliding_windows_counted_by_a_wasm_aggregate_match_an_independent_count() {
+    // Out-of-order input in batches of 64: a record reaches four windows,
+    // and one key's records alternate between windows within a batch.
+    let dir = temp_dir("sliding-wasm");
+    let rows = stream(3000, 700, 5);
+    let window = r#"{ assigner = "sliding", size_ms = 1000, slide_ms = 250 }"#;
+    let toml = window_job(
+        &dir,
+        &rows,
+        700,
+        64,
+        window,
+        &format!("component = {}", lit(&udf("window_count"))),
+        "",
+    );
+    run_toml(&toml, &dir).unwrap();
+    let mut expected: BTreeMap<(String, i64, i64), i64> = BTreeMap::new();
+    for (t, w) in &rows {
+        let mut s = t - t.rem_euclid(250);
+        while s > t - 1000 {
+            *expected.entry((w.to_string(), s, s + 1000)).or_default() += 1;
+            s -= 250;
+        }
+    }
+    let expected: BTreeMap<_, _> = expected.into_iter().map(|(k, v)| (k, json!(v))).collect();
+    assert_eq!(results(&read_json_lines(&dir.join("out.jsonl")), "count"), expected);
+}
+
+#[test]
 fn session_windows_merge_three_sessions_into_one() {
     let dir = temp_dir("session");
     // Key a: three separate sessions (0, 1500, 3000), then 900 bridges the

@@ -104,11 +104,35 @@ impl std::hash::Hasher for PrehashedHasher {
     }
 }
 
+/// A pane (key and window) of a batch while its records are numbered.
+struct Head<'a> {
+    key: &'a [u8],
+    group: KeyGroup,
+    window: Window,
+    /// The key's slot in the typed table, when there is one.
+    slot: Option<Slot>,
+    /// How many records of the batch it has.
+    records: u32,
+}
+
+impl<'a> Head<'a> {
+    fn new(key: &'a [u8], group: KeyGroup, window: Window, slot: Option<Slot>) -> Self {
+        Head {
+            key,
+            group,
+            window,
+            slot,
+            records: 0,
+        }
+    }
+}
+
 /// The records of one key and window within a batch.
 struct Pane<'a> {
     key: &'a [u8],
     group: KeyGroup,
     window: Window,
+    slot: Option<Slot>,
     /// Its records' indexes in the batch, in arrival order.
     records: &'a [u32],
     /// Elements in the window since the last count firing.
@@ -142,9 +166,8 @@ fn read_acc<'s>(
     state: &'s HeapKeyedState,
     id: StateId,
     pane: &Pane<'_>,
-    slot: Option<Slot>,
 ) -> Result<Option<&'s [u8]>, StateError> {
-    match (table, slot) {
+    match (table, pane.slot) {
         (Some(t), Some(s)) => Ok(t.get(s, &pane.window)),
         _ => state.get(pane.group, pane.key, id, &pane.window.encode()),
     }
@@ -156,10 +179,9 @@ fn write_acc(
     state: &mut HeapKeyedState,
     id: StateId,
     pane: &Pane<'_>,
-    slot: Option<Slot>,
     acc: &[u8],
 ) -> Result<(), StateError> {
-    match (table, slot) {
+    match (table, pane.slot) {
         (Some(t), Some(s)) => Ok(t.put(s, &pane.window, acc)?),
         _ => state.put(pane.group, pane.key, id, &pane.window.encode(), acc),
     }
@@ -548,25 +570,14 @@ impl WindowOperator {
     fn add(&mut self, records: &[RecordRef<'_>], panes: &mut [Pane<'_>], chunks: &[(usize, usize, usize)]) -> Result<Vec<bool>, TaskError> {
         let mut fresh = vec![false; panes.len()];
         let mut errors: Vec<RecordError> = Vec::new();
-        // Each pane's key interned once: its slot serves the read and the
-        // write of the accumulator.
-        let mut slots: Vec<Option<Slot>> = Vec::with_capacity(chunks.len());
-        for &(p, _, _) in chunks {
-            let pane = &panes[p];
-            slots.push(match &mut self.table {
-                Some(t) => Some(
-                    t.slot(t.hash(pane.key), pane.key, pane.group)
-                        .map_err(|e| self.outputs.internal(e))?,
-                ),
-                None => None,
-            });
-        }
+        // Each pane's key was interned when the batch was grouped: its
+        // slot serves the read and the write of the accumulator.
         let id = self.ids.contents;
         let result = match &mut self.function {
             WindowFunction::Builtin(b) => {
-                for (c, &(p, from, to)) in chunks.iter().enumerate() {
+                for &(p, from, to) in chunks {
                     let pane = &panes[p];
-                    let before = read_acc(self.table.as_ref(), &self.state, id, pane, slots[c]).map_err(|e| self.outputs.internal(e))?;
+                    let before = read_acc(self.table.as_ref(), &self.state, id, pane).map_err(|e| self.outputs.internal(e))?;
                     fresh[p] = before.is_none();
                     let mut acc: Option<[u8; 9]> = before.and_then(|b| b.try_into().ok());
                     for &i in &pane.records[from..to] {
@@ -576,7 +587,7 @@ impl WindowOperator {
                         }
                     }
                     if let Some(a) = acc {
-                        write_acc(self.table.as_mut(), &mut self.state, id, pane, slots[c], &a).map_err(|e| self.outputs.internal(e))?;
+                        write_acc(self.table.as_mut(), &mut self.state, id, pane, &a).map_err(|e| self.outputs.internal(e))?;
                     }
                 }
                 Ok(())
@@ -595,9 +606,9 @@ impl WindowOperator {
                 let mut runs = Vec::with_capacity(chunks.len());
                 let mut accs = Vec::with_capacity(chunks.len() * 12);
                 let mut origin = Vec::new();
-                for (c, &(p, from, to)) in chunks.iter().enumerate() {
+                for &(p, from, to) in chunks {
                     let pane = &panes[p];
-                    let before = read_acc(self.table.as_ref(), &self.state, id, pane, slots[c]).map_err(|e| self.outputs.internal(e))?;
+                    let before = read_acc(self.table.as_ref(), &self.state, id, pane).map_err(|e| self.outputs.internal(e))?;
                     fresh[p] = before.is_none();
                     match before {
                         Some(a) => {
@@ -619,7 +630,7 @@ impl WindowOperator {
                     message: e.message,
                 }));
                 let mut rest = &packed[..];
-                for (c, &(p, _, _)) in chunks.iter().enumerate() {
+                for &(p, _, _) in chunks {
                     let pane = &panes[p];
                     let acc = rest
                         .split_at_checked(4)
@@ -631,7 +642,7 @@ impl WindowOperator {
                         )));
                     };
                     rest = tail;
-                    write_acc(self.table.as_mut(), &mut self.state, id, pane, slots[c], acc).map_err(|e| self.outputs.internal(e))?;
+                    write_acc(self.table.as_mut(), &mut self.state, id, pane, acc).map_err(|e| self.outputs.internal(e))?;
                 }
                 if rest.is_empty() {
                     Ok(())
@@ -671,13 +682,6 @@ impl WindowOperator {
                 Ok(())
             }
         };
-        // A key interned for a pane that got no accumulator (every record
-        // failed, or the guest call did) gives its slot back.
-        if let Some(t) = &mut self.table {
-            for s in slots.into_iter().flatten() {
-                t.release_if_empty(s);
-            }
-        }
         result?;
         if !errors.is_empty() {
             errors.sort_by_key(|e| e.index);
@@ -944,6 +948,192 @@ impl WindowOperator {
     }
 }
 
+impl WindowOperator {
+    /// Number the panes (key and window) of a batch's assigned records:
+    /// the panes in order of first record, and each assigned record's
+    /// pane. With the typed table a record costs one hash of its key and
+    /// one probe of the table, which also interns the key (the pane is
+    /// noted in the key's slot); without it, a map by key and window.
+    fn number_panes<'r>(&mut self, records: &[RecordRef<'r>], assigned: &[(u32, Window)]) -> Result<(Vec<Head<'r>>, Vec<u32>), TaskError> {
+        let mut heads: Vec<Head<'r>> = Vec::with_capacity(assigned.len().min(4096));
+        let mut pane_of: Vec<u32> = Vec::with_capacity(assigned.len());
+        let max_parallelism = self.max_parallelism;
+        let Some(t) = &mut self.table else {
+            let mut index: HashMap<PaneKey<'_>, u32, PaneHasher> = HashMap::with_capacity_and_hasher(records.len(), PaneHasher);
+            let mut hashes: Vec<Option<u64>> = vec![None; records.len()];
+            for &(i, w) in assigned {
+                let key = records[i as usize].key.unwrap_or_default();
+                let hash = *hashes[i as usize].get_or_insert_with(|| xxhash_rust::xxh3::xxh3_64(key));
+                let p = *index.entry(PaneKey { hash, key, window: w }).or_insert_with(|| {
+                    heads.push(Head::new(key, KeyGroup::of_hash(hash, max_parallelism), w, None));
+                    (heads.len() - 1) as u32
+                });
+                heads[p as usize].records += 1;
+                pane_of.push(p);
+            }
+            return Ok((heads, pane_of));
+        };
+        t.begin_batch();
+        // The panes of a key other than its latest one in the batch, by
+        // (slot, window start, end): needed only when a key's records
+        // reach several windows. Every pane of a key but its latest is in
+        // it (a pane stops being the latest only on a miss, which puts it
+        // there first).
+        let mut more: HashMap<(Slot, i64, i64), u32, KeyHasher> = HashMap::default();
+        // A record assigned to several windows comes in a row: its slot is
+        // looked up once.
+        let mut last: Option<(u32, Slot, KeyGroup)> = None;
+        let mut failed = None;
+        for &(i, w) in assigned {
+            let key = records[i as usize].key.unwrap_or_default();
+            let (slot, group) = match last {
+                Some((j, s, g)) if j == i => (s, g),
+                _ => {
+                    let h = xxhash_rust::xxh3::xxh3_64(key);
+                    let group = KeyGroup::of_hash(h, max_parallelism);
+                    match t.slot(t.hash_xxh3(h), key, group) {
+                        Ok(s) => (s, group),
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+            };
+            last = Some((i, slot, group));
+            let latest = t
+                .last_pane(slot)
+                .filter(|&p| heads.get(p as usize).is_some_and(|h| h.slot == Some(slot)));
+            let p = match latest {
+                Some(p) if heads[p as usize].window == w => p,
+                _ => {
+                    if let Some(p) = latest {
+                        let h = &heads[p as usize];
+                        more.entry((slot, h.window.start, h.window.end)).or_insert(p);
+                    }
+                    let known = if latest.is_some() {
+                        more.get(&(slot, w.start, w.end)).copied()
+                    } else {
+                        None
+                    };
+                    let p = known.unwrap_or_else(|| {
+                        heads.push(Head::new(key, group, w, Some(slot)));
+                        (heads.len() - 1) as u32
+                    });
+                    t.set_last_pane(slot, p);
+                    p
+                }
+            };
+            heads[p as usize].records += 1;
+            pane_of.push(p);
+        }
+        if let Some(e) = failed {
+            for h in &heads {
+                if let Some(s) = h.slot {
+                    t.release_if_empty(s);
+                }
+            }
+            return Err(self.outputs.internal(e));
+        }
+        Ok((heads, pane_of))
+    }
+
+    /// Add a batch's records to their panes and fire what their triggers
+    /// make due, in rounds (see [`Operator::process`]).
+    fn process_panes(
+        &mut self,
+        records: &[RecordRef<'_>],
+        assigned: &[(u32, Window)],
+        heads: &[Head<'_>],
+        pane_of: &[u32],
+        now: i64,
+        out: &mut dyn Emit,
+    ) -> Result<(), TaskError> {
+        let mut starts: Vec<usize> = Vec::with_capacity(heads.len() + 1);
+        let mut at = 0usize;
+        for h in heads {
+            starts.push(at);
+            at += h.records as usize;
+        }
+        starts.push(at);
+        let mut order = vec![0u32; assigned.len()];
+        let mut fill = starts.clone();
+        for (&(i, _), &p) in assigned.iter().zip(pane_of) {
+            order[fill[p as usize]] = i;
+            fill[p as usize] += 1;
+        }
+        let mut panes: Vec<Pane<'_>> = heads
+            .iter()
+            .enumerate()
+            .map(|(p, h)| Pane {
+                key: h.key,
+                group: h.group,
+                window: h.window,
+                slot: h.slot,
+                records: &order[starts[p]..starts[p + 1]],
+                count: 0,
+            })
+            .collect();
+        if let TriggerKind::Count(_) = self.cfg.trigger.kind {
+            for p in &mut panes {
+                p.count = self.get_u64(p.group, p.key, self.ids.trigger_count, &p.window.encode())?;
+            }
+        }
+        // Rounds: each adds, per pane, the records up to its next count
+        // firing (all of them for other triggers), then fires what is due.
+        let mut cursor = vec![0usize; panes.len()];
+        loop {
+            let mut chunks = Vec::new();
+            for (p, pane) in panes.iter().enumerate() {
+                let left = pane.records.len() - cursor[p];
+                if left == 0 {
+                    continue;
+                }
+                let take = match self.cfg.trigger.kind {
+                    TriggerKind::Count(n) => left.min(n.saturating_sub(pane.count).max(1) as usize),
+                    _ => left,
+                };
+                chunks.push((p, cursor[p], cursor[p] + take));
+            }
+            if chunks.is_empty() {
+                break;
+            }
+            let fresh = self.add(records, &mut panes, &chunks)?;
+            let mut fires = Vec::new();
+            for &(p, from, to) in &chunks {
+                cursor[p] = to;
+                if fresh[p] {
+                    let (key, w) = (panes[p].key, panes[p].window);
+                    self.register_timers(key, &w, now)?;
+                }
+                let pane = &mut panes[p];
+                match self.cfg.trigger.kind {
+                    TriggerKind::Time(_) if self.fires_on_element(&pane.window, now) => {
+                        fires.push((pane.key.to_vec(), pane.window));
+                    }
+                    TriggerKind::Count(n) => {
+                        pane.count += (to - from) as u64;
+                        if pane.count >= n {
+                            pane.count = 0;
+                            fires.push((pane.key.to_vec(), pane.window));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if let TriggerKind::Count(_) = self.cfg.trigger.kind {
+                for &(p, _, _) in &chunks {
+                    let pane = &panes[p];
+                    let (g, key, uk, c) = (pane.group, pane.key, pane.window.encode(), pane.count);
+                    self.put_u64(g, key, self.ids.trigger_count, &uk, c)?;
+                }
+            }
+            self.fire(&fires, out)?;
+        }
+        Ok(())
+    }
+}
+
 impl Operator for WindowOperator {
     fn process(&mut self, _input: usize, batch: RecordBatch, out: &mut dyn Emit) -> Result<(), TaskError> {
         let records: Vec<RecordRef<'_>> = batch.record_vec();
@@ -990,106 +1180,19 @@ impl Operator for WindowOperator {
         // Group the assigned records by pane without a vector per pane:
         // number the panes, then lay their records out in one array
         // (a counting sort that keeps arrival order within a pane).
-        let mut heads: Vec<(&[u8], KeyGroup, Window, u32)> = Vec::with_capacity(assigned.len().min(4096));
-        let mut pane_of: Vec<u32> = Vec::with_capacity(assigned.len());
-        {
-            let mut index: HashMap<PaneKey<'_>, u32, PaneHasher> = HashMap::with_capacity_and_hasher(records.len(), PaneHasher);
-            let mut hashes: Vec<Option<u64>> = vec![None; records.len()];
-            let max_parallelism = self.max_parallelism;
-            for &(i, w) in &assigned {
-                let key = records[i as usize].key.unwrap_or_default();
-                let hash = *hashes[i as usize].get_or_insert_with(|| xxhash_rust::xxh3::xxh3_64(key));
-                let p = *index.entry(PaneKey { hash, key, window: w }).or_insert_with(|| {
-                    heads.push((key, KeyGroup::of_hash(hash, max_parallelism), w, 0));
-                    (heads.len() - 1) as u32
-                });
-                heads[p as usize].3 += 1;
-                pane_of.push(p);
-            }
-        }
-        let mut starts: Vec<usize> = Vec::with_capacity(heads.len() + 1);
-        let mut at = 0usize;
-        for h in &heads {
-            starts.push(at);
-            at += h.3 as usize;
-        }
-        starts.push(at);
-        let mut order = vec![0u32; assigned.len()];
-        let mut fill = starts.clone();
-        for (&(i, _), &p) in assigned.iter().zip(&pane_of) {
-            order[fill[p as usize]] = i;
-            fill[p as usize] += 1;
-        }
-        let mut panes: Vec<Pane<'_>> = heads
-            .iter()
-            .enumerate()
-            .map(|(p, &(key, group, window, _))| Pane {
-                key,
-                group,
-                window,
-                records: &order[starts[p]..starts[p + 1]],
-                count: 0,
-            })
-            .collect();
-        if let TriggerKind::Count(_) = self.cfg.trigger.kind {
-            for p in &mut panes {
-                p.count = self.get_u64(p.group, p.key, self.ids.trigger_count, &p.window.encode())?;
-            }
-        }
-        // Rounds: each adds, per pane, the records up to its next count
-        // firing (all of them for other triggers), then fires what is due.
-        let mut cursor = vec![0usize; panes.len()];
-        loop {
-            let mut chunks = Vec::new();
-            for (p, pane) in panes.iter().enumerate() {
-                let left = pane.records.len() - cursor[p];
-                if left == 0 {
-                    continue;
-                }
-                let take = match self.cfg.trigger.kind {
-                    TriggerKind::Count(n) => left.min(n.saturating_sub(pane.count).max(1) as usize),
-                    _ => left,
-                };
-                chunks.push((p, cursor[p], cursor[p] + take));
-            }
-            if chunks.is_empty() {
-                break;
-            }
-            let fresh = self.add(&records, &mut panes, &chunks)?;
-            let mut fires = Vec::new();
-            for &(p, from, to) in &chunks {
-                cursor[p] = to;
-                if fresh[p] {
-                    let (key, w) = (panes[p].key, panes[p].window);
-                    self.register_timers(key, &w, now)?;
-                }
-                let pane = &mut panes[p];
-                match self.cfg.trigger.kind {
-                    TriggerKind::Time(_) if self.fires_on_element(&pane.window, now) => {
-                        fires.push((pane.key.to_vec(), pane.window));
-                    }
-                    TriggerKind::Count(n) => {
-                        pane.count += (to - from) as u64;
-                        if pane.count >= n {
-                            pane.count = 0;
-                            fires.push((pane.key.to_vec(), pane.window));
-                        }
-                    }
-                    _ => {}
+        let (heads, pane_of) = self.number_panes(&records, &assigned)?;
+        let result = self.process_panes(&records, &assigned, &heads, &pane_of, now, out);
+        // A key interned for a pane that got no accumulator (every record
+        // failed, or the guest call did) gives its slot back.
+        if let Some(t) = &mut self.table {
+            for h in &heads {
+                if let Some(s) = h.slot {
+                    t.release_if_empty(s);
                 }
             }
-            if let TriggerKind::Count(_) = self.cfg.trigger.kind {
-                for &(p, _, _) in &chunks {
-                    let pane = &panes[p];
-                    let (g, key, uk, c) = (pane.group, pane.key, pane.window.encode(), pane.count);
-                    self.put_u64(g, key, self.ids.trigger_count, &uk, c)?;
-                }
-            }
-            self.fire(&fires, out)?;
         }
-        Ok(())
+        result
     }
-
     fn on_watermark(&mut self, watermark: i64, out: &mut dyn Emit) -> Result<(), TaskError> {
         self.watermark = watermark;
         if let WindowFunction::Aggregate(g) | WindowFunction::Process(g) = &mut self.function {

@@ -2,10 +2,12 @@
 //! window operator whose windows do not merge, kept apart from the generic
 //! (key, state, user key) map.
 //!
-//! Each key is interned once into a slot (found through one hash of its
-//! bytes); a slot holds the key's open windows as a short vector of
-//! (window, accumulator), searched by comparing window starts. So adding a
-//! batch costs one hash-table probe per distinct key of the batch, and the
+//! Each key is interned once into a slot, found through one hash of its
+//! bytes (the xxh3 hash its key group comes from, so a record is hashed
+//! once); a slot holds a short key and the key's first two open windows
+//! inline, so reaching a key's accumulator touches no memory beyond its
+//! slot. The window operator groups a batch by pane through the slots too
+//! ([`PaneTable::last_pane`]): per record one probe of this table, and the
 //! value read before a guest call is written back through the same slot,
 //! without a second lookup. The table is charged to the operator's state
 //! budget with the same per-key and per-entry overheads as
@@ -13,13 +15,12 @@
 //! that backend writes `window-contents`, so checkpoints, savepoints and
 //! rescaling do not see the difference.
 
-use std::hash::BuildHasher;
-
 use hashbrown::HashTable;
 use sluice_guest::Window;
+use smallvec::SmallVec;
 
+use super::KeyGroup;
 use super::heap::{ENTRY_OVERHEAD, KEY_OVERHEAD};
-use super::{KeyGroup, KeyHasher};
 use crate::tenancy::{StateAccount, StateBudget, StateLimitExceeded};
 
 /// An encoded window's size: the user key of its entry in a snapshot.
@@ -29,66 +30,74 @@ const WINDOW_BYTES: usize = 16;
 /// [`PaneTable::sweep`]).
 pub type Slot = u32;
 
-/// An accumulator's bytes: inline when short (counts, sums, small
-/// structs), so most windows cost no allocation of their own.
+/// Bytes kept inline when short (keys such as words or ids, counts, sums,
+/// small structs), so most keys and windows cost no allocation of their
+/// own and reading them touches no memory beyond their slot.
 #[derive(Debug)]
-enum Acc {
-    Inline(u8, [u8; Acc::INLINE]),
+enum Inline {
+    Short(u8, [u8; Inline::INLINE]),
     Heap(Box<[u8]>),
 }
 
-impl Acc {
+impl Inline {
     const INLINE: usize = 22;
 
-    fn new(value: &[u8]) -> Acc {
+    fn new(value: &[u8]) -> Inline {
         if value.len() <= Self::INLINE {
             let mut b = [0; Self::INLINE];
             b[..value.len()].copy_from_slice(value);
-            Acc::Inline(value.len() as u8, b)
+            Inline::Short(value.len() as u8, b)
         } else {
-            Acc::Heap(value.into())
+            Inline::Heap(value.into())
         }
     }
 
     #[inline]
     fn bytes(&self) -> &[u8] {
         match self {
-            Acc::Inline(n, b) => &b[..*n as usize],
-            Acc::Heap(b) => b,
+            Inline::Short(n, b) => &b[..*n as usize],
+            Inline::Heap(b) => b,
         }
     }
 
     #[inline]
     fn set(&mut self, value: &[u8]) {
         match self {
-            Acc::Inline(n, b) if value.len() <= Self::INLINE => {
+            Inline::Short(n, b) if value.len() <= Self::INLINE => {
                 b[..value.len()].copy_from_slice(value);
                 *n = value.len() as u8;
             }
-            Acc::Heap(b) if b.len() == value.len() => b.copy_from_slice(value),
-            _ => *self = Acc::new(value),
+            Inline::Heap(b) if b.len() == value.len() => b.copy_from_slice(value),
+            _ => *self = Inline::new(value),
         }
     }
 }
 
 #[derive(Debug)]
 struct KeyWindows {
-    key: Box<[u8]>,
-    group: KeyGroup,
     hash: u64,
+    key: Inline,
     /// Open windows in insertion order (a key has few: those the watermark
-    /// has not passed yet).
-    windows: Vec<(Window, Acc)>,
+    /// has not passed yet), the first two inside the slot.
+    windows: SmallVec<[(Window, Inline); 2]>,
+    group: KeyGroup,
     /// The sweep epoch of the last write.
     used: u32,
+    /// The batch of [`PaneTable::begin_batch`] that `pane` belongs to.
+    mark: u32,
+    /// The last pane of this key in batch `mark`, for the caller grouping
+    /// a batch's records by pane.
+    pane: u32,
     /// On the idle list.
     queued: bool,
 }
 
 /// The accumulators of one window operator subtask, by key and window.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PaneTable {
-    hasher: KeyHasher,
+    /// Mixed into every key's xxh3 hash, so the table's layout cannot be
+    /// predicted from the keys.
+    seed: u64,
     index: HashTable<Slot>,
     slots: Vec<Option<KeyWindows>>,
     free: Vec<Slot>,
@@ -96,8 +105,26 @@ pub struct PaneTable {
     /// in the next window), freed by [`Self::sweep`] once idle for a while.
     idle: Vec<Slot>,
     epoch: u32,
+    batch: u32,
     bytes: usize,
     account: StateAccount,
+}
+
+impl Default for PaneTable {
+    fn default() -> Self {
+        use std::hash::BuildHasher;
+        PaneTable {
+            seed: std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64) | 1,
+            index: HashTable::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            idle: Vec::new(),
+            epoch: 0,
+            batch: 0,
+            bytes: 0,
+            account: StateAccount::default(),
+        }
+    }
 }
 
 impl PaneTable {
@@ -123,7 +150,17 @@ impl PaneTable {
     /// The hash the table files `key` under.
     #[inline]
     pub fn hash(&self, key: &[u8]) -> u64 {
-        self.hasher.hash_one(key)
+        self.hash_xxh3(xxhash_rust::xxh3::xxh3_64(key))
+    }
+
+    /// The hash the table files a key under, from the key's xxh3 hash (the
+    /// one its key group is computed from, so one hash serves both).
+    #[inline]
+    pub fn hash_xxh3(&self, xxh3: u64) -> u64 {
+        // A folded multiply: every bit of the product reaches the low bits
+        // the table indexes by.
+        let m = u128::from(xxh3 ^ self.seed) * 0x9E37_79B9_7F4A_7C15_u128;
+        (m as u64) ^ ((m >> 64) as u64)
     }
 
     fn live(&self, slot: Slot) -> Option<&KeyWindows> {
@@ -135,7 +172,9 @@ impl PaneTable {
     pub fn find(&self, hash: u64, key: &[u8]) -> Option<Slot> {
         let slots = &self.slots;
         self.index
-            .find(hash, |&s| slots[s as usize].as_ref().is_some_and(|k| *k.key == *key))
+            .find(hash, |&s| {
+                slots[s as usize].as_ref().is_some_and(|k| k.hash == hash && k.key.bytes() == key)
+            })
             .copied()
     }
 
@@ -148,11 +187,13 @@ impl PaneTable {
         self.account.cover(self.bytes.saturating_add(cost) as u64)?;
         self.bytes += cost;
         let entry = KeyWindows {
-            key: key.into(),
-            group,
             hash,
-            windows: Vec::new(),
+            key: Inline::new(key),
+            windows: SmallVec::new(),
+            group,
             used: self.epoch,
+            mark: self.batch.wrapping_sub(1),
+            pane: 0,
             queued: false,
         };
         let slot = match self.free.pop() {
@@ -169,6 +210,35 @@ impl PaneTable {
         self.index
             .insert_unique(hash, slot, |&s| slots[s as usize].as_ref().map_or(0, |k| k.hash));
         Ok(slot)
+    }
+
+    /// The key group `slot`'s key was interned with.
+    #[inline]
+    pub fn group(&self, slot: Slot) -> Option<KeyGroup> {
+        self.live(slot).map(|k| k.group)
+    }
+
+    /// Start grouping a new batch: the panes noted with
+    /// [`Self::set_last_pane`] for earlier batches lapse.
+    pub fn begin_batch(&mut self) {
+        self.batch = self.batch.wrapping_add(1);
+    }
+
+    /// The pane noted for `slot` in the current batch. (After 2^32 batches
+    /// an old note may come back: the caller checks the pane is its key's.)
+    #[inline]
+    pub fn last_pane(&self, slot: Slot) -> Option<u32> {
+        self.live(slot).filter(|k| k.mark == self.batch).map(|k| k.pane)
+    }
+
+    /// Note `pane` as `slot`'s latest pane in the current batch.
+    #[inline]
+    pub fn set_last_pane(&mut self, slot: Slot, pane: u32) {
+        let batch = self.batch;
+        if let Some(Some(k)) = self.slots.get_mut(slot as usize) {
+            k.mark = batch;
+            k.pane = pane;
+        }
     }
 
     /// The accumulator of `w` under `slot`.
@@ -206,7 +276,7 @@ impl PaneTable {
                 let cost = WINDOW_BYTES + value.len() + ENTRY_OVERHEAD;
                 self.account.cover(self.bytes.saturating_add(cost) as u64)?;
                 self.bytes += cost;
-                k.windows.push((*w, Acc::new(value)));
+                k.windows.push((*w, Inline::new(value)));
             }
         }
         Ok(())
@@ -256,7 +326,7 @@ impl PaneTable {
         if !k.windows.is_empty() {
             return;
         }
-        let (hash, len) = (k.hash, k.key.len());
+        let (hash, len) = (k.hash, k.key.bytes().len());
         self.bytes = self.bytes.saturating_sub(len + KEY_OVERHEAD);
         self.slots[slot as usize] = None;
         if let Ok(e) = self.index.find_entry(hash, |&s| s == slot) {
@@ -271,7 +341,7 @@ impl PaneTable {
         self.slots
             .iter()
             .flatten()
-            .flat_map(|k| k.windows.iter().map(move |(w, a)| (k.group, &*k.key, w, a.bytes())))
+            .flat_map(|k| k.windows.iter().map(move |(w, a)| (k.group, k.key.bytes(), w, a.bytes())))
     }
 
     /// Bytes charged: keys, windows and accumulators with their overheads.
