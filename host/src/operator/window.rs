@@ -187,6 +187,14 @@ fn write_acc(
     }
 }
 
+/// Give back the slots of a batch's panes whose keys got no accumulator
+/// (every record failed, or the guest call did, or the batch was refused).
+fn release_unused(table: &mut PaneTable, heads: &[Head<'_>]) {
+    for s in heads.iter().filter_map(|h| h.slot) {
+        table.release_if_empty(s);
+    }
+}
+
 impl WindowOperator {
     pub fn new(
         cfg: WindowConfig,
@@ -573,7 +581,7 @@ impl WindowOperator {
         // Each pane's key was interned when the batch was grouped: its
         // slot serves the read and the write of the accumulator.
         let id = self.ids.contents;
-        let result = match &mut self.function {
+        match &mut self.function {
             WindowFunction::Builtin(b) => {
                 for &(p, from, to) in chunks {
                     let pane = &panes[p];
@@ -681,8 +689,7 @@ impl WindowOperator {
                 }
                 Ok(())
             }
-        };
-        result?;
+        }?;
         if !errors.is_empty() {
             errors.sort_by_key(|e| e.index);
             let input = Self::rebuild(records);
@@ -1028,11 +1035,7 @@ impl WindowOperator {
             pane_of.push(p);
         }
         if let Some(e) = failed {
-            for h in &heads {
-                if let Some(s) = h.slot {
-                    t.release_if_empty(s);
-                }
-            }
+            release_unused(t, &heads);
             return Err(self.outputs.internal(e));
         }
         Ok((heads, pane_of))
@@ -1182,17 +1185,12 @@ impl Operator for WindowOperator {
         // (a counting sort that keeps arrival order within a pane).
         let (heads, pane_of) = self.number_panes(&records, &assigned)?;
         let result = self.process_panes(&records, &assigned, &heads, &pane_of, now, out);
-        // A key interned for a pane that got no accumulator (every record
-        // failed, or the guest call did) gives its slot back.
         if let Some(t) = &mut self.table {
-            for h in &heads {
-                if let Some(s) = h.slot {
-                    t.release_if_empty(s);
-                }
-            }
+            release_unused(t, &heads);
         }
         result
     }
+
     fn on_watermark(&mut self, watermark: i64, out: &mut dyn Emit) -> Result<(), TaskError> {
         self.watermark = watermark;
         if let WindowFunction::Aggregate(g) | WindowFunction::Process(g) = &mut self.function {

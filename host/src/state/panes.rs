@@ -212,12 +212,6 @@ impl PaneTable {
         Ok(slot)
     }
 
-    /// The key group `slot`'s key was interned with.
-    #[inline]
-    pub fn group(&self, slot: Slot) -> Option<KeyGroup> {
-        self.live(slot).map(|k| k.group)
-    }
-
     /// Start grouping a new batch: the panes noted with
     /// [`Self::set_last_pane`] for earlier batches lapse.
     pub fn begin_batch(&mut self) {
